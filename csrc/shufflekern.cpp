@@ -1,0 +1,45 @@
+// Operator schemas (defined once, here) and the Python module shufflekern._C.
+//
+// Kernels register themselves per backend: csrc/cpu/<op>.cpp (CPU) and csrc/cuda/<op>.cu (CUDA).  The
+// Triton twins (<op>_triton) are defined from Python in shufflekern/ops.py because their kernels are
+// Python functions.  Fake kernels and autograd formulas live in shufflekern/ops.py.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "cpu/dispatch.h"
+
+TORCH_LIBRARY(shufflekern, m) {
+  // channel_shuffle: torch.channel_shuffle(x, groups) for 4-D x in either memory format.
+  m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+
+  // shuffle_conv1x1 (issue 4)
+
+  // kd loss (issue 3)
+}
+
+namespace {
+
+std::string cuda_archs() {
+#ifdef SK_CUDA_ARCHS
+  return SK_CUDA_ARCHS;
+#else
+  return "";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "shufflekern compiled kernels (ops are registered as torch.ops.shufflekern.*)";
+  m.def("compiled_cpu_isas", &shufflekern::cpu::compiled_isas,
+        "CPU ISA variants compiled into this build");
+  m.def("runtime_cpu_isa", [] { return std::string(shufflekern::cpu::isa_name(shufflekern::cpu::runtime_isa())); },
+        "CPU ISA variant the kernels dispatch to on this machine");
+  m.def("cuda_archs", &cuda_archs, "CUDA architectures the CUDA kernels were compiled for ('' if none)");
+  m.attr("with_cuda") =
+#ifdef SK_WITH_CUDA
+      true;
+#else
+      false;
+#endif
+}

@@ -1,0 +1,15 @@
+"""shufflekern: fused channel-shuffle + pointwise group conv and distillation-loss kernels for PyTorch.
+
+    import shufflekern as sk
+    y = sk.channel_shuffle(x, groups=3)
+"""
+from . import _C  # noqa: F401
+from . import ops  # noqa: F401
+from ._backend import backend, get_backend, set_backend
+from ._info import info
+from .functional import *  # noqa: F401,F403
+from .functional import __all__ as _functional_all
+from . import nn  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = list(_functional_all) + ["backend", "get_backend", "set_backend", "info", "nn"]

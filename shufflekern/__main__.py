@@ -1,0 +1,28 @@
+"""python -m shufflekern {info,bench,train,distill}"""
+import argparse
+import sys
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m shufflekern", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="versions, compiled kernels, usable backends")
+    sub.add_parser("bench", help="kernel and model benchmarks vs eager PyTorch and torch.compile",
+                   add_help=False)
+    sub.add_parser("train", help="train a teacher or a vanilla student", add_help=False)
+    sub.add_parser("distill", help="distil a teacher into a student", add_help=False)
+    if argv and argv[0] in ("bench", "train", "distill"):
+        cmd, rest = argv[0], argv[1:]
+        if cmd == "bench":
+            from bench_entry import main as run  # placeholder replaced below
+        return run(rest)
+    args = parser.parse_args(argv)
+    if args.cmd == "info":
+        from ._info import format_info, info
+        print(format_info(info()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""sk.info(): what was compiled and which backends can run here."""
+import importlib.metadata
+import platform
+
+import torch
+
+from . import _C, _backend
+
+
+def _version(pkg):
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def info() -> dict:
+    """Versions, compiled kernels (CPU ISAs, CUDA archs) and the backends usable now."""
+    cuda_ok = torch.cuda.is_available()
+    usable = {"cpu": f"C++ kernels ({_C.runtime_cpu_isa()})"}
+    why = _backend.native_unusable_reason("cuda")
+    usable["cuda (C++/CUDA)"] = ("yes" if cuda_ok else "compiled, but no GPU present") if why is None else f"no: {why}"
+    why = _backend.triton_unusable_reason("cuda")
+    usable["cuda (Triton)"] = ("yes" if cuda_ok else "no GPU present") if why is None else f"no: {why}"
+    why = _backend.triton_unusable_reason("cpu")
+    usable["cpu (Triton interpreter)"] = "yes (TRITON_INTERPRET=1)" if why is None else f"no: {why}"
+    return {
+        "shufflekern": _version("shufflekern") or "source tree",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if cuda_ok else None,
+        "compiled_cpu_isas": _C.compiled_cpu_isas(),
+        "runtime_cpu_isa": _C.runtime_cpu_isa(),
+        "compiled_cuda": bool(_C.with_cuda),
+        "cuda_archs": _C.cuda_archs() or None,
+        "backend": _backend.get_backend(),
+        "usable_backends": usable,
+    }
+
+
+def format_info(d: dict) -> str:
+    lines = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"{k}:")
+            lines += [f"  {kk:26s} {vv}" for kk, vv in v.items()]
+        else:
+            lines.append(f"{k:28s} {v}")
+    return "\n".join(lines)
