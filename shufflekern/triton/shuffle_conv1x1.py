@@ -32,7 +32,7 @@ def _src_channel(k, offs_j, CG, SG, CS):
 def _shuffle_conv1x1_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, P, HW, CG, MG, SG, CS,
                                 sx_n, sx_c, sx_hw, sy_n, sy_c, sy_hw,
                                 HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
-                                BLOCK_K: tl.constexpr):
+                                BLOCK_K: tl.constexpr, UPCAST: tl.constexpr):
     k = tl.program_id(2)
     offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -47,6 +47,8 @@ def _shuffle_conv1x1_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, P, HW, CG, MG, SG, C
         a = tl.load(x_ptr + x_rows[:, None] + src[None, :] * sx_c, mask=mask_p[:, None] & mask_j[None, :], other=0.0)
         w = tl.load(w_ptr + (k * MG + offs_m)[None, :].to(tl.int64) * CG + offs_j[:, None],
                     mask=mask_j[:, None] & mask_m[None, :], other=0.0)
+        if UPCAST:
+            a, w = a.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(a, w, acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + k * MG + offs_m, mask=mask_m, other=0.0).to(tl.float32)[None, :]
@@ -59,7 +61,8 @@ def _shuffle_conv1x1_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, P, HW, CG, MG, SG, C
 @triton.jit
 def _shuffle_conv1x1_grad_input_kernel(gy_ptr, w_ptr, gx_ptr, P, HW, CG, MG, SG, CS,
                                        sg_n, sg_c, sg_hw, sx_n, sx_c, sx_hw,
-                                       BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_M: tl.constexpr):
+                                       BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_M: tl.constexpr,
+                                       UPCAST: tl.constexpr):
     k = tl.program_id(2)
     offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -73,6 +76,8 @@ def _shuffle_conv1x1_grad_input_kernel(gy_ptr, w_ptr, gx_ptr, P, HW, CG, MG, SG,
         ch = (k * MG + offs_m).to(tl.int64)
         g = tl.load(gy_ptr + g_rows[:, None] + ch[None, :] * sg_c, mask=mask_p[:, None] & mask_m[None, :], other=0.0)
         w = tl.load(w_ptr + ch[:, None] * CG + offs_j[None, :], mask=mask_m[:, None] & mask_j[None, :], other=0.0)
+        if UPCAST:
+            g, w = g.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(g, w, acc)
     src = _src_channel(k, offs_j, CG, SG, CS).to(tl.int64)
     x_rows = _pixel_offsets(offs_p, HW, sx_n, sx_hw)
@@ -83,7 +88,8 @@ def _shuffle_conv1x1_grad_input_kernel(gy_ptr, w_ptr, gx_ptr, P, HW, CG, MG, SG,
 @triton.jit
 def _shuffle_conv1x1_grad_weight_kernel(gy_ptr, x_ptr, gw_ptr, P, HW, CG, MG, SG, CS,
                                         sg_n, sg_c, sg_hw, sx_n, sx_c, sx_hw,
-                                        BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_P: tl.constexpr):
+                                        BLOCK_M: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_P: tl.constexpr,
+                                        UPCAST: tl.constexpr):
     k = tl.program_id(2)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_j = tl.program_id(1) * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -99,6 +105,8 @@ def _shuffle_conv1x1_grad_weight_kernel(gy_ptr, x_ptr, gw_ptr, P, HW, CG, MG, SG
                     mask=mask_m[:, None] & mask_p[None, :], other=0.0)
         a = tl.load(x_ptr + _pixel_offsets(offs_p, HW, sx_n, sx_hw)[:, None] + src[None, :] * sx_c,
                     mask=mask_p[:, None] & mask_j[None, :], other=0.0)
+        if UPCAST:
+            g, a = g.to(tl.float32), a.to(tl.float32)
         acc = tl.dot(g, a, acc)
     tl.store(gw_ptr + ch[:, None] * CG + offs_j[None, :], acc.to(gw_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_j[None, :])
@@ -111,6 +119,12 @@ def _check_dtype(t, name):
     if t.dtype not in _DTYPES:
         raise TypeError(f"shuffle_conv1x1: the triton backend supports float32, float16 and bfloat16 {name}, got "
                         f"{t.dtype}; use backend 'auto'")
+
+
+def _upcast(t):
+    # The interpreter's tl.dot returns garbage for bf16 operands (numpy has no bf16), so on CPU tensors the
+    # tiles are widened to fp32 first; on a GPU bf16 tiles go to the tensor cores as they are.
+    return t.dtype == torch.bfloat16 and t.device.type == "cpu"
 
 
 def _block(n, cap):
@@ -138,7 +152,7 @@ def shuffle_conv1x1(x, weight, bias, groups, shuffle_groups):
     _shuffle_conv1x1_fwd_kernel[grid](
         x, weight, bias if bias is not None else weight, y, p, h * w_, cg, mg, shuffle_groups, c // shuffle_groups,
         x.stride(0), x.stride(1), x.stride(3), y.stride(0), y.stride(1), y.stride(3),
-        HAS_BIAS=bias is not None, BLOCK_P=bp, BLOCK_M=bm, BLOCK_K=bk)
+        HAS_BIAS=bias is not None, BLOCK_P=bp, BLOCK_M=bm, BLOCK_K=bk, UPCAST=_upcast(x))
     return y
 
 
@@ -162,7 +176,7 @@ def shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups):
     _shuffle_conv1x1_grad_input_kernel[grid](
         gy, weight, gx, p, h * w_, cg, mg, shuffle_groups, c // shuffle_groups,
         gy.stride(0), gy.stride(1), gy.stride(3), gx.stride(0), gx.stride(1), gx.stride(3),
-        BLOCK_P=bp, BLOCK_J=bj, BLOCK_M=bm)
+        BLOCK_P=bp, BLOCK_J=bj, BLOCK_M=bm, UPCAST=_upcast(gy))
     return gx
 
 
@@ -185,5 +199,5 @@ def shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups):
     _shuffle_conv1x1_grad_weight_kernel[grid](
         gy, x, gw, p, h * w_, cg, mg, shuffle_groups, c // shuffle_groups,
         gy.stride(0), gy.stride(1), gy.stride(3), x.stride(0), x.stride(1), x.stride(3),
-        BLOCK_M=bm, BLOCK_J=bj, BLOCK_P=bp)
+        BLOCK_M=bm, BLOCK_J=bj, BLOCK_P=bp, UPCAST=_upcast(x))
     return gw.to(x.dtype)
