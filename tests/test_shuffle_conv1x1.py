@@ -82,10 +82,15 @@ def check_against_reference(n, c, h, w, g, sg, mg, dtype, fmt, bias, backend="au
 
 # ---- native (C++) kernels ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+# Every (groups, shuffle_groups) pair in fp32; fp64 and bf16 on pairs that cover g = 1, sg = 1, g < sg,
+# g > sg, g = sg and runs of a single channel.
+DTYPE_CASES = [(g, sg, torch.float32) for g, sg in PAIRS] + [
+    (g, sg, dt) for dt in (torch.float64, torch.bfloat16) for g, sg in ((1, 1), (1, 4), (3, 3), (2, 8), (8, 3), (4, 1))]
+
+
 @pytest.mark.parametrize("layout", FORMATS)
-@pytest.mark.parametrize("g,sg", PAIRS)
-def test_native_matches_reference(g, sg, layout, dtype):
+@pytest.mark.parametrize("g,sg,dtype", DTYPE_CASES, ids=lambda v: str(v).replace("torch.", ""))
+def test_native_matches_reference(g, sg, dtype, layout):
     fmt = FORMATS[layout]
     for i, c in enumerate(channel_counts(g, sg)):
         for j, (h, w) in enumerate(SPATIAL):
