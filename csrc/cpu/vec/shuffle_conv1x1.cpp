@@ -11,26 +11,6 @@
 //   NHWC forward       per (pixel tile, group): C = y pixels, A = x pixels (gathered columns), B = weight^T
 //   NHWC grad input    per (pixel tile, group): C = a small tile, then copied run by run into gx
 
-// The ISA wrappers select the ISA with `#pragma GCC target`, which does not define __AVX__ & co.; sleef.h
-// (pulled in by at::vec) declares its vector functions only under those macros, so define them to match.
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-#ifndef __AVX__
-#define __AVX__ 1
-#endif
-#ifndef __AVX2__
-#define __AVX2__ 1
-#endif
-#ifndef __FMA__
-#define __FMA__ 1
-#endif
-#endif
-#if defined(CPU_CAPABILITY_AVX512) && !defined(__AVX512F__)
-#define __AVX512F__ 1
-#define __AVX512BW__ 1
-#define __AVX512VL__ 1
-#define __AVX512DQ__ 1
-#endif
-
 // ATen's vec headers trip these under `#pragma GCC target`; the code paths never cross ISAs.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
