@@ -98,8 +98,63 @@ struct Gemm {
 };
 
 // C rows [i0, i0+MR) x columns [n0, n0+ncols), ncols in ((NV-1)*L, NV*L].
+#if defined(CPU_CAPABILITY_AVX512)
+// The fp32 AVX-512 microkernel in raw intrinsics: GCC keeps an __m512 accumulator array in registers,
+// while an array of at::vec::Vectorized is also written back to the stack on every update.
+template <int MR, int NV>
+void micro_f32_avx512(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols) {
+  const int64_t last = ncols - (NV - 1) * 16;
+  const __mmask16 lmask = last >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << last) - 1);
+  __m512 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 mk = v == NV - 1 ? lmask : __mmask16(0xFFFF);
+      if (g.accumulate) {
+        acc[r][v] = _mm512_maskz_loadu_ps(mk, g.crows[i0 + r] + g.coff + n0 + v * 16);
+      } else {
+        acc[r][v] = g.bias_row ? _mm512_set1_ps(g.bias_row[i0 + r]) : _mm512_setzero_ps();
+        if (g.bias_col) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_loadu_ps(g.bias_col + n0 + v * 16));
+      }
+    }
+  }
+  int64_t ao[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) ao[r] = g.arow[i0 + r];
+  const int64_t boff = g.boff + n0;
+  for (int64_t j = 0; j < g.K; ++j) {
+    const float* b = g.brow[j] + boff;
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(b + v * 16);
+    bv[NV - 1] = _mm512_maskz_loadu_ps(lmask, b + (NV - 1) * 16);
+    const float* ac = g.a + g.acol[j];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(ac[ao[r]]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    float* c = g.crows[i0 + r] + g.coff + n0;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) _mm512_storeu_ps(c + v * 16, acc[r][v]);
+    _mm512_mask_storeu_ps(c + (NV - 1) * 16, lmask, acc[r][NV - 1]);
+  }
+}
+#endif
+
 template <typename T, int MR, int NV>
 void micro(const Gemm<T>& g, int64_t i0, int64_t n0, int64_t ncols) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    micro_f32_avx512<MR, NV>(g, i0, n0, ncols);
+    return;
+  }
+#endif
   using V = AVec<T>;
   using A = acc_t<T>;
   constexpr int L = V::size();
