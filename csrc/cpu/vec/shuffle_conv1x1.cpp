@@ -387,6 +387,21 @@ void grad_input_nchw(const SconvArgs& a) {
   });
 }
 
+// Runs are short (C/(groups*sg) channels, often < 16): a call to memcpy each would cost more than the GEMM.
+template <typename T>
+inline void copy_run(T* dst, const T* src, int64_t len) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; len > 0; len -= 16, src += 16, dst += 16) {
+      const __mmask16 mk = len >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << len) - 1);
+      _mm512_mask_storeu_ps(dst, mk, _mm512_maskz_loadu_ps(mk, src));
+    }
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < len; ++i) dst[i] = src[i];
+}
+
 template <typename T>
 void grad_input_nhwc(const SconvArgs& a) {
   const T* gy = static_cast<const T*>(a.in);
@@ -415,9 +430,7 @@ void grad_input_nhwc(const SconvArgs& a) {
       for (int64_t r = 0; r < np; ++r) {
         T* dst = gx + (p0 + r) * a.c_in;
         const T* src = tile + r * a.cgp;
-        for (int64_t q = 0; q < a.nruns[k]; ++q) {
-          std::memcpy(dst + runs[3 * q], src + runs[3 * q + 2], runs[3 * q + 1] * sizeof(T));
-        }
+        for (int64_t q = 0; q < a.nruns[k]; ++q) copy_run(dst + runs[3 * q], src + runs[3 * q + 2], runs[3 * q + 1]);
       }
     }
   });
