@@ -92,11 +92,11 @@ DTYPE_CASES = [(g, sg, torch.float32) for g, sg in PAIRS] + [
 @pytest.mark.parametrize("g,sg,dtype", DTYPE_CASES, ids=lambda v: str(v).replace("torch.", ""))
 def test_native_matches_reference(g, sg, dtype, layout):
     fmt = FORMATS[layout]
-    for i, c in enumerate(channel_counts(g, sg)):
-        for j, (h, w) in enumerate(SPATIAL):
-            n = 1 + (i + j) % 3
-            mg = (3, 5, 2)[j]
-            check_against_reference(n, c, h, w, g, sg, mg, dtype, fmt, bias=(i + j) % 2 == 0, seed=i * 10 + j)
+    counts = channel_counts(g, sg)
+    # Each spatial shape once, cycling through the channel counts, batch sizes 1-3 and bias on/off.
+    for j, (h, w) in enumerate(SPATIAL):
+        c = counts[j % len(counts)]
+        check_against_reference(1 + j, c, h, w, g, sg, (3, 5, 2)[j], dtype, fmt, bias=j != 1, seed=j)
 
 
 @pytest.mark.parametrize("layout", FORMATS)
