@@ -66,6 +66,23 @@ SK_HOST_DEVICE inline KdStream<acc_t> kd_merge(KdStream<acc_t> u, KdStream<acc_t
   return {m, u.z * fu + v.z * fv, u.a * fu + v.a * fv};
 }
 
+// Adds one element v (with teacher term d = y - x; 0 for the other streams) to a running stream: one
+// exponential per element (the CUDA kernel's per-thread loop).
+template <typename acc_t>
+SK_HOST_DEVICE inline void kd_online_add(KdStream<acc_t>& st, acc_t v, acc_t d) {
+  if (v == -std::numeric_limits<acc_t>::infinity()) return;
+  if (v <= st.m) {
+    const acc_t e = std::exp(v - st.m);
+    st.z += e;
+    st.a += e == acc_t(0) ? acc_t(0) : e * d;
+  } else {
+    const acc_t f = std::exp(st.m - v);  // 0 while the stream is empty (m = -inf)
+    st.z = st.z * f + acc_t(1);
+    st.a = st.a * f + d;
+    st.m = v;
+  }
+}
+
 // Row statistics: x = s/T (student), y = t/T (teacher, with a), s at T = 1 (cross entropy).
 template <typename acc_t>
 struct KdRowStats {
