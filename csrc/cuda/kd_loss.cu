@@ -4,6 +4,7 @@
 // One block per row: every thread keeps online (max, sum) states of its strided classes, the block
 // merges them in shared memory, thread 0 finishes the row, then the block writes the gradients.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
