@@ -19,7 +19,12 @@ TORCH_LIBRARY(shufflekern, m) {
   m.def("shuffle_conv1x1_grad_input(Tensor grad_out, Tensor weight, int groups, int shuffle_groups) -> Tensor");
   m.def("shuffle_conv1x1_grad_weight(Tensor grad_out, Tensor x, int groups, int shuffle_groups) -> Tensor");
 
-  // kd loss (issue 3)
+  // kd loss (issue 3): one op for sk.kd_kl_div (alpha = 1, no target) and sk.kd_loss.  Returns the loss
+  // and, when asked, the gradients of the loss w.r.t. the logits (computed in the same pass; 0-element
+  // tensors when not asked), which the autograd formula scales by grad_output.
+  // reduction: 0 none, 1 mean, 2 sum, 3 batchmean.
+  m.def("kd_loss_forward(Tensor student, Tensor teacher, Tensor? target, float temperature, float alpha, "
+        "int ignore_index, int reduction, bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

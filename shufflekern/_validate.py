@@ -3,11 +3,14 @@
 Each message names the argument and what was expected.  The C++ entry points check the same
 conditions again (csrc/cpu/checks.h), so direct torch.ops.shufflekern.* calls are safe too.
 """
+import math
+
 import torch
 from torch._prims_common import suggest_memory_format
 
 __all__ = ["suggest_memory_format", "check_tensor", "check_int", "check_channel_shuffle", "check_shuffle_conv1x1",
-           "check_shuffle_conv1x1_grad_input", "check_shuffle_conv1x1_grad_weight"]
+           "check_shuffle_conv1x1_grad_input", "check_shuffle_conv1x1_grad_weight", "check_kd",
+           "check_kd_target_range", "check_kd_op", "KD_REDUCTIONS"]
 
 
 def check_tensor(op, name, t, dims=None):
@@ -93,3 +96,80 @@ def check_shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups, op="s
     if (grad_out.shape[0], grad_out.shape[2], grad_out.shape[3]) != (n, h, w):
         raise ValueError(f"{op}: grad_out must be [N, C_out, H, W] with N, H, W of x {tuple(x.shape)}, got "
                          f"{tuple(grad_out.shape)}")
+
+# --------------------------------------------------------------------------------------------------
+# kd_kl_div / kd_loss
+# --------------------------------------------------------------------------------------------------
+KD_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
+_KD_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def check_number(op, name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{op}: {name} must be a float, got {type(v).__name__}")
+    return float(v)
+
+
+def kd_reduction_code(op, reduction):
+    if reduction not in KD_REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {tuple(KD_REDUCTIONS)}, got {reduction!r}")
+    return KD_REDUCTIONS[reduction]
+
+
+def check_kd(op, student, teacher, target, temperature, alpha, reduction, ignore_index=-100):
+    """Checks of sk.kd_kl_div / sk.kd_loss (target None for kd_kl_div).  Returns (T, alpha, code)."""
+    for name, x in (("student_logits", student), ("teacher_logits", teacher)):
+        check_tensor(op, name, x)
+        if x.dtype not in _KD_DTYPES:
+            raise TypeError(f"{op}: {name} must be float32, float64, bfloat16 or float16, got {x.dtype}")
+        if x.dim() < 1:
+            raise ValueError(f"{op}: {name} must have a class dimension (at least 1-D), got 0-D")
+    if teacher.dtype != student.dtype:
+        raise TypeError(f"{op}: teacher_logits dtype ({teacher.dtype}) must match student_logits dtype "
+                        f"({student.dtype})")
+    if teacher.device != student.device:
+        raise ValueError(f"{op}: teacher_logits must be on student_logits' device ({student.device}), "
+                         f"got {teacher.device}")
+    if teacher.shape != student.shape:
+        raise ValueError(f"{op}: teacher_logits shape {tuple(teacher.shape)} must match student_logits "
+                         f"shape {tuple(student.shape)}")
+    if student.shape[-1] < 1:
+        raise ValueError(f"{op}: student_logits must have at least one class, got shape {tuple(student.shape)}")
+    temperature = check_number(op, "temperature", temperature)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"{op}: temperature must be a finite number > 0, got {temperature}")
+    alpha = check_number(op, "alpha", alpha)
+    if not math.isfinite(alpha):
+        raise ValueError(f"{op}: alpha must be finite, got {alpha}")
+    code = kd_reduction_code(op, reduction)
+    check_int(op, "ignore_index", ignore_index)
+    if target is not None:
+        check_tensor(op, "target", target)
+        if target.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{op}: target must be an int64 (or int32) tensor of class indices, got {target.dtype}")
+        if target.device != student.device:
+            raise ValueError(f"{op}: target must be on student_logits' device ({student.device}), "
+                             f"got {target.device}")
+        if target.shape != student.shape[:-1]:
+            raise ValueError(f"{op}: target shape {tuple(target.shape)} must be student_logits' shape without "
+                             f"the class dimension, {tuple(student.shape[:-1])}")
+    return temperature, alpha, code
+
+
+def check_kd_target_range(target, classes, ignore_index, op="kd_loss"):
+    """Value check of target (reads the tensor: eager only, not under tracing)."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+    if bool(bad.any()):
+        first = int(target[bad].flatten()[0])
+        raise ValueError(f"{op}: target holds {first}, out of range: class indices must be in [0, {classes}) "
+                         f"or ignore_index ({ignore_index})")
+
+
+def check_kd_op(student, teacher, target, temperature, alpha, ignore_index, reduction_code,
+                op="kd_loss_forward"):
+    """check_kd for the op's own arguments (reduction as its integer code)."""
+    names = {v: k for k, v in KD_REDUCTIONS.items()}
+    if reduction_code not in names:
+        raise ValueError(f"{op}: reduction code must be 0 (none), 1 (mean), 2 (sum) or 3 (batchmean), "
+                         f"got {reduction_code!r}")
+    return check_kd(op, student, teacher, target, temperature, alpha, names[reduction_code], ignore_index)
