@@ -1,0 +1,159 @@
+"""ShuffleNet V2 (Ma et al., 2018), eager and fused, with torchvision's module names and channel table, so
+that state_dicts load both ways and parameter counts match (1,366,792 / 2,278,604 / 3,503,624 /
+7,393,996 for 0.5x / 1.0x / 1.5x / 2.0x).
+
+Fused unit: the eager unit ends with `channel_shuffle(cat((a, b), 1), 2)`, two copies.  With h channels
+in a and b, shuffle(cat(a, b), 2)[:, 2i + j] = (a, b)[j][:, i], which is `stack((a, b), 2).flatten(1, 2)`:
+one copy (the concatenation's own) with the shuffle folded into its indexing.  For channels_last tensors
+the same stack runs on the NHWC view (stack on the last dim), so the result stays channels_last.  In
+channels_last the 1x1 convs of the branches run as one GEMM on the [N*H*W, C] view (the half-channel input
+of a stride-1 unit is a strided view with leading dimension C, which BLAS reads without a copy).
+"""
+import torch
+from torch import nn
+
+from ._common import eager_channel_shuffle, is_bn
+
+__all__ = ["ShuffleNetV2", "InvertedResidual", "FusedInvertedResidual", "shufflenet_v2", "V2_CHANNELS"]
+
+V2_CHANNELS = {0.5: [24, 48, 96, 192, 1024], 1.0: [24, 116, 232, 464, 1024],
+               1.5: [24, 176, 352, 704, 1024], 2.0: [24, 244, 488, 976, 2048]}
+REPEATS = (4, 8, 4)
+
+
+def _dw(c, stride):
+    return nn.Conv2d(c, c, 3, stride, 1, bias=False, groups=c)
+
+
+class InvertedResidual(nn.Module):
+    """torchvision's ShuffleNetV2 unit (same submodules, same maths); plain torch ops."""
+
+    def __init__(self, inp, oup, stride):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride!r}")
+        if oup % 2:
+            raise ValueError(f"InvertedResidual: oup ({oup}) must be even")
+        self.stride = stride
+        bf = oup // 2
+        if stride == 1 and inp != 2 * bf:
+            raise ValueError(f"InvertedResidual: a stride-1 unit needs inp == oup, got {inp} and {oup}")
+        if stride > 1:
+            self.branch1 = nn.Sequential(_dw(inp, stride), nn.BatchNorm2d(inp),
+                                         nn.Conv2d(inp, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf),
+                                         nn.ReLU(inplace=True))
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(inp if stride > 1 else bf, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True),
+            _dw(bf, stride), nn.BatchNorm2d(bf),
+            nn.Conv2d(bf, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return eager_channel_shuffle(out, 2)
+
+
+def _channels_last(x):
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _pointwise(conv, x, cl):
+    """1x1 conv (groups 1, stride 1).  channels_last: one GEMM on the [N*H*W, C] view, no input copy."""
+    if not cl:
+        return conv(x)
+    n, c, h, w = x.shape
+    xm = x.permute(0, 2, 3, 1).reshape(n * h * w, c)    # a view: rows have stride C_total
+    wm = conv.weight.reshape(conv.weight.shape[0], c)
+    y = torch.addmm(conv.bias, xm, wm.t()) if conv.bias is not None else torch.mm(xm, wm.t())
+    return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _interleave(a, b, cl):
+    """channel_shuffle(cat((a, b), 1), 2) in one copy, in the memory format of the inputs."""
+    if cl:
+        y = torch.stack((a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)), dim=4)
+        return y.flatten(3).permute(0, 3, 1, 2)
+    return torch.stack((a, b), dim=2).flatten(1, 2)
+
+
+class FusedInvertedResidual(InvertedResidual):
+    """ShuffleNet V2 unit without the shuffle copy.  Same submodules and state_dict as InvertedResidual;
+    `sk.fuse` may replace the BatchNorms with nn.Identity (folded into the convs' bias) in eval mode."""
+
+    def _branch(self, seq, x, cl):
+        for m in seq:
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1:
+                x = _pointwise(m, x, cl)
+            elif isinstance(m, nn.ReLU):
+                x = x.relu_()
+            else:
+                x = m(x)
+        return x
+
+    def forward(self, x):
+        cl = _channels_last(x)
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            return _interleave(x1, self._branch(self.branch2, x2, cl), cl)
+        return _interleave(self._branch(self.branch1, x, cl), self._branch(self.branch2, x, cl), cl)
+
+
+def convert_unit(unit, cls):
+    """A `cls` unit with the weights, structure (folded BN or not) and mode of `unit` (ours or torchvision's)."""
+    inp = unit.branch2[0].in_channels * (1 if unit.stride > 1 else 2)
+    new = cls(inp, 2 * unit.branch2[0].out_channels, unit.stride)
+    for name in ("branch1", "branch2"):
+        src, dst = getattr(unit, name), getattr(new, name)
+        for i, m in enumerate(src):
+            if not is_bn(m) and is_bn(dst[i]):
+                dst[i] = nn.Identity()
+            if isinstance(m, nn.Conv2d) and m.bias is not None and dst[i].bias is None:
+                dst[i].bias = nn.Parameter(torch.zeros(dst[i].out_channels))
+    p = next(unit.parameters())
+    new.to(device=p.device, dtype=p.dtype)
+    new.load_state_dict(unit.state_dict())
+    return new.train(unit.training)
+
+
+class ShuffleNetV2(nn.Module):
+    """torchvision.models.ShuffleNetV2's layout: conv1, maxpool, stage2-4, conv5, fc."""
+
+    def __init__(self, width_mult=1.0, num_classes=1000, small_input=False):
+        super().__init__()
+        if isinstance(width_mult, bool) or width_mult not in V2_CHANNELS:
+            raise ValueError(f"shufflenet_v2: width_mult must be one of {tuple(V2_CHANNELS)}, got {width_mult!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"shufflenet_v2: num_classes must be a positive int, got {num_classes!r}")
+        chans = V2_CHANNELS[width_mult]
+        self.width_mult = width_mult
+        c = chans[0]
+        self.conv1 = nn.Sequential(nn.Conv2d(3, c, 3, 1 if small_input else 2, 1, bias=False),
+                                   nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for s, (out, repeats) in enumerate(zip(chans[1:4], REPEATS)):
+            units = [InvertedResidual(c, out, 2)] + [InvertedResidual(out, out, 1) for _ in range(repeats - 1)]
+            setattr(self, f"stage{s + 2}", nn.Sequential(*units))
+            c = out
+        self.conv5 = nn.Sequential(nn.Conv2d(c, chans[-1], 1, 1, 0, bias=False),
+                                   nn.BatchNorm2d(chans[-1]), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.conv1(x))
+        x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def shufflenet_v2(width_mult=1.0, num_classes=1000, fused=True, small_input=False):
+    """ShuffleNet V2 width_mult x with torchvision's names (loads its state_dicts).  `fused=True` runs the
+    units without shuffle copies; `small_input=True` uses a stride-1 stem without max-pool (32x32)."""
+    model = ShuffleNetV2(width_mult, num_classes, small_input)
+    if fused:
+        from ..fuse import fuse
+        model = fuse(model, fold_bn=False)
+    return model
