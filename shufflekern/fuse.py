@@ -80,7 +80,18 @@ def fuse(model: nn.Module, *, fold_bn=None) -> nn.Module:
         return None
 
     model = _swap(model, rule) if rule(model) is None else rule(model)
+    _link_pairs(model)
     return _fold_all(model) if fold_bn else model
+
+
+def _link_pairs(model):
+    """A fused V2 unit followed, in the same Sequential, by another one hands it its output as two
+    channel halves (no concatenation copy; see FusedInvertedResidual)."""
+    for m in model.modules():
+        if isinstance(m, nn.Sequential):
+            for a, b in zip(m, list(m)[1:]):
+                if isinstance(a, v2.FusedInvertedResidual) and isinstance(b, v2.FusedInvertedResidual):
+                    a.emit_pair = True
 
 
 def unfuse(model: nn.Module) -> nn.Module:
