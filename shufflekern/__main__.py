@@ -15,7 +15,9 @@ def main(argv=None):
     if argv and argv[0] in ("bench", "train", "distill"):
         cmd, rest = argv[0], argv[1:]
         if cmd == "bench":
-            from bench_entry import main as run  # placeholder replaced below
+            from ._bench_cli import main as run
+        else:
+            raise SystemExit(f"python -m shufflekern {cmd}: not built yet")
         return run(rest)
     args = parser.parse_args(argv)
     if args.cmd == "info":
