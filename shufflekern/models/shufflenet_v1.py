@@ -5,7 +5,9 @@ units (the first of each stride 2), bottleneck = out/4, no group conv on the fir
 stage 2, average-pool shortcut concatenated on stride-2 units, global pool, fc.
 
 Channel rule (reproduces the released checkpoints' configurations and so the published parameter
-counts, e.g. g=3: 0.72M / 1.87M / 3.44M / 5.45M and g=8: 1.01M / 2.43M / 4.27M / 6.52M):
+counts, g=3: 717,324 / 1,864,728 / 3,441,168 / 5,449,776 and g=8: 1,010,448 / 2,433,768 / 4,268,952 /
+6,521,232 for 0.5x-2.0x at 1000 classes, i.e. the published 0.7M / 1.9M / 3.4M / 5.4M and 1.0M / 2.4M / 4.3M / 6.5M;
+the classifier has no bias, as in the released models):
   stage-2 width = the paper's 1x width for g (144, 200, 240, 272, 384 for g = 1, 2, 3, 4, 8) times
   width_mult, rounded to the nearest multiple of 4*g (so the bottleneck out/4 divides by g); stages 3 and
   4 double it.  Stem: 24 channels for 1.0x and 1.5x, 48 for 2.0x, 12 rounded up to a multiple of g for
@@ -205,13 +207,13 @@ class ShuffleNetV1(nn.Module):
                                    group_first=not (s == 0 and i == 0)) for i in range(repeats)]
             setattr(self, f"stage{s + 2}", nn.Sequential(*units))
             c = out
-        self.fc = nn.Linear(c, num_classes)
+        # Bias-free classifier, as in the released models (the published counts include no fc bias).
+        self.fc = nn.Linear(c, num_classes, bias=False)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x):
         x = self.maxpool(self.conv1(x))
