@@ -1,5 +1,7 @@
 """sk.models: parameter counts, configurations, small_input, fused == eager (outputs and gradients, train
 and eval, both memory formats), no channel-shuffle op in the fused forward, bad configurations."""
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -119,29 +121,36 @@ def canonical_grads(model):
             p.data = saved[n]
 
 
-def assert_fused_matches(eager, fused, fmt, train, atol=2e-5, rtol=1e-4):
+def run(model, x, g):
+    """Output, input gradient and canonical parameter gradients of model(x) with output gradient g."""
+    x = x.clone().requires_grad_()
+    y = model(x)
+    y.backward(g.to(y.dtype))
+    return {"out": y.detach(), "x.grad": x.grad, **canonical_grads(model)}
+
+
+def assert_fused_matches(eager, fused, fmt, train):
+    """Fused fp32 is as close to the fp64 eager reference as eager fp32 is (the flash-attention rule:
+    error <= 2x eager's + a tiny atol), for the output and every gradient."""
     eager, fused = eager.to(memory_format=fmt).train(train), fused.to(memory_format=fmt).train(train)
+    ref_model = copy.deepcopy(eager).double()
     torch.manual_seed(1)
     x = torch.randn(3, 3, 32, 32).to(memory_format=fmt)
-    xe, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ye, yf = eager(xe), fused(xf)
-    torch.testing.assert_close(yf, ye, atol=atol, rtol=rtol)
-    g = torch.randn_like(ye)
-    ye.backward(g)
-    yf.backward(g)
-    torch.testing.assert_close(xf.grad, xe.grad, atol=atol, rtol=rtol)
-    ge, gf = canonical_grads(eager), canonical_grads(fused)
-    assert ge.keys() == gf.keys()
-    for k in ge:
-        torch.testing.assert_close(gf[k], ge[k], atol=atol * 10, rtol=rtol * 10, msg=k)
+    g = torch.randn(3, 10, dtype=torch.float64)
+    ref, e32, f32 = run(ref_model, x.double(), g), run(eager, x, g), run(fused, x, g)
+    assert ref.keys() == e32.keys() == f32.keys()
+    for k in ref:
+        err_e = (e32[k].double() - ref[k]).abs().max().item()
+        err_f = (f32[k].double() - ref[k]).abs().max().item()
+        tol = 2 * err_e + 1e-5 * ref[k].abs().max().item() + 1e-7
+        assert err_f <= tol, f"{k}: fused error {err_f:.3g} > {tol:.3g} (eager fp32 error {err_e:.3g})"
     if train:  # the running statistics moved the same way
         for k, v in eager.state_dict().items():
             if "running" in k:
                 torch.testing.assert_close(fused.state_dict()[k], v, atol=1e-5, rtol=1e-5, msg=k)
 
 
-V1_CASES = [(g, t, f) for g in (3, 8) for t in (True, False) for f in FORMATS] + \
-    [(g, True, "nchw") for g in (1, 2, 4)]
+V1_CASES = [(g, t, f) for g in (3, 8) for t in (True, False) for f in FORMATS]
 
 
 @pytest.mark.parametrize("groups, train, fmt", V1_CASES)
@@ -150,6 +159,20 @@ def test_v1_fused_matches_eager(groups, train, fmt):
     fused = shufflenet_v1(groups, 0.5, 10, fused=True, small_input=True)
     fused.load_state_dict(eager.state_dict())  # eager order in, hooks permute
     assert_fused_matches(eager, fused, FORMATS[fmt], train)
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_v1_fused_matches_eager_fp64(groups):
+    """The other group counts, compared exactly (fp64, train mode: batch statistics).  (In fp32, groups
+    2 and 4 in NCHW sometimes show a ~1e-3 relative gradient error on a process's first pass through a
+    new grouped-conv shape, in the eager model as much as in the fused one: oneDNN, not the algebra.)"""
+    eager = randomize_bn(shufflenet_v1(groups, 0.5, 10, fused=False, small_input=True)).double()
+    fused = sk.fuse(eager)
+    torch.manual_seed(1)
+    x, g = torch.randn(3, 3, 32, 32, dtype=torch.float64), torch.randn(3, 10, dtype=torch.float64)
+    ref, got = run(eager, x, g), run(fused, x, g)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-11, msg=k)
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))

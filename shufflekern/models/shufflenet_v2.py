@@ -70,7 +70,8 @@ def _interleave(a, b):
     (4x faster than torch.stack on the last dim here)."""
     if _channels_last(a):
         ap, bp = a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)
-        if a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype:
+        # (Inductor generates its own kernel for the stack and has no complex codegen.)
+        if a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype and not torch.compiler.is_compiling():
             y = torch.view_as_real(torch.complex(ap, bp))
         else:
             y = torch.stack((ap, bp), dim=4)
