@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import eager_channel_shuffle, give_bias, inverse_index, is_bn, shuffle_index
+from ._common import DenseGrad, eager_channel_shuffle, give_bias, inverse_index, is_bn, shuffle_index
 
 __all__ = ["ShuffleNetV1", "ShuffleV1Unit", "FusedShuffleV1Unit", "shufflenet_v1", "v1_channels",
            "SUPPORTED_GROUPS", "SUPPORTED_WIDTHS"]
@@ -150,7 +150,9 @@ class FusedShuffleV1Unit(nn.Module):
         y = self.bn3(self.conv3(y))
         if self.stride == 1:
             return y.add_(x).relu_()
-        return torch.cat((F.avg_pool2d(x, 3, 2, 1), y.relu_()), 1)
+        # The cat hands this ReLU a strided channel slice of its gradient: ReLU's slow backward path.
+        y = y.relu_()
+        return torch.cat((F.avg_pool2d(x, 3, 2, 1), DenseGrad.apply(y) if y.requires_grad else y), 1)
 
     extra_repr = ShuffleV1Unit.extra_repr
 
