@@ -32,7 +32,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("mode", ["fwd", pytest.param("bwd", marks=pytest.mark.full), "fwd+bwd"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("case", CASES)
 def test_channel_shuffle(benchmark, case, layout, mode, provider):
