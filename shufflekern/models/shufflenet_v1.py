@@ -1,0 +1,233 @@
+"""ShuffleNet V1 (Zhang et al., 2018), eager and fused.
+
+Stage configuration from the paper (Table 1): stem 3x3/2 conv + 3x3/2 max-pool, stages 2-4 with 4/8/4
+units (the first of each stride 2), bottleneck = out/4, no group conv on the first pointwise layer of
+stage 2, average-pool shortcut concatenated on stride-2 units, global pool, fc.
+
+Channel rule (reproduces the released checkpoints' configurations and so the published parameter
+counts, g=3: 717,324 / 1,864,728 / 3,441,168 / 5,449,776 and g=8: 1,010,448 / 2,433,768 / 4,268,952 /
+6,521,232 for 0.5x-2.0x at 1000 classes, i.e. the published 0.7M / 1.9M / 3.4M / 5.4M and 1.0M / 2.4M / 4.3M / 6.5M;
+the classifier has no bias, as in the released models):
+  stage-2 width = the paper's 1x width for g (144, 200, 240, 272, 384 for g = 1, 2, 3, 4, 8) times
+  width_mult, rounded to the nearest multiple of 4*g (so the bottleneck out/4 divides by g); stages 3 and
+  4 double it.  Stem: 24 channels for 1.0x and 1.5x, 48 for 2.0x, 12 rounded up to a multiple of g for
+  0.5x (12, or 16 for g=8), as in megvii's ShuffleNet-Series.  Every stride-2 unit's residual branch
+  then has out - in channels, divisible by g.
+
+Fused unit: the eager unit is
+    conv1 (1x1, g) -> bn1 -> relu -> shuffle(g) -> conv2 (dw 3x3) -> bn2 -> conv3 (1x1, g) -> bn3.
+The shuffle is a channel permutation P and commutes with per-channel ops (BN, ReLU, depthwise conv) once
+their per-channel parameters are permuted: dw(P r) = P dw'(r) with dw'[j] = dw[P^-1 j].  So the fused
+unit runs conv2/bn2 on the unshuffled channels and folds P into conv3:
+    conv3(P u) = shuffle_conv1x1(u, conv3.weight, groups=g, shuffle_groups=g).
+In stage 2's first unit conv1 is dense, so P is folded into conv1's output rows (and bn1) instead, for
+free.  State dicts stay in the eager (canonical) channel order: hooks permute on save and load, so eager
+and fused models exchange state_dicts directly.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._common import DenseGrad, eager_channel_shuffle, give_bias, inverse_index, is_bn, shuffle_index
+
+__all__ = ["ShuffleNetV1", "ShuffleV1Unit", "FusedShuffleV1Unit", "shufflenet_v1", "v1_channels",
+           "SUPPORTED_GROUPS", "SUPPORTED_WIDTHS"]
+
+SUPPORTED_GROUPS = (1, 2, 3, 4, 8)
+SUPPORTED_WIDTHS = (0.5, 1.0, 1.5, 2.0)
+_STAGE2_1X = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
+REPEATS = (4, 8, 4)
+
+
+def _round_to(v, d):
+    """Nearest multiple of d (halves up), at least d."""
+    return max(d, int(v + d / 2) // d * d)
+
+
+def v1_channels(groups, width_mult):
+    """(stem channels, [stage2, stage3, stage4] output channels) for ShuffleNet V1 g x width_mult."""
+    if isinstance(groups, bool) or groups not in SUPPORTED_GROUPS:
+        raise ValueError(f"shufflenet_v1: groups must be one of {SUPPORTED_GROUPS}, got {groups!r}")
+    if isinstance(width_mult, bool) or width_mult not in SUPPORTED_WIDTHS:
+        raise ValueError(f"shufflenet_v1: width_mult must be one of {SUPPORTED_WIDTHS}, got {width_mult!r}")
+    out2 = _round_to(_STAGE2_1X[groups] * width_mult, 4 * groups)
+    if width_mult == 2.0:
+        stem = 48
+    elif width_mult >= 1.0:
+        stem = 24
+    else:
+        stem = -(-12 // groups) * groups
+    return stem, [out2, 2 * out2, 4 * out2]
+
+
+def _unit_dims(in_channels, out_channels, groups, stride, group_first):
+    """(first conv groups, bottleneck, residual-branch channels); raises ValueError on a bad shape."""
+    if stride not in (1, 2):
+        raise ValueError(f"ShuffleV1Unit: stride must be 1 or 2, got {stride!r}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"ShuffleV1Unit: groups must be a positive int, got {groups!r}")
+    if stride == 1 and in_channels != out_channels:
+        raise ValueError(f"ShuffleV1Unit: a stride-1 unit needs in_channels == out_channels, "
+                         f"got {in_channels} and {out_channels}")
+    if out_channels % 4:
+        raise ValueError(f"ShuffleV1Unit: out_channels ({out_channels}) must be divisible by 4 (bottleneck = out/4)")
+    mid = out_channels // 4
+    branch = out_channels - in_channels if stride == 2 else out_channels
+    g1 = groups if group_first else 1
+    if branch <= 0:
+        raise ValueError(f"ShuffleV1Unit: a stride-2 unit needs out_channels > in_channels, "
+                         f"got {in_channels} -> {out_channels}")
+    for name, c, g in (("in_channels", in_channels, g1), ("bottleneck out_channels/4", mid, groups),
+                       ("out_channels - in_channels" if stride == 2 else "out_channels", branch, groups)):
+        if c % g:
+            raise ValueError(f"ShuffleV1Unit: {name} ({c}) must be divisible by groups ({g})")
+    return g1, mid, branch
+
+
+class ShuffleV1Unit(nn.Module):
+    """Eager ShuffleNet V1 unit (plain torch ops only; what `sk.unfuse` returns)."""
+
+    def __init__(self, in_channels, out_channels, groups, stride, group_first=True):
+        super().__init__()
+        g1, mid, branch = _unit_dims(in_channels, out_channels, groups, stride, group_first)
+        self.in_channels, self.out_channels, self.groups, self.stride = in_channels, out_channels, groups, stride
+        self.group_first = group_first
+        self.conv1 = nn.Conv2d(in_channels, mid, 1, groups=g1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, branch, 1, groups=groups, bias=False)
+        self.bn3 = nn.BatchNorm2d(branch)
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        if self.groups > 1:
+            y = eager_channel_shuffle(y, self.groups)
+        y = self.bn3(self.conv3(self.bn2(self.conv2(y))))
+        if self.stride == 1:
+            return F.relu(x + y)
+        return torch.cat((F.avg_pool2d(x, 3, 2, 1), F.relu(y)), 1)
+
+    def extra_repr(self):
+        return f"{self.in_channels}, {self.out_channels}, groups={self.groups}, stride={self.stride}"
+
+
+class FusedShuffleV1Unit(nn.Module):
+    """ShuffleNet V1 unit without a shuffle copy (see the module docstring for the algebra).
+
+    `bn1`/`bn2`/`bn3` become nn.Identity (and the convs get a bias) when `sk.fuse` folds BatchNorm in
+    eval mode."""
+
+    def __init__(self, in_channels, out_channels, groups, stride, group_first=True):
+        super().__init__()
+        from .. import nn as sknn
+        g1, mid, branch = _unit_dims(in_channels, out_channels, groups, stride, group_first)
+        self.in_channels, self.out_channels, self.groups, self.stride = in_channels, out_channels, groups, stride
+        self.group_first = group_first
+        self.conv1 = nn.Conv2d(in_channels, mid, 1, groups=g1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        if groups > 1 and group_first:
+            self.conv3 = sknn.ShuffleConv1x1(mid, branch, groups=groups, shuffle_groups=groups, bias=False)
+            # internal = canonical[inverse(P)]; canonical = internal[P]
+            self._permuted, self._load_inverse = ("conv2", "bn2"), True
+        else:
+            self.conv3 = nn.Conv2d(mid, branch, 1, groups=groups, bias=False)
+            # dense conv1 emits the shuffled channels: internal = canonical[P]
+            self._permuted, self._load_inverse = (("conv1", "bn1") if groups > 1 else ()), False
+        self.bn3 = nn.BatchNorm2d(branch)
+        self.register_state_dict_post_hook(_save_canonical)
+        self.register_load_state_dict_pre_hook(_load_canonical)
+
+    def _index(self, device, load):
+        p = shuffle_index(self.out_channels // 4, self.groups, device)
+        return inverse_index(p) if load == self._load_inverse else p
+
+    def forward(self, x):
+        y = self.bn1(self.conv1(x)).relu_()
+        y = self.bn2(self.conv2(y))
+        y = self.bn3(self.conv3(y))
+        if self.stride == 1:
+            return y.add_(x).relu_()
+        # The cat hands this ReLU a strided channel slice of its gradient: ReLU's slow backward path.
+        y = y.relu_()
+        return torch.cat((F.avg_pool2d(x, 3, 2, 1), DenseGrad.apply(y) if y.requires_grad else y), 1)
+
+    extra_repr = ShuffleV1Unit.extra_repr
+
+
+_PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
+
+
+def _permute_entries(module, state_dict, prefix, load):
+    for name in module._permuted:
+        for field in _PER_CHANNEL:
+            key = f"{prefix}{name}.{field}"
+            if key in state_dict:
+                t = state_dict[key]
+                state_dict[key] = t[module._index(t.device, load)]
+
+
+def _save_canonical(module, state_dict, prefix, local_metadata):
+    _permute_entries(module, state_dict, prefix, load=False)
+
+
+def _load_canonical(module, state_dict, prefix, *args):
+    _permute_entries(module, state_dict, prefix, load=True)
+
+
+def convert_unit(unit, cls):
+    """A `cls` unit (eager or fused) with the weights, structure (folded BN or not) and mode of `unit`."""
+    new = cls(unit.in_channels, unit.out_channels, unit.groups, unit.stride, unit.group_first)
+    for i in (1, 2, 3):
+        if not is_bn(getattr(unit, f"bn{i}")):
+            setattr(new, f"bn{i}", nn.Identity())
+        if getattr(unit, f"conv{i}").bias is not None:
+            give_bias(getattr(new, f"conv{i}"))
+    p = next(unit.parameters())
+    new.to(device=p.device, dtype=p.dtype)
+    new.load_state_dict(unit.state_dict())
+    return new.train(unit.training)
+
+
+class ShuffleNetV1(nn.Module):
+    """ShuffleNet V1.  Module names: conv1 (stem Sequential), maxpool, stage2-4 (Sequentials of units), fc."""
+
+    def __init__(self, groups=3, width_mult=1.0, num_classes=1000, small_input=False):
+        super().__init__()
+        stem, outs = v1_channels(groups, width_mult)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"shufflenet_v1: num_classes must be a positive int, got {num_classes!r}")
+        self.groups, self.width_mult = groups, width_mult
+        self.conv1 = nn.Sequential(nn.Conv2d(3, stem, 3, 1 if small_input else 2, 1, bias=False),
+                                   nn.BatchNorm2d(stem), nn.ReLU(inplace=True))
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
+        c = stem
+        for s, (out, repeats) in enumerate(zip(outs, REPEATS)):
+            units = [ShuffleV1Unit(c if i == 0 else out, out, groups, 2 if i == 0 else 1,
+                                   group_first=not (s == 0 and i == 0)) for i in range(repeats)]
+            setattr(self, f"stage{s + 2}", nn.Sequential(*units))
+            c = out
+        # Bias-free classifier, as in the released models (the published counts include no fc bias).
+        self.fc = nn.Linear(c, num_classes, bias=False)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+
+    def forward(self, x):
+        x = self.maxpool(self.conv1(x))
+        x = self.stage4(self.stage3(self.stage2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def shufflenet_v1(groups=3, width_mult=1.0, num_classes=1000, fused=True, small_input=False):
+    """ShuffleNet V1 g x width_mult.  `fused=True` runs the shuffles on shufflekern's fused ops (same
+    state_dict as the eager model); `small_input=True` uses a stride-1 stem without max-pool (32x32)."""
+    model = ShuffleNetV1(groups, width_mult, num_classes, small_input)
+    if fused:
+        from ..fuse import fuse
+        model = fuse(model, fold_bn=False)
+    return model

@@ -1,0 +1,200 @@
+"""ShuffleNet V2 (Ma et al., 2018), eager and fused, with torchvision's module names and channel table, so
+that state_dicts load both ways and parameter counts match (1,366,792 / 2,278,604 / 3,503,624 /
+7,393,996 for 0.5x / 1.0x / 1.5x / 2.0x).
+
+Fused unit: the eager unit ends with `channel_shuffle(cat((a, b), 1), 2)`, two copies.  With h channels
+in a and b, shuffle(cat(a, b), 2)[:, 2i + j] = (a, b)[j][:, i], which is `stack((a, b), 2).flatten(1, 2)`:
+one copy (the concatenation's own) with the shuffle folded into its indexing.  For channels_last tensors
+the same interleave runs on the NHWC view, so the result stays channels_last.  Between units the
+activation travels as its two channel halves (see FusedInvertedResidual), which removes the copy of the
+half-channel input of every stride-1 unit too.
+"""
+import torch
+from torch import nn
+
+from ._common import eager_channel_shuffle, is_bn
+
+__all__ = ["ShuffleNetV2", "InvertedResidual", "FusedInvertedResidual", "shufflenet_v2", "V2_CHANNELS"]
+
+V2_CHANNELS = {0.5: [24, 48, 96, 192, 1024], 1.0: [24, 116, 232, 464, 1024],
+               1.5: [24, 176, 352, 704, 1024], 2.0: [24, 244, 488, 976, 2048]}
+REPEATS = (4, 8, 4)
+
+
+def _dw(c, stride):
+    return nn.Conv2d(c, c, 3, stride, 1, bias=False, groups=c)
+
+
+class InvertedResidual(nn.Module):
+    """torchvision's ShuffleNetV2 unit (same submodules, same maths); plain torch ops."""
+
+    def __init__(self, inp, oup, stride):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride!r}")
+        if oup % 2:
+            raise ValueError(f"InvertedResidual: oup ({oup}) must be even")
+        self.stride = stride
+        bf = oup // 2
+        if stride == 1 and inp != 2 * bf:
+            raise ValueError(f"InvertedResidual: a stride-1 unit needs inp == oup, got {inp} and {oup}")
+        if stride > 1:
+            self.branch1 = nn.Sequential(_dw(inp, stride), nn.BatchNorm2d(inp),
+                                         nn.Conv2d(inp, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf),
+                                         nn.ReLU(inplace=True))
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(inp if stride > 1 else bf, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True),
+            _dw(bf, stride), nn.BatchNorm2d(bf),
+            nn.Conv2d(bf, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return eager_channel_shuffle(out, 2)
+
+
+def _channels_last(x):
+    """Channels innermost (a channels_last tensor or a channel slice of one)."""
+    return x.stride(1) == 1 and x.shape[1] > 1 and x.stride(3) != 1
+
+
+def _interleave(a, b):
+    """channel_shuffle(cat((a, b), 1), 2), i.e. out[:, 2i + j] = (a, b)[j][:, i], in one copy, in a's
+    memory format.  channels_last: the interleave is element-wise along the contiguous channel dim; a
+    complex tensor is exactly (re, im) interleaved and torch.complex writes it with a vectorised kernel
+    (4x faster than torch.stack on the last dim here)."""
+    if _channels_last(a):
+        ap, bp = a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)
+        # (Inductor generates its own kernel for the stack and has no complex codegen.)
+        if a.dtype in (torch.float32, torch.float64) and b.dtype == a.dtype and not torch.compiler.is_compiling():
+            y = torch.view_as_real(torch.complex(ap, bp))
+        else:
+            y = torch.stack((ap, bp), dim=4)
+        return y.flatten(3).permute(0, 3, 1, 2)
+    return torch.stack((a, b), dim=2).flatten(1, 2)
+
+
+def _fmt(x):
+    return torch.channels_last if _channels_last(x) else torch.contiguous_format
+
+
+def _deinterleave(grads, j, shape, dtype, device, fmt):
+    """Gradient of one interleave input: the j-th (0: a, 1: b) channel of each output-gradient pair, copied
+    into a fresh tensor in the input's memory format (strided views would send the ReLU and BatchNorm
+    backward kernels down their slow non-contiguous paths)."""
+    out = torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
+    c, q = 0, shape[1] // len(grads)
+    for g in grads:
+        if g is None:  # an output half that did not reach the loss
+            out[:, c:c + q].zero_()
+        else:
+            out[:, c:c + q].copy_(g.unflatten(1, (q, 2)).select(2, j))
+        c += q
+    return out
+
+
+class _Interleave(torch.autograd.Function):
+    """out = channel_shuffle(cat((a, b), 1), 2), returned whole or as its two channel halves."""
+
+    @staticmethod
+    def forward(ctx, a, b, halves):
+        ctx.meta = (a.shape, a.dtype, a.device, _fmt(a))
+        ctx.halves = halves
+        ctx.set_materialize_grads(False)
+        if not halves:
+            return _interleave(a, b)
+        q = a.shape[1] // 2
+        return _interleave(a[:, :q], b[:, :q]), _interleave(a[:, q:], b[:, q:])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _deinterleave(grads, 0, *ctx.meta), _deinterleave(grads, 1, *ctx.meta), None
+
+
+class FusedInvertedResidual(InvertedResidual):
+    """ShuffleNet V2 unit without the shuffle copy.  Same submodules and state_dict as InvertedResidual;
+    `sk.fuse` may replace the BatchNorms with nn.Identity (folded into the convs' bias) in eval mode.
+
+    Between two fused units the activation travels as a pair (lo, hi) = its channel halves, each a
+    contiguous tensor (`emit_pair`, set by `sk.fuse` when the next module is a fused unit): a stride-1
+    unit's branch then reads hi without the copy that convolving a channel slice costs, and the output
+    halves are interleave(x1[:h/2], b[:h/2]) and interleave(x1[h/2:], b[h/2:]), together one copy.
+    """
+
+    emit_pair = False
+
+    def _branch(self, seq, x):
+        for m in seq:
+            x = x.relu_() if isinstance(m, nn.ReLU) else m(x)
+        return x
+
+    def forward(self, x):
+        if self.stride == 1:
+            x1, x2 = x if isinstance(x, tuple) else x.chunk(2, dim=1)
+            b = self._branch(self.branch2, x2)
+        else:
+            if isinstance(x, tuple):
+                x = torch.cat(x, 1)
+            x1, b = self._branch(self.branch1, x), self._branch(self.branch2, x)
+        return _Interleave.apply(x1, b, self.emit_pair and b.shape[1] % 2 == 0)
+
+
+def convert_unit(unit, cls):
+    """A `cls` unit with the weights, structure (folded BN or not) and mode of `unit` (ours or torchvision's)."""
+    inp = unit.branch2[0].in_channels * (1 if unit.stride > 1 else 2)
+    new = cls(inp, 2 * unit.branch2[0].out_channels, unit.stride)
+    for name in ("branch1", "branch2"):
+        src, dst = getattr(unit, name), getattr(new, name)
+        for i, m in enumerate(src):
+            if not is_bn(m) and is_bn(dst[i]):
+                dst[i] = nn.Identity()
+            if isinstance(m, nn.Conv2d) and m.bias is not None and dst[i].bias is None:
+                dst[i].bias = nn.Parameter(torch.zeros(dst[i].out_channels))
+    p = next(unit.parameters())
+    new.to(device=p.device, dtype=p.dtype)
+    new.load_state_dict(unit.state_dict())
+    return new.train(unit.training)
+
+
+class ShuffleNetV2(nn.Module):
+    """torchvision.models.ShuffleNetV2's layout: conv1, maxpool, stage2-4, conv5, fc."""
+
+    def __init__(self, width_mult=1.0, num_classes=1000, small_input=False):
+        super().__init__()
+        if isinstance(width_mult, bool) or width_mult not in V2_CHANNELS:
+            raise ValueError(f"shufflenet_v2: width_mult must be one of {tuple(V2_CHANNELS)}, got {width_mult!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"shufflenet_v2: num_classes must be a positive int, got {num_classes!r}")
+        chans = V2_CHANNELS[width_mult]
+        self.width_mult = width_mult
+        c = chans[0]
+        self.conv1 = nn.Sequential(nn.Conv2d(3, c, 3, 1 if small_input else 2, 1, bias=False),
+                                   nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        for s, (out, repeats) in enumerate(zip(chans[1:4], REPEATS)):
+            units = [InvertedResidual(c, out, 2)] + [InvertedResidual(out, out, 1) for _ in range(repeats - 1)]
+            setattr(self, f"stage{s + 2}", nn.Sequential(*units))
+            c = out
+        self.conv5 = nn.Sequential(nn.Conv2d(c, chans[-1], 1, 1, 0, bias=False),
+                                   nn.BatchNorm2d(chans[-1]), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.conv1(x))
+        x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def shufflenet_v2(width_mult=1.0, num_classes=1000, fused=True, small_input=False):
+    """ShuffleNet V2 width_mult x with torchvision's names (loads its state_dicts).  `fused=True` runs the
+    units without shuffle copies; `small_input=True` uses a stride-1 stem without max-pool (32x32)."""
+    model = ShuffleNetV2(width_mult, num_classes, small_input)
+    if fused:
+        from ..fuse import fuse
+        model = fuse(model, fold_bn=False)
+    return model
