@@ -92,6 +92,8 @@ def _kd_loss_setup(ctx, inputs, output):
     ctx.per_row = reduction == KD_REDUCTIONS["none"]
     ctx.computed = (grad_student, grad_teacher)
     ctx.mark_non_differentiable(gs, gt)
+    # The gradient outputs get no gradient: do not let autograd build [R, C] zeros for them.
+    ctx.set_materialize_grads(False)
 
 
 def _tracing(t):
@@ -121,7 +123,7 @@ def _kd_loss_backward_for(family):
                 raise RuntimeError(f"kd_loss_forward: the gradient w.r.t. {name} was not computed in the "
                                    f"forward (grad_{name.split('_')[0]}=False); use sk.kd_loss / sk.kd_kl_div, "
                                    "which ask for it whenever the input requires grad")
-            grads.append(_kd_scale(saved, g, ctx.per_row))
+            grads.append(None if g is None else _kd_scale(saved, g, ctx.per_row))
         return (*grads, None, None, None, None, None, None, None)
     return backward
 
