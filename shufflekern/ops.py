@@ -11,7 +11,9 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: TORCH_LIBRARY(shufflekern) and the kernels)
-from ._validate import KD_REDUCTIONS, check_channel_shuffle, check_kd_op, suggest_memory_format
+from ._validate import (KD_REDUCTIONS, check_channel_shuffle, check_kd_op, check_shuffle_conv1x1,
+                        check_shuffle_conv1x1_grad_input, check_shuffle_conv1x1_grad_weight,
+                        suggest_memory_format)
 
 NATIVE, TRITON = "", "_triton"
 
@@ -61,6 +63,79 @@ _register("channel_shuffle", _channel_shuffle_fake, _channel_shuffle_setup, _cha
 
 
 # --------------------------------------------------------------------------------------------------
+# shuffle_conv1x1: y = conv2d(channel_shuffle(x, sg), W, b, groups=G), 1x1 weight [C_out, C/G, 1, 1]
+# --------------------------------------------------------------------------------------------------
+# With P the shuffle (x' = P x) and W_bd the block-diagonal weight of the groups, y = W_bd P x + b, so
+#   grad_x = P^T W_bd^T grad_y          (shuffle_conv1x1_grad_input)
+#   grad_W = grad_y (P x)^T per group   (shuffle_conv1x1_grad_weight, summed over images and pixels)
+#   grad_b = grad_y summed over N, H, W
+
+@torch.library.custom_op("shufflekern::shuffle_conv1x1_triton", mutates_args=())
+def _shuffle_conv1x1_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int,
+                            shuffle_groups: int) -> Tensor:
+    from .triton.shuffle_conv1x1 import shuffle_conv1x1
+    return shuffle_conv1x1(x, weight, bias, groups, shuffle_groups)
+
+
+@torch.library.custom_op("shufflekern::shuffle_conv1x1_grad_input_triton", mutates_args=())
+def _shuffle_conv1x1_grad_input_triton(grad_out: Tensor, weight: Tensor, groups: int, shuffle_groups: int) -> Tensor:
+    from .triton.shuffle_conv1x1 import shuffle_conv1x1_grad_input
+    return shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups)
+
+
+@torch.library.custom_op("shufflekern::shuffle_conv1x1_grad_weight_triton", mutates_args=())
+def _shuffle_conv1x1_grad_weight_triton(grad_out: Tensor, x: Tensor, groups: int, shuffle_groups: int) -> Tensor:
+    from .triton.shuffle_conv1x1 import shuffle_conv1x1_grad_weight
+    return shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups)
+
+
+def _shuffle_conv1x1_fake(x, weight, bias, groups, shuffle_groups):
+    check_shuffle_conv1x1(x, weight, bias, groups, shuffle_groups)
+    n, _, h, w = x.shape
+    return torch.empty((n, weight.shape[0], h, w), dtype=x.dtype, device=x.device,
+                       memory_format=suggest_memory_format(x))
+
+
+def _shuffle_conv1x1_grad_input_fake(grad_out, weight, groups, shuffle_groups):
+    check_shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups)
+    n, _, h, w = grad_out.shape
+    return torch.empty((n, weight.shape[1] * groups, h, w), dtype=grad_out.dtype, device=grad_out.device,
+                       memory_format=suggest_memory_format(grad_out))
+
+
+def _shuffle_conv1x1_grad_weight_fake(grad_out, x, groups, shuffle_groups):
+    check_shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups)
+    return x.new_empty((grad_out.shape[1], x.shape[1] // groups, 1, 1))
+
+
+def _shuffle_conv1x1_setup(ctx, inputs, output):
+    x, weight, bias, groups, shuffle_groups = inputs
+    ctx.groups, ctx.shuffle_groups = groups, shuffle_groups
+    ctx.has_bias = bias is not None
+    ctx.memory_format = suggest_memory_format(x)
+    ctx.save_for_backward(x, weight)
+
+
+def _shuffle_conv1x1_backward_for(family):
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        # grad_x comes back in x's memory format, as for torch's convolutions.
+        grad = grad.contiguous(memory_format=ctx.memory_format)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _op("shuffle_conv1x1_grad_input", family)(grad, weight, ctx.groups, ctx.shuffle_groups)
+        if ctx.needs_input_grad[1]:
+            grad_w = _op("shuffle_conv1x1_grad_weight", family)(grad, x, ctx.groups, ctx.shuffle_groups)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+    return backward
+
+
+_register("shuffle_conv1x1", _shuffle_conv1x1_fake, _shuffle_conv1x1_setup, _shuffle_conv1x1_backward_for)
+_register("shuffle_conv1x1_grad_input", _shuffle_conv1x1_grad_input_fake)
+_register("shuffle_conv1x1_grad_weight", _shuffle_conv1x1_grad_weight_fake)
+
 # kd_loss_forward: sk.kd_kl_div and sk.kd_loss
 # --------------------------------------------------------------------------------------------------
 # One op returns (loss, d loss/d student, d loss/d teacher).  The gradients are computed inside the
