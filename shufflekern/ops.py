@@ -181,7 +181,7 @@ def _kd_scale(grad, g, per_row):
         g = g.unsqueeze(-1)
     # loss.backward() passes ones: the precomputed gradient is the answer, and skipping the multiply saves
     # a full pass over [rows, classes] (Liger-Kernel does the same).  Traced graphs keep the multiply.
-    if not _tracing(g) and bool((g == 1).all()):
+    if not _tracing(g) and (g.item() == 1 if g.numel() == 1 else bool((g == 1).all())):
         return grad
     return grad * g
 
