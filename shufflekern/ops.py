@@ -167,6 +167,8 @@ def _kd_loss_setup(ctx, inputs, output):
     ctx.per_row = reduction == KD_REDUCTIONS["none"]
     ctx.computed = (grad_student, grad_teacher)
     ctx.mark_non_differentiable(gs, gt)
+    # The gradient outputs get no gradient: do not let autograd build [R, C] zeros for them.
+    ctx.set_materialize_grads(False)
 
 
 def _tracing(t):
@@ -179,7 +181,7 @@ def _kd_scale(grad, g, per_row):
         g = g.unsqueeze(-1)
     # loss.backward() passes ones: the precomputed gradient is the answer, and skipping the multiply saves
     # a full pass over [rows, classes] (Liger-Kernel does the same).  Traced graphs keep the multiply.
-    if not _tracing(g) and bool((g == 1).all()):
+    if not _tracing(g) and (g.item() == 1 if g.numel() == 1 else bool((g == 1).all())):
         return grad
     return grad * g
 
@@ -196,7 +198,7 @@ def _kd_loss_backward_for(family):
                 raise RuntimeError(f"kd_loss_forward: the gradient w.r.t. {name} was not computed in the "
                                    f"forward (grad_{name.split('_')[0]}=False); use sk.kd_loss / sk.kd_kl_div, "
                                    "which ask for it whenever the input requires grad")
-            grads.append(_kd_scale(saved, g, ctx.per_row))
+            grads.append(None if g is None else _kd_scale(saved, g, ctx.per_row))
         return (*grads, None, None, None, None, None, None, None)
     return backward
 

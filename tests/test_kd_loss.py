@@ -374,3 +374,26 @@ def test_bad_input_raises(case, backend):
     y = targets((4,), 10)
     with sk.backend(backend), pytest.raises(exc, match=match):
         fn(s, t, y)
+
+
+# ---- CUDA (skipped without a GPU) ------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cuda_matches_cpu(backend, dtype, reduction):
+    s, t = logits((33, 1000), dtype), logits((33, 1000), dtype, seed=1)
+    t[0, ::7] = -math.inf
+    y = targets((33,), 1000, (3, 5))
+    want = run(ours("auto"), s, t, y, T=3.0, alpha=0.6, reduction=reduction)
+    got = run(ours(backend), s.cuda(), t.cuda(), y.cuda(), T=3.0, alpha=0.6, reduction=reduction)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+def test_cuda_bad_target_raises():
+    s, t = logits((4, 10)).cuda(), logits((4, 10), seed=1).cuda()
+    with sk.backend("cuda"), pytest.raises(ValueError, match="target"):
+        OP(s, t, torch.full((4,), 10, device="cuda"), 1.0, 0.5, -100, 3, False, False)

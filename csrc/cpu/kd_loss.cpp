@@ -1,6 +1,12 @@
 // CPU entry point of shufflekern::kd_loss_forward (kernels in csrc/cpu/vec/kd_loss.cpp).
+#include <cstdint>
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "cpu/kd_loss_checks.h"
 #include "cpu/kd_loss_kernel.h"
@@ -34,6 +40,19 @@ int64_t count_rows(const at::Tensor& tgt, int64_t classes, int64_t ignore_index)
   return counted;
 }
 
+// A fresh [R, C] gradient of tens of MiB is a fresh mmap: writing it costs one page fault (and one 4 KiB
+// zeroing) per page, as much as the loss itself.  Asking for transparent huge pages on the untouched
+// buffer turns that into one fault per 2 MiB (what c10's THP_MEM_ALLOC_ENABLE does for every tensor).
+void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (t.nbytes() < 4 * kHuge) return;
+  const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1), hi = (begin + t.nbytes()) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);  // advice only: errors ignored
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cpu(
     const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& target,
     double temperature, double alpha, int64_t ignore_index, int64_t reduction, bool grad_student,
@@ -52,6 +71,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cpu(
   at::Tensor row_loss = at::empty({rows}, student.options().dtype(acc));
   at::Tensor gs = at::empty(grad_student ? student.sizes() : at::IntArrayRef{0}, student.options());
   at::Tensor gt = at::empty(grad_teacher ? teacher.sizes() : at::IntArrayRef{0}, teacher.options());
+  if (grad_student) advise_huge_pages(gs);
+  if (grad_teacher) advise_huge_pages(gt);
   if (rows > 0) {
     KdLossArgs args{};
     args.s = s.data_ptr();

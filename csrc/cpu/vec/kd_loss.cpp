@@ -3,8 +3,10 @@
 //
 // A row is swept in blocks of kBlock classes: the block's maxima, then its exponential sums, are taken
 // while it sits in L1 (one read from memory, one exponential per element and stream), and the blocks'
-// (max, sum) states are merged in double.  When a gradient is wanted, a second sweep over the row (now
-// in L2: a 32000-class fp32 row pair plus its gradient is 384 KiB) writes it.  bf16/fp16 blocks are
+// (max, sum) states are merged in double.  When a gradient is wanted, the first sweep also keeps its
+// exponentials in a per-thread row buffer, and a second sweep (L2-resident) turns them into the gradient
+// with a few multiply-adds an element.  Rows too few to feed every thread are split into chunks whose
+// states merge like blocks; their gradient sweep recomputes the exponentials.  bf16/fp16 blocks are
 // widened to float in a stack buffer; double runs in double.
 #include <algorithm>
 #include <cmath>
@@ -91,9 +93,18 @@ struct BlockSums {
 };
 
 // Sums of one block: zx = sum e^{x - mx}, zy = sum e^{y - my}, a = sum e^{y - my}(y - x), z1 = sum e^{s - m1}.
+// The exponentials of one row, kept from the statistics sweep so that the gradient sweep needs none:
+// e_x = e^{x - bx}, e_y = e^{y - by}, e_1 = e^{s - b1} against each block's finite shift (bx, by, b1).
+template <typename acc_t>
+struct Kept {
+  acc_t *ex, *ey, *e1;  // [n] each (e1 only when the CE stream is separate)
+  acc_t *bx, *by, *b1;  // [blocks] each
+};
+
+// With `keep`, the block's exponentials are stored to keep->ex/ey/e1 (already offset to the block).
 template <typename acc_t>
 inline BlockSums<acc_t> block_sums(const acc_t* s, const acc_t* t, int64_t n, acc_t inv_t, acc_t mx, acc_t my,
-                                   acc_t m1, bool ce_sep) {
+                                   acc_t m1, bool ce_sep, acc_t* kx, acc_t* ky, acc_t* k1) {
   using V = Vectorized<acc_t>;
   const V vinv(inv_t), vmx(mx), vmy(my), vm1(m1), zero(0);
   V zx(0), zy(0), a(0), z1(0);
@@ -105,17 +116,33 @@ inline BlockSums<acc_t> block_sums(const acc_t* s, const acc_t* t, int64_t n, ac
     zx = zx + ex;
     zy = zy + ey;
     a = a + V::blendv(ey * (y - x), zero, ey == zero);
-    if (ce_sep) z1 = z1 + vexp(sv - vm1);
+    if (kx) {
+      ex.store(kx + i);
+      ey.store(ky + i);
+    }
+    if (ce_sep) {
+      const V e1 = vexp(sv - vm1);
+      z1 = z1 + e1;
+      if (k1) e1.store(k1 + i);
+    }
   }
   auto sum = [](const V& v) { return at::vec::vec_reduce_all<acc_t>([](V& p, V& q) { return p + q; }, v); };
   BlockSums<acc_t> r{sum(zx), sum(zy), sum(a), ce_sep ? sum(z1) : acc_t(0)};
   for (; i < n; ++i) {
     const acc_t x = s[i] * inv_t, y = t[i] * inv_t;
-    const acc_t ey = std::exp(y - my);
-    r.zx += std::exp(x - mx);
+    const acc_t ex = std::exp(x - mx), ey = std::exp(y - my);
+    r.zx += ex;
     r.zy += ey;
     r.a += kd_a_term(ey, y, x);
-    if (ce_sep) r.z1 += std::exp(s[i] - m1);
+    if (kx) {
+      kx[i] = ex;
+      ky[i] = ey;
+    }
+    if (ce_sep) {
+      const acc_t e1 = std::exp(s[i] - m1);
+      r.z1 += e1;
+      if (k1) k1[i] = e1;
+    }
   }
   return r;
 }
@@ -124,7 +151,7 @@ inline BlockSums<acc_t> block_sums(const acc_t* s, const acc_t* t, int64_t n, ac
 // it differs from the x stream (T != 1).
 template <typename scalar_t, typename acc_t>
 KdRowStats<double> range_stats(const scalar_t* s, const scalar_t* t, int64_t n, acc_t inv_t, bool ce,
-                               bool ce_sep) {
+                               bool ce_sep, const Kept<acc_t>* keep = nullptr) {
   constexpr bool widen = !std::is_same_v<scalar_t, acc_t>;
   alignas(64) acc_t sbuf[widen ? kBlock : 1], tbuf[widen ? kBlock : 1];
   constexpr double ninf = -std::numeric_limits<double>::infinity();
@@ -137,7 +164,16 @@ KdRowStats<double> range_stats(const scalar_t* s, const scalar_t* t, int64_t n, 
     // T > 0, so max(s/T) = max(s)/T.
     const acc_t mx = finite_or_zero(acc_t(ms * inv_t)), my = finite_or_zero(acc_t(mt * inv_t));
     const acc_t m1 = finite_or_zero(ms);
-    const BlockSums<acc_t> b = block_sums(sp, tp, nb, inv_t, mx, my, m1, ce_sep);
+    const BlockSums<acc_t> b =
+        keep ? block_sums<acc_t>(sp, tp, nb, inv_t, mx, my, m1, ce_sep, keep->ex + off, keep->ey + off,
+                          ce_sep ? keep->e1 + off : nullptr)
+             : block_sums<acc_t>(sp, tp, nb, inv_t, mx, my, m1, ce_sep, nullptr, nullptr, nullptr);
+    if (keep) {
+      const int64_t blk = off / kBlock;
+      keep->bx[blk] = mx;
+      keep->by[blk] = my;
+      if (ce_sep) keep->b1[blk] = m1;
+    }
     const bool sx_empty = ms == -std::numeric_limits<acc_t>::infinity();
     const bool ty_empty = mt == -std::numeric_limits<acc_t>::infinity();
     // A student block of all -inf still pairs with finite teacher entries (a = +inf: KL is infinite).
@@ -208,6 +244,64 @@ void range_grad(const scalar_t* s, const scalar_t* t, scalar_t* gs, scalar_t* gt
   }
 }
 
+// Gradients of a whole row from its kept exponentials: per block, q = e_x e^{bx - mx} / Zx (and p, the
+// CE softmax likewise), so the student gradient is two or three multiply-adds an element.
+template <typename scalar_t, typename acc_t>
+void kept_grad(const Kept<acc_t>& k, const scalar_t* s, const scalar_t* t, scalar_t* gs, scalar_t* gt, int64_t n,
+               const KdRowGrad<double>& g, acc_t inv_t, bool ce_sep, int64_t tgt) {
+  using V = Vectorized<acc_t>;
+  constexpr bool widen = !std::is_same_v<scalar_t, acc_t>;
+  alignas(64) acc_t sbuf[widen ? kBlock : 1], tbuf[widen ? kBlock : 1];
+  alignas(64) acc_t gsbuf[widen ? kBlock : 1], gtbuf[widen ? kBlock : 1];
+  const bool with_ce = g.cc != 0.0;
+  const V vinv(inv_t), vK(acc_t(g.K)), vck(acc_t(g.ck)), zero(0);
+  for (int64_t off = 0; off < n; off += kBlock) {
+    const int64_t nb = std::min(kBlock, n - off), blk = off / kBlock;
+    const acc_t* ex = k.ex + off;
+    const acc_t* ey = k.ey + off;
+    const acc_t fx = acc_t(std::exp(double(k.bx[blk]) - g.mx) * g.inv_zx);
+    const acc_t fy = acc_t(std::exp(double(k.by[blk]) - g.my) * g.inv_zy);
+    const acc_t* e1 = ce_sep ? k.e1 + off : ex;
+    const acc_t f1 = !with_ce ? acc_t(0)
+                     : ce_sep ? acc_t(std::exp(double(k.b1[blk]) - g.m1) * g.inv_z1)
+                              : fx;  // T = 1: the CE softmax is q
+    if (gs) {
+      acc_t* out = widen ? gsbuf : reinterpret_cast<acc_t*>(gs + off);
+      const V a(acc_t(g.ck) * fx), b(acc_t(g.ck) * fy), c(acc_t(g.cc) * f1);
+      int64_t i = 0;
+      for (; i + V::size() <= nb; i += V::size()) {
+        V d = at::vec::fmsub(V::loadu(ex + i), a, V::loadu(ey + i) * b);
+        if (with_ce) d = at::vec::fmadd(V::loadu(e1 + i), c, d);
+        d.store(out + i);
+      }
+      for (; i < nb; ++i) {
+        acc_t d = ex[i] * (acc_t(g.ck) * fx) - ey[i] * (acc_t(g.ck) * fy);
+        if (with_ce) d += e1[i] * (acc_t(g.cc) * f1);
+        out[i] = d;
+      }
+      if (with_ce && tgt >= off && tgt < off + nb) out[tgt - off] -= acc_t(g.cc);
+      if constexpr (widen) at::vec::convert(gsbuf, gs + off, nb);
+    }
+    if (gt) {
+      const acc_t* sp = to_acc<scalar_t, acc_t>(s + off, sbuf, nb);
+      const acc_t* tp = to_acc<scalar_t, acc_t>(t + off, tbuf, nb);
+      acc_t* out = widen ? gtbuf : reinterpret_cast<acc_t*>(gt + off);
+      const V vfy(fy);
+      int64_t i = 0;
+      for (; i + V::size() <= nb; i += V::size()) {
+        const V x = V::loadu(sp + i) * vinv, y = V::loadu(tp + i) * vinv;
+        const V p = V::loadu(ey + i) * vfy;
+        V::blendv(vck * p * (y - x - vK), zero, p == zero).store(out + i);
+      }
+      for (; i < nb; ++i) {
+        const acc_t x = sp[i] * inv_t, y = tp[i] * inv_t, p = ey[i] * fy;
+        out[i] = p == acc_t(0) ? acc_t(0) : acc_t(g.ck) * p * (y - x - acc_t(g.K));
+      }
+      if constexpr (widen) at::vec::convert(gtbuf, gt + off, nb);
+    }
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void kd_rows(const KdLossArgs& a) {
   const auto* S = static_cast<const scalar_t*>(a.s);
@@ -248,9 +342,20 @@ void kd_rows(const KdLossArgs& a) {
 
   const int nthreads = at::get_num_threads();
   if (R >= nthreads || C < 8 * kBlock) {
-    // Whole rows per task; small rows are batched so that a task covers ~64K classes.
-    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / C);
+    // Whole rows per task; small rows are batched so that a task covers >= 256K classes (~0.3 ms): a
+    // smaller loss runs on the calling thread, because waking a sleeping pool thread costs a scheduler
+    // slice (measured: 12-16 ms on a busy 2-core machine) when its core is taken.
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / C);
     at::parallel_for(0, R, grain, [&](int64_t begin, int64_t end) {
+      // Per-task scratch for the kept exponentials of one row (the row stays in L2 between the sweeps).
+      const int64_t blocks = (C + kBlock - 1) / kBlock;
+      std::unique_ptr<acc_t[]> scratch;
+      Kept<acc_t> kept{};
+      if (want_grad) {
+        scratch.reset(new acc_t[3 * C + 3 * blocks]);
+        acc_t* p = scratch.get();
+        kept = {p, p + C, p + 2 * C, p + 3 * C, p + 3 * C + blocks, p + 3 * C + 2 * blocks};
+      }
       for (int64_t r = begin; r < end; ++r) {
         bool ignored;
         const int64_t tgt = row_target(r, &ignored);
@@ -260,12 +365,13 @@ void kd_rows(const KdLossArgs& a) {
         }
         const scalar_t* s = S + r * a.s_stride;
         const scalar_t* t = T + r * a.t_stride;
-        const KdRowStats<double> st = range_stats<scalar_t, acc_t>(s, t, C, inv_t, ce, ce_sep);
+        const KdRowStats<double> st =
+            range_stats<scalar_t, acc_t>(s, t, C, inv_t, ce, ce_sep, want_grad ? &kept : nullptr);
         KdRowGrad<double> g;
         finish(r, st, tgt, &g);
         if (want_grad) {
-          range_grad<scalar_t, acc_t>(s, t, GS ? GS + r * C : nullptr, GT ? GT + r * C : nullptr, C,
-                                      cast_grad<acc_t>(g), inv_t, ce_sep, ce ? tgt : -1);
+          kept_grad<scalar_t, acc_t>(kept, s, t, GS ? GS + r * C : nullptr, GT ? GT + r * C : nullptr, C, g, inv_t,
+                                     ce_sep, ce ? tgt : -1);
         }
       }
     });
