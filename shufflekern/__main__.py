@@ -16,6 +16,10 @@ def main(argv=None):
         cmd, rest = argv[0], argv[1:]
         if cmd == "bench":
             from bench_entry import main as run  # placeholder replaced below
+        elif cmd == "train":
+            from .distill.cli import train_main as run
+        else:
+            from .distill.cli import distill_main as run
         return run(rest)
     args = parser.parse_args(argv)
     if args.cmd == "info":
