@@ -3,6 +3,8 @@
     import shufflekern as sk
     y = sk.channel_shuffle(x, groups=3)
 """
+import torch  # noqa: F401  (loads libtorch before the extension)
+
 from . import _C  # noqa: F401
 from . import ops  # noqa: F401
 from ._backend import backend, get_backend, set_backend

@@ -15,7 +15,7 @@ def main(argv=None):
     if argv and argv[0] in ("bench", "train", "distill"):
         cmd, rest = argv[0], argv[1:]
         if cmd == "bench":
-            from bench_entry import main as run  # placeholder replaced below
+            from ._bench_cli import main as run
         elif cmd == "train":
             from .distill.cli import train_main as run
         else:

@@ -17,7 +17,8 @@ def check_tensor(op, name, t, dims=None):
 
 
 def check_int(op, name, v, minimum=None):
-    if isinstance(v, bool) or not isinstance(v, int):
+    # SymInt: under torch.compile with dynamic shapes a derived size (e.g. C // groups) is symbolic.
+    if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)):
         raise TypeError(f"{op}: {name} must be an int, got {type(v).__name__}")
     if minimum is not None and v < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {v}")

@@ -31,8 +31,8 @@ void shuffle_rows(const char* in, char* out, int64_t esize, int64_t n, int64_t c
 }
 
 // channels_last: every pixel holds its C channels contiguously; within a pixel the shuffle is the
-// transpose of a [groups, C/groups] matrix.  Reads are contiguous runs, writes are stride-`groups`
-// (the compiler turns the fixed-width loops into permutes for small groups).
+// transpose of a [groups, C/groups] matrix, done with the longer loop innermost (the compiler turns the
+// two-way (de)interleave of ShuffleNetV2 and its backward into vector permutes).
 template <typename T>
 void shuffle_pixels(const T* in, T* out, int64_t pixels, int64_t c, int64_t groups) {
   const int64_t cpg = c / groups;
@@ -41,16 +41,22 @@ void shuffle_pixels(const T* in, T* out, int64_t pixels, int64_t c, int64_t grou
     for (int64_t p = begin; p < end; ++p) {
       const T* src = in + p * c;
       T* dst = out + p * c;
-      if (groups == 2) {
+      if (groups == 2) {  // ShuffleNetV2's shuffle: interleave two halves
         for (int64_t i = 0; i < cpg; ++i) {
           dst[2 * i] = src[i];
           dst[2 * i + 1] = src[cpg + i];
         }
-      } else {
+      } else if (cpg == 2) {  // its inverse (the backward): de-interleave
         for (int64_t k = 0; k < groups; ++k) {
-          const T* s = src + k * cpg;
-          for (int64_t i = 0; i < cpg; ++i) dst[i * groups + k] = s[i];
+          dst[k] = src[2 * k];
+          dst[groups + k] = src[2 * k + 1];
         }
+      } else if (groups >= cpg) {  // long inner loop over groups: contiguous writes
+        for (int64_t i = 0; i < cpg; ++i)
+          for (int64_t k = 0; k < groups; ++k) dst[i * groups + k] = src[k * cpg + i];
+      } else {  // long inner loop over a group's channels: contiguous reads
+        for (int64_t k = 0; k < groups; ++k)
+          for (int64_t i = 0; i < cpg; ++i) dst[i * groups + k] = src[k * cpg + i];
       }
     }
   });

@@ -1,0 +1,161 @@
+"""The one benchmark harness: every bench_<op>.py case times its providers through `measure`.
+
+pytest-benchmark is the timing engine (pedantic mode: explicit warm-up and rounds); this module adds
+the modes (fwd / bwd / fwd+bwd), the 20/80% quantiles, peak memory and the labels that the report
+(`python -m shufflekern bench`, bench/report.py) turns into the long CSV, the table and the plots.
+"""
+import ctypes
+import gc
+import statistics
+import sys
+import time
+
+import torch
+
+MODES = ("fwd", "bwd", "fwd+bwd")
+_compiled = {}
+
+
+def compiled(key, fn):
+    """torch.compile(fn), built once per key (compilation happens in the warm-up, not the timing)."""
+    if key not in _compiled:
+        _compiled[key] = torch.compile(fn, dynamic=False)
+    return _compiled[key]
+
+
+# ---- peak memory (CPU: resident-set high-water mark; CUDA: the caching allocator's peak) --------------
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+_libc = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+
+
+def _steady_malloc():
+    """glibc's settled state for a loop of large tensors: blocks up to 32 MiB come from the heap, which
+    is not trimmed below 64 MiB.  (Its dynamic thresholds converge there; fixing them keeps every case,
+    and the memory measurement below, from moving them under the other cases' feet.)"""
+    if _libc is not None:
+        _libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        _libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+
+
+_steady_malloc()
+
+
+def _rss_bytes(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def peak_memory_bytes(target, setup, device):
+    """Extra bytes at the peak of one call of target(*setup()) over what was live before it."""
+    args = setup() if setup else ()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        target(*args)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    if _libc is None:
+        return None
+    # While measuring, every allocation of 64 KiB or more gets its own mmap and is returned on free, so
+    # the resident set tracks live tensors (the heap would otherwise reuse freed blocks and hide the peak).
+    _libc.mallopt(M_MMAP_THRESHOLD, 1 << 16)
+    _libc.malloc_trim(0)
+    try:
+        base = _rss_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        target(*args)
+        peak = _rss_bytes("VmHWM")
+    finally:
+        _steady_malloc()
+    return max(0, peak - base)
+    return max(0, _rss_bytes("VmHWM") - base)
+
+
+# ---- the measurement ----------------------------------------------------------------------------------
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _callables(mode, fn, inputs, grad_inputs):
+    """(target, setup) for pedantic timing: target(*setup()) is the timed work."""
+    if mode == "fwd":
+        ins = [t.detach() for t in inputs]
+
+        def fwd():
+            with torch.no_grad():
+                return fn(*ins)
+        return fwd, None
+
+    leaves = [t.detach().requires_grad_(bool(g)) for t, g in zip(inputs, grad_inputs)]
+    grad_out = {}
+
+    def forward():
+        for t in leaves:
+            t.grad = None  # no accumulation pass: every round writes fresh gradients
+        return fn(*leaves)
+
+    def backward(out):
+        if out.dim() == 0:
+            out.backward()
+        else:
+            g = grad_out.get("g")
+            if g is None or g.shape != out.shape:
+                g = grad_out["g"] = torch.ones_like(out)
+            out.backward(g)
+
+    if mode == "fwd+bwd":
+        return (lambda: backward(forward())), None
+    return backward, (lambda: (forward(),))
+
+
+def measure(benchmark, *, op, provider, mode, shape, dtype, fn, inputs, layout="", grad_inputs=None,
+            budget_s=0.6, memory=True, extra=None, min_rounds=7, max_rounds=2000):
+    """Time `fn(*inputs)` in `mode` with pytest-benchmark and label the result for the report.
+
+    fn returns the op's output; fwd+bwd/bwd call backward on it (a scalar directly, else with ones).
+    grad_inputs says which inputs require grad (default: the floating-point ones).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if grad_inputs is None:
+        grad_inputs = [t.is_floating_point() for t in inputs]
+    device = inputs[0].device
+    target, setup = _callables(mode, fn, inputs, grad_inputs)
+
+    def call():
+        args = setup() if setup else ()
+        _sync(device)
+        t0 = time.perf_counter()
+        target(*args)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    # Warm-up (compiles, caches, page faults), then size the rounds to the time budget.
+    for _ in range(2):
+        call()
+    one = min(call() for _ in range(3))
+    rounds = int(min(max_rounds, max(min_rounds, budget_s / max(one, 1e-7))))
+
+    def timed(*args):
+        target(*args)
+        _sync(device)
+
+    benchmark.pedantic(timed, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+    data = sorted(benchmark.stats.stats.data)
+    q = statistics.quantiles(data, n=10, method="inclusive") if len(data) > 1 else [data[0]] * 9
+    info = benchmark.extra_info
+    info.update(op=op, provider=provider, mode=mode, shape=shape, layout=layout,
+                dtype=str(dtype).replace("torch.", ""), median_s=statistics.median(data),
+                q20_s=q[1], q80_s=q[7], rounds=len(data))
+    if memory:
+        info["peak_bytes"] = peak_memory_bytes(target, setup, device)
+    if extra:
+        info.update(extra)
+    return info

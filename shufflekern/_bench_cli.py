@@ -1,0 +1,85 @@
+"""`python -m shufflekern bench`: runs the pytest-benchmark cases under bench/ and renders the report."""
+import argparse
+import os
+import shutil
+import sys
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
+
+
+class _Progress:
+    """pytest plugin: one tqdm bar over the cases instead of pytest's own terminal output."""
+
+    def __init__(self):
+        self.bar = None
+        self.failed = []
+
+    def pytest_collection_finish(self, session):
+        from tqdm import tqdm
+        self.bar = tqdm(total=len(session.items), desc="bench", unit="case", dynamic_ncols=True)
+
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            self.failed.append(report)
+            sys.stderr.write(f"\nFAILED {report.nodeid}\n{report.longreprtext}\n")
+        if report.when == "teardown" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(report.nodeid.split("[")[-1].rstrip("]")[:60])
+
+    def pytest_sessionfinish(self, session):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(prog="python -m shufflekern bench",
+                                 description="Kernel and model benchmarks vs eager PyTorch and torch.compile.")
+    ap.add_argument("--full", action="store_true", help="also run the large cases")
+    ap.add_argument("--ops", default=None,
+                    help="comma-separated bench files to run (e.g. channel_shuffle,kd_loss); default: all")
+    ap.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
+    ap.add_argument("--out", default=None, help="results directory (default: bench/results/<timestamp>)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    a = ap.parse_args(argv)
+    if not os.path.isdir(BENCH):
+        sys.exit(f"shufflekern bench: the benchmark cases live in the source tree ({BENCH} not found); "
+                 "run it from a clone of the repository")
+    import pytest
+
+    from shufflekern import __version__
+    sys.path.insert(0, BENCH)
+    import report
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = a.out or os.path.join(BENCH, "results", stamp)
+    os.makedirs(out, exist_ok=True)
+    json_path = os.path.join(out, "pytest-benchmark.json")
+    targets = ([os.path.join(BENCH, f"bench_{op.strip()}.py") for op in a.ops.split(",")] if a.ops else [BENCH])
+    args = targets + ["-p", "no:terminal", f"--benchmark-json={json_path}", "-c", os.path.join(BENCH, "pytest.ini")]
+    if a.full:
+        args.append("--full")
+    if a.keyword:
+        args += ["-k", a.keyword]
+    progress = _Progress()
+    t0 = time.time()
+    rc = pytest.main(args, plugins=[progress])
+    if not os.path.exists(json_path):
+        sys.exit(f"shufflekern bench: pytest exited with {rc} and wrote no results")
+    try:
+        import triton
+        tv = f" triton {triton.__version__}"
+    except ImportError:
+        tv = ""
+    versions = f"shufflekern {__version__} torch {torch.__version__}{tv} threads {torch.get_num_threads()}"
+    text, csv_path, pngs = report.render(json_path, out, versions)
+    print(text)
+    print(f"{len(progress.failed)} failed; {time.time() - t0:.0f} s; results: {csv_path}; plots: {', '.join(pngs)}")
+    for name in ("results.csv", "table.md"):
+        shutil.copyfile(os.path.join(out, name), os.path.join(BENCH, "results", "latest." + name.split(".")[1]))
+    return 1 if progress.failed or rc not in (0, 5) else 0
