@@ -419,26 +419,33 @@ def test_cli_sigkill_and_resume_equals_uninterrupted(tmp_path):
 
 # -- DDP ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process(tmp_path):
+def test_ddp_two_processes_match_single_process(tmp_path, capsys):
+    # A teacher checkpoint to distil from (the teacher stays unwrapped under DDP).
+    code, out = _main(capsys, "train", "--model", "resnet8_tiny", "--epochs", "1", "--batch-size", "32",
+                      "--limit-train", "64", "--limit-val", "32", "--no-progress", "--out", str(tmp_path / "t"))
+    assert code == 0, out
     # A small lr: early training is chaotic (a mere change of summation order grows ~10x per step at
     # lr 0.05), and float-level differences between 1 and 2 processes are all we allow.
-    common = ["--model", "resnet8_tiny", "--epochs", "2", "--batch-size", "32", "--limit-train", "128",
+    common = ["distill", "--teacher", str(tmp_path / "t" / "best.pt"), "--student", "resnet8_tiny",
+              "--hint-weight", "0.5", "--epochs", "2", "--batch-size", "32", "--limit-train", "128",
               "--limit-val", "64", "--no-progress", "--sync-bn", "--seed", "5", "--device", "cpu",
-              "--lr", "0.01"]
-    _cli("train", *common, "--out", str(tmp_path / "single"))
+              "--lr", "0.01", "--fused" if HAS_FUSED else "--no-fused"]
+    _cli(*common, "--out", str(tmp_path / "single"))
     r = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                        "shufflekern", "train", *common, "--out", str(tmp_path / "ddp")], cwd=ROOT,
+                        "shufflekern", *common, "--out", str(tmp_path / "ddp")], cwd=ROOT,
                        env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     assert r.stdout.count("done: final_acc") == 1          # rank 0 alone logs
     one = json.loads((tmp_path / "single" / "metrics.json").read_text())
     two = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["replica_sync_checks"] == 2                  # both ranks bit-identical after each epoch
     for h1, h2 in zip(one["history"], two["history"]):
         assert np.isclose(h1["train_loss"], h2["train_loss"], rtol=1e-4), (h1, h2)
         assert abs(h1["val_acc"] - h2["val_acc"]) <= 100 / 64 + 1e-9       # at most one image flips
-    a = torch.load(tmp_path / "single" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)["model"]
-    for k in a:
-        if a[k].is_floating_point():
-            torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-3, msg=k)
+    a = torch.load(tmp_path / "single" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    for part in ("model", "hint"):
+        for k in a[part]:
+            if a[part][k].is_floating_point():
+                torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-3, atol=1e-3, msg=f"{part}.{k}")
