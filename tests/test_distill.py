@@ -233,6 +233,13 @@ def test_train_writes_metrics_checkpoints_and_curves(tmp_path):
     assert meta2 == meta and isinstance(model, CifarResNet)
 
 
+def test_progress_bar_shows_loss_and_throughput(capsys):
+    Trainer(build_model("resnet8_tiny", 10), _tiny_data(64, 32), epochs=1, batch_size=32,
+            progress=True).fit()
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "loss=" in err and "img_s=" in err
+
+
 class _Crash(Exception):
     pass
 

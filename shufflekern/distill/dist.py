@@ -1,10 +1,14 @@
 """torch.distributed helpers: process-group setup under torchrun, a CPU-capable synchronised BatchNorm,
 and a check that the replicas hold identical weights."""
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+# The differentiable all_reduce is deprecated in favour of a private module; it still does what we need.
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated")
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "all_reduce_sum",
            "DistBatchNorm2d", "convert_sync_batchnorm", "broadcast_buffers", "assert_in_sync"]

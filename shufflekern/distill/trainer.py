@@ -360,7 +360,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model=None):
         """(top-1 accuracy in %, mean CE) of `model` (default: the student) on the validation set."""
-        model = model or self.model
+        model = self.model if model is None else model
         was_training = model.training
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64)
