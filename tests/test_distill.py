@@ -456,3 +456,30 @@ def test_ddp_two_processes_match_single_process(tmp_path, capsys):
         for k in a[part]:
             if a[part][k].is_floating_point():
                 torch.testing.assert_close(a[part][k], b[part][k], rtol=1e-3, atol=1e-3, msg=f"{part}.{k}")
+
+
+# -- ShuffleNet students (sk.models) ------------------------------------------------------------------
+def _has_models():
+    try:
+        import shufflekern.models  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_models(), reason="shufflekern.models not merged yet")
+@pytest.mark.parametrize("name,kw", [("shufflenet_v2", {"width_mult": 0.5}),
+                                     ("shufflenet_v1", {"groups": 3, "width_mult": 0.5})])
+def test_distill_into_shufflenet_students_with_hint(tmp_path, fused_standin, name, kw):
+    torch.manual_seed(0)
+    teacher = build_model("resnet8_tiny", 10)
+    student = build_model(name, 10, fused=True, small_input=True, **kw)
+    assert len(feature_stages(student)) == 3
+    t = Trainer(student, _tiny_data(64, 32), teacher=teacher, epochs=1, batch_size=32, hint_weight=0.5,
+                out_dir=str(tmp_path), progress=False, log=lambda m: None,
+                meta={"arch": name, "num_classes": 10, "model_kwargs": dict(kw, fused=True, small_input=True)})
+    m = t.fit()
+    assert np.isfinite(m["history"][0]["train_loss"])
+    rebuilt, _ = load_checkpoint_model(str(tmp_path / "best.pt"))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt.eval()(x), t.model.eval()(x))
