@@ -12,9 +12,19 @@ TORCH_LIBRARY(shufflekern, m) {
   // channel_shuffle: torch.channel_shuffle(x, groups) for 4-D x in either memory format.
   m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
 
-  // shuffle_conv1x1 (issue 4)
+  // shuffle_conv1x1 (issue 4): conv2d(channel_shuffle(x, shuffle_groups), weight, bias, groups=groups) with a
+  // [C_out, C_in/groups, 1, 1] weight; output in x's memory format.  The backward ops give grad of x (in
+  // grad_out's memory format) and of the weight; grad of the bias is grad_out.sum((0, 2, 3)).
+  m.def("shuffle_conv1x1(Tensor x, Tensor weight, Tensor? bias, int groups, int shuffle_groups) -> Tensor");
+  m.def("shuffle_conv1x1_grad_input(Tensor grad_out, Tensor weight, int groups, int shuffle_groups) -> Tensor");
+  m.def("shuffle_conv1x1_grad_weight(Tensor grad_out, Tensor x, int groups, int shuffle_groups) -> Tensor");
 
-  // kd loss (issue 3)
+  // kd loss (issue 3): one op for sk.kd_kl_div (alpha = 1, no target) and sk.kd_loss.  Returns the loss
+  // and, when asked, the gradients of the loss w.r.t. the logits (computed in the same pass; 0-element
+  // tensors when not asked), which the autograd formula scales by grad_output.
+  // reduction: 0 none, 1 mean, 2 sum, 3 batchmean.
+  m.def("kd_loss_forward(Tensor student, Tensor teacher, Tensor? target, float temperature, float alpha, "
+        "int ignore_index, int reduction, bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

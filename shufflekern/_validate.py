@@ -3,10 +3,14 @@
 Each message names the argument and what was expected.  The C++ entry points check the same
 conditions again (csrc/cpu/checks.h), so direct torch.ops.shufflekern.* calls are safe too.
 """
+import math
+
 import torch
 from torch._prims_common import suggest_memory_format
 
-__all__ = ["suggest_memory_format", "check_tensor", "check_int", "check_channel_shuffle"]
+__all__ = ["suggest_memory_format", "check_tensor", "check_int", "check_channel_shuffle", "check_shuffle_conv1x1",
+           "check_shuffle_conv1x1_grad_input", "check_shuffle_conv1x1_grad_weight", "check_kd",
+           "check_kd_target_range", "check_kd_op", "KD_REDUCTIONS"]
 
 
 def check_tensor(op, name, t, dims=None):
@@ -29,3 +33,143 @@ def check_channel_shuffle(x, groups, op="channel_shuffle"):
     check_int(op, "groups", groups, 1)
     if x.shape[1] % groups != 0:
         raise ValueError(f"{op}: channels of x ({x.shape[1]}) must be divisible by groups ({groups})")
+
+
+def check_shuffle_conv1x1(x, weight, bias, groups, shuffle_groups, op="shuffle_conv1x1"):
+    """conv2d(channel_shuffle(x, shuffle_groups), weight, bias, groups=groups) with a 1x1 weight."""
+    check_tensor(op, "x", x, 4)
+    check_tensor(op, "weight", weight)
+    check_int(op, "groups", groups, 1)
+    check_int(op, "shuffle_groups", shuffle_groups, 1)
+    c = x.shape[1]
+    if c % groups != 0:
+        raise ValueError(f"{op}: channels of x ({c}) must be divisible by groups ({groups})")
+    if c % shuffle_groups != 0:
+        raise ValueError(f"{op}: channels of x ({c}) must be divisible by shuffle_groups ({shuffle_groups})")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{op}: weight must have the dtype of x ({x.dtype}), got {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight must be on the device of x ({x.device}), got {weight.device}")
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (1, 1):
+        raise ValueError(f"{op}: weight must be [C_out, C_in/groups, 1, 1] (a 1x1 kernel), got shape "
+                         f"{tuple(weight.shape)}")
+    if weight.shape[1] * groups != c:
+        raise ValueError(f"{op}: weight must be [C_out, C_in/groups, 1, 1] = [C_out, {c // groups}, 1, 1], got "
+                         f"shape {tuple(weight.shape)}")
+    if weight.shape[0] % groups != 0:
+        raise ValueError(f"{op}: out channels (weight.shape[0] = {weight.shape[0]}) must be divisible by groups "
+                         f"({groups})")
+    if bias is not None:
+        check_tensor(op, "bias", bias)
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{op}: bias must have the dtype of x ({x.dtype}), got {bias.dtype}")
+        if bias.device != x.device:
+            raise ValueError(f"{op}: bias must be on the device of x ({x.device}), got {bias.device}")
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: bias must be 1-D of length C_out ({weight.shape[0]}), got shape "
+                             f"{tuple(bias.shape)}")
+
+
+def check_shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups, op="shuffle_conv1x1_grad_input"):
+    check_tensor(op, "grad_out", grad_out, 4)
+    check_tensor(op, "weight", weight, 4)
+    check_int(op, "groups", groups, 1)
+    x_like = grad_out.new_empty((0, weight.shape[1] * groups, 1, 1))
+    check_shuffle_conv1x1(x_like, weight, None, groups, shuffle_groups, op=op)
+    if grad_out.shape[1] != weight.shape[0]:
+        raise ValueError(f"{op}: grad_out must have C_out = weight.shape[0] = {weight.shape[0]} channels, got "
+                         f"{grad_out.shape[1]}")
+
+
+def check_shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups, op="shuffle_conv1x1_grad_weight"):
+    check_tensor(op, "grad_out", grad_out, 4)
+    check_tensor(op, "x", x, 4)
+    check_int(op, "groups", groups, 1)
+    w_like = x.new_empty((grad_out.shape[1], x.shape[1] // groups, 1, 1))
+    check_shuffle_conv1x1(x, w_like, None, groups, shuffle_groups, op=op)
+    if grad_out.dtype != x.dtype or grad_out.device != x.device:
+        raise TypeError(f"{op}: grad_out must have the dtype and device of x ({x.dtype}, {x.device}), got "
+                        f"{grad_out.dtype}, {grad_out.device}")
+    n, _, h, w = x.shape
+    if (grad_out.shape[0], grad_out.shape[2], grad_out.shape[3]) != (n, h, w):
+        raise ValueError(f"{op}: grad_out must be [N, C_out, H, W] with N, H, W of x {tuple(x.shape)}, got "
+                         f"{tuple(grad_out.shape)}")
+
+# --------------------------------------------------------------------------------------------------
+# kd_kl_div / kd_loss
+# --------------------------------------------------------------------------------------------------
+KD_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
+_KD_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def check_number(op, name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{op}: {name} must be a float, got {type(v).__name__}")
+    return float(v)
+
+
+def kd_reduction_code(op, reduction):
+    if reduction not in KD_REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {tuple(KD_REDUCTIONS)}, got {reduction!r}")
+    return KD_REDUCTIONS[reduction]
+
+
+def check_kd(op, student, teacher, target, temperature, alpha, reduction, ignore_index=-100):
+    """Checks of sk.kd_kl_div / sk.kd_loss (target None for kd_kl_div).  Returns (T, alpha, code)."""
+    for name, x in (("student_logits", student), ("teacher_logits", teacher)):
+        check_tensor(op, name, x)
+        if x.dtype not in _KD_DTYPES:
+            raise TypeError(f"{op}: {name} must be float32, float64, bfloat16 or float16, got {x.dtype}")
+        if x.dim() < 1:
+            raise ValueError(f"{op}: {name} must have a class dimension (at least 1-D), got 0-D")
+    if teacher.dtype != student.dtype:
+        raise TypeError(f"{op}: teacher_logits dtype ({teacher.dtype}) must match student_logits dtype "
+                        f"({student.dtype})")
+    if teacher.device != student.device:
+        raise ValueError(f"{op}: teacher_logits must be on student_logits' device ({student.device}), "
+                         f"got {teacher.device}")
+    if teacher.shape != student.shape:
+        raise ValueError(f"{op}: teacher_logits shape {tuple(teacher.shape)} must match student_logits "
+                         f"shape {tuple(student.shape)}")
+    if student.shape[-1] < 1:
+        raise ValueError(f"{op}: student_logits must have at least one class, got shape {tuple(student.shape)}")
+    temperature = check_number(op, "temperature", temperature)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"{op}: temperature must be a finite number > 0, got {temperature}")
+    alpha = check_number(op, "alpha", alpha)
+    if not math.isfinite(alpha):
+        raise ValueError(f"{op}: alpha must be finite, got {alpha}")
+    code = kd_reduction_code(op, reduction)
+    check_int(op, "ignore_index", ignore_index)
+    if target is not None:
+        check_tensor(op, "target", target)
+        if target.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{op}: target must be an int64 (or int32) tensor of class indices, got {target.dtype}")
+        if target.device != student.device:
+            raise ValueError(f"{op}: target must be on student_logits' device ({student.device}), "
+                             f"got {target.device}")
+        if target.shape != student.shape[:-1]:
+            raise ValueError(f"{op}: target shape {tuple(target.shape)} must be student_logits' shape without "
+                             f"the class dimension, {tuple(student.shape[:-1])}")
+    return temperature, alpha, code
+
+
+def check_kd_target_range(target, classes, ignore_index, op="kd_loss"):
+    """Value check of target (reads the tensor: eager only, not under tracing)."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+    if bool(bad.any()):
+        first = int(target[bad].flatten()[0])
+        raise ValueError(f"{op}: target holds {first}, out of range: class indices must be in [0, {classes}) "
+                         f"or ignore_index ({ignore_index})")
+
+
+def check_kd_op(student, teacher, target, temperature, alpha, ignore_index, reduction_code,
+                op="kd_loss_forward"):
+    """check_kd for the op's own arguments (reduction as its integer code)."""
+    names = {v: k for k, v in KD_REDUCTIONS.items()}
+    if reduction_code not in names:
+        raise ValueError(f"{op}: reduction code must be 0 (none), 1 (mean), 2 (sum) or 3 (batchmean), "
+                         f"got {reduction_code!r}")
+    return check_kd(op, student, teacher, target, temperature, alpha, names[reduction_code], ignore_index)

@@ -1,11 +1,14 @@
 """Functional API: validates arguments, picks the backend, calls the registered op."""
+from typing import Optional
+
+import torch
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
 from ._backend import select
-from ._validate import check_channel_shuffle
+from ._validate import check_channel_shuffle, check_int, check_kd, check_shuffle_conv1x1
 
-__all__ = ["channel_shuffle"]
+__all__ = ["channel_shuffle", "shuffle_conv1x1", "kd_kl_div", "kd_loss"]
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -16,3 +19,56 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """
     check_channel_shuffle(x, groups)
     return select("channel_shuffle", x.device)(x, groups)
+
+
+def shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, groups: int = 1,
+                    shuffle_groups: Optional[int] = None) -> Tensor:
+    """`F.conv2d(torch.channel_shuffle(x, sg), weight, bias, groups=groups)` in one kernel, differentiable.
+
+    `sg = groups if shuffle_groups is None else shuffle_groups`; weight is `[C_out, C_in/groups, 1, 1]`
+    (stride 1, no padding).  The shuffle is folded into the convolution's indexing: no shuffled copy of x
+    is made.  The output keeps x's memory format (x.suggest_memory_format()).  CPU: float32, float64,
+    bfloat16; CUDA: float32, float16, bfloat16 (accumulation in float32 for the 16-bit types).
+    """
+    check_int("shuffle_conv1x1", "groups", groups, 1)
+    sg = groups if shuffle_groups is None else shuffle_groups
+    check_shuffle_conv1x1(x, weight, bias, groups, sg)
+    return select("shuffle_conv1x1", x.device)(x, weight, bias, groups, sg)
+
+def _kd(op, student_logits, teacher_logits, target, temperature, alpha, reduction, ignore_index):
+    temperature, alpha, code = check_kd(op, student_logits, teacher_logits, target, temperature, alpha,
+                                        reduction, ignore_index)
+    grad = torch.is_grad_enabled()
+    loss, _, _ = select("kd_loss_forward", student_logits.device)(
+        student_logits, teacher_logits, target, temperature, alpha, ignore_index, code,
+        grad and student_logits.requires_grad, grad and teacher_logits.requires_grad)
+    return loss
+
+
+def kd_kl_div(student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 1.0,
+              reduction: str = "batchmean") -> Tensor:
+    """`T² · KL(softmax(t/T) ‖ softmax(s/T))` over the last (class) dimension; leading dims are rows.
+
+    Eager equivalent: `F.kl_div(F.log_softmax(s/T, -1), F.log_softmax(t/T, -1), log_target=True,
+    reduction=...) * T**2`, except that `batchmean` divides by the number of rows R = prod(leading dims)
+    (torch.nn.KLDivLoss divides by size(0) only).  `mean` divides by R·C, `sum` sums, `none` returns the
+    per-row loss of shape `s.shape[:-1]`.  Teacher probabilities that are exactly 0 (logit -inf)
+    contribute 0.  Differentiable w.r.t. both logits (the teacher's gradient is computed only when it
+    requires grad).  bf16/fp16 are computed in fp32 and returned in the input dtype.
+    """
+    return _kd("kd_kl_div", student_logits, teacher_logits, None, temperature, 1.0, reduction, -100)
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Optional[Tensor], *,
+            temperature: float = 4.0, alpha: float = 0.9, reduction: str = "batchmean",
+            ignore_index: int = -100) -> Tensor:
+    """`alpha · kd_kl_div(s, t, T) + (1 − alpha) · cross_entropy(s, target)` (CE at temperature 1).
+
+    target holds class indices of shape `s.shape[:-1]` (int64 or int32).  A row whose target is
+    `ignore_index` counts in neither term (and is 0 under `none`); `batchmean` and the CE part of `mean`
+    divide by the counted rows, the KL part of `mean` by counted rows × C.  If every row is ignored the
+    loss is 0.  A target outside [0, C) that is not ignore_index raises ValueError.
+    """
+    if target is None:
+        raise TypeError("kd_loss: target must be a tensor of class indices; use sk.kd_kl_div for the KL term alone")
+    return _kd("kd_loss", student_logits, teacher_logits, target, temperature, alpha, reduction, ignore_index)

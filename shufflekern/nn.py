@@ -1,9 +1,12 @@
 """torch.nn modules over the fused ops."""
+import math
+
+import torch
 from torch import nn
 
 from . import functional as F
 
-__all__ = ["ChannelShuffle"]
+__all__ = ["ChannelShuffle", "ShuffleConv1x1", "KDKLDiv", "KDLoss"]
 
 
 class ChannelShuffle(nn.Module):
@@ -20,3 +23,125 @@ class ChannelShuffle(nn.Module):
 
     def extra_repr(self):
         return f"groups={self.groups}"
+
+
+class ShuffleConv1x1(nn.Module):
+    """`nn.Conv2d(in_channels, out_channels, 1, groups=groups, bias=bias)` applied to
+    `channel_shuffle(x, shuffle_groups)` (default: `groups`), in one kernel.
+
+    Parameters are shaped and initialised like `nn.Conv2d`'s: weight `[out, in/groups, 1, 1]`, bias `[out]`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 1, shuffle_groups=None,
+                 bias: bool = False, device=None, dtype=None):
+        super().__init__()
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name != "groups" else 1):
+                raise ValueError(f"ShuffleConv1x1: {name} must be a {'positive' if name == 'groups' else 'non-negative'}"
+                                 f" int, got {v!r}")
+        sg = groups if shuffle_groups is None else shuffle_groups
+        if isinstance(sg, bool) or not isinstance(sg, int) or sg < 1:
+            raise ValueError(f"ShuffleConv1x1: shuffle_groups must be a positive int or None, got {shuffle_groups!r}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"ShuffleConv1x1: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                             f"divisible by groups ({groups})")
+        if in_channels % sg:
+            raise ValueError(f"ShuffleConv1x1: in_channels ({in_channels}) must be divisible by shuffle_groups ({sg})")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.groups, self.shuffle_groups = groups, sg
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, 1, 1, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # nn.Conv2d.reset_parameters: kaiming_uniform(a=sqrt(5)), bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, shuffle_groups=None) -> "ShuffleConv1x1":
+        """The module computing `conv(channel_shuffle(x, shuffle_groups))` (default: conv.groups), with a copy
+        of conv's parameters (requires_grad kept)."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"ShuffleConv1x1.from_conv: conv must be an nn.Conv2d, got {type(conv).__name__}")
+        # With a 1x1 kernel, padding "same" and "valid" both mean no padding.
+        padded = tuple(conv.padding) != (0, 0) if not isinstance(conv.padding, str) else False
+        if (tuple(conv.kernel_size) != (1, 1) or tuple(conv.stride) != (1, 1) or tuple(conv.dilation) != (1, 1)
+                or padded):
+            raise ValueError("ShuffleConv1x1.from_conv: conv must be a 1x1 convolution with stride 1, dilation 1 "
+                             f"and no padding, got {conv}")
+        w = conv.weight
+        m = cls(conv.in_channels, conv.out_channels, groups=conv.groups, shuffle_groups=shuffle_groups,
+                bias=conv.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            m.weight.copy_(w)
+            m.weight.requires_grad_(w.requires_grad)
+            if conv.bias is not None:
+                m.bias.copy_(conv.bias)
+                m.bias.requires_grad_(conv.bias.requires_grad)
+        m.train(conv.training)
+        return m
+
+    def forward(self, x):
+        return F.shuffle_conv1x1(x, self.weight, self.bias, groups=self.groups, shuffle_groups=self.shuffle_groups)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, groups={self.groups}, "
+                f"shuffle_groups={self.shuffle_groups}, bias={self.bias is not None}")
+
+class KDKLDiv(nn.Module):
+    """`sk.kd_kl_div` as a module: forward(student_logits, teacher_logits)."""
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "batchmean"):
+        super().__init__()
+        _check_kd_module("KDKLDiv", temperature, 1.0, reduction)
+        self.temperature = float(temperature)
+        self.reduction = reduction
+
+    def forward(self, student_logits, teacher_logits):
+        return F.kd_kl_div(student_logits, teacher_logits, temperature=self.temperature, reduction=self.reduction)
+
+    def extra_repr(self):
+        return f"temperature={self.temperature}, reduction={self.reduction!r}"
+
+
+class KDLoss(nn.Module):
+    """`sk.kd_loss` as a module: forward(student_logits, teacher_logits, target)."""
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, reduction: str = "batchmean",
+                 ignore_index: int = -100):
+        super().__init__()
+        _check_kd_module("KDLoss", temperature, alpha, reduction)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"KDLoss: ignore_index must be an int, got {type(ignore_index).__name__}")
+        self.temperature = float(temperature)
+        self.alpha = float(alpha)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+
+    def forward(self, student_logits, teacher_logits, target):
+        return F.kd_loss(student_logits, teacher_logits, target, temperature=self.temperature, alpha=self.alpha,
+                         reduction=self.reduction, ignore_index=self.ignore_index)
+
+    def extra_repr(self):
+        return (f"temperature={self.temperature}, alpha={self.alpha}, reduction={self.reduction!r}, "
+                f"ignore_index={self.ignore_index}")
+
+
+def _check_kd_module(op, temperature, alpha, reduction):
+    import math
+
+    from ._validate import check_number, kd_reduction_code
+    temperature = check_number(op, "temperature", temperature)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"{op}: temperature must be a finite number > 0, got {temperature}")
+    if not math.isfinite(check_number(op, "alpha", alpha)):
+        raise ValueError(f"{op}: alpha must be finite, got {alpha}")
+    kd_reduction_code(op, reduction)

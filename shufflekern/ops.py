@@ -5,11 +5,15 @@ csrc/shufflekern.cpp) and a Triton twin `shufflekern::<op>_triton` defined here.
 kernel and one autograd formula, so the two backends cannot drift apart in shapes or derivatives.
 The backward of an op calls the same backend family as its forward.
 """
+from typing import Optional, Tuple
+
 import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: TORCH_LIBRARY(shufflekern) and the kernels)
-from ._validate import check_channel_shuffle, suggest_memory_format
+from ._validate import (KD_REDUCTIONS, check_channel_shuffle, check_kd_op, check_shuffle_conv1x1,
+                        check_shuffle_conv1x1_grad_input, check_shuffle_conv1x1_grad_weight,
+                        suggest_memory_format)
 
 NATIVE, TRITON = "", "_triton"
 
@@ -56,3 +60,145 @@ def _channel_shuffle_backward_for(family):
 
 
 _register("channel_shuffle", _channel_shuffle_fake, _channel_shuffle_setup, _channel_shuffle_backward_for)
+
+
+# --------------------------------------------------------------------------------------------------
+# shuffle_conv1x1: y = conv2d(channel_shuffle(x, sg), W, b, groups=G), 1x1 weight [C_out, C/G, 1, 1]
+# --------------------------------------------------------------------------------------------------
+# With P the shuffle (x' = P x) and W_bd the block-diagonal weight of the groups, y = W_bd P x + b, so
+#   grad_x = P^T W_bd^T grad_y          (shuffle_conv1x1_grad_input)
+#   grad_W = grad_y (P x)^T per group   (shuffle_conv1x1_grad_weight, summed over images and pixels)
+#   grad_b = grad_y summed over N, H, W
+
+@torch.library.custom_op("shufflekern::shuffle_conv1x1_triton", mutates_args=())
+def _shuffle_conv1x1_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int,
+                            shuffle_groups: int) -> Tensor:
+    from .triton.shuffle_conv1x1 import shuffle_conv1x1
+    return shuffle_conv1x1(x, weight, bias, groups, shuffle_groups)
+
+
+@torch.library.custom_op("shufflekern::shuffle_conv1x1_grad_input_triton", mutates_args=())
+def _shuffle_conv1x1_grad_input_triton(grad_out: Tensor, weight: Tensor, groups: int, shuffle_groups: int) -> Tensor:
+    from .triton.shuffle_conv1x1 import shuffle_conv1x1_grad_input
+    return shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups)
+
+
+@torch.library.custom_op("shufflekern::shuffle_conv1x1_grad_weight_triton", mutates_args=())
+def _shuffle_conv1x1_grad_weight_triton(grad_out: Tensor, x: Tensor, groups: int, shuffle_groups: int) -> Tensor:
+    from .triton.shuffle_conv1x1 import shuffle_conv1x1_grad_weight
+    return shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups)
+
+
+def _shuffle_conv1x1_fake(x, weight, bias, groups, shuffle_groups):
+    check_shuffle_conv1x1(x, weight, bias, groups, shuffle_groups)
+    n, _, h, w = x.shape
+    return torch.empty((n, weight.shape[0], h, w), dtype=x.dtype, device=x.device,
+                       memory_format=suggest_memory_format(x))
+
+
+def _shuffle_conv1x1_grad_input_fake(grad_out, weight, groups, shuffle_groups):
+    check_shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups)
+    n, _, h, w = grad_out.shape
+    return torch.empty((n, weight.shape[1] * groups, h, w), dtype=grad_out.dtype, device=grad_out.device,
+                       memory_format=suggest_memory_format(grad_out))
+
+
+def _shuffle_conv1x1_grad_weight_fake(grad_out, x, groups, shuffle_groups):
+    check_shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups)
+    return x.new_empty((grad_out.shape[1], x.shape[1] // groups, 1, 1))
+
+
+def _shuffle_conv1x1_setup(ctx, inputs, output):
+    x, weight, bias, groups, shuffle_groups = inputs
+    ctx.groups, ctx.shuffle_groups = groups, shuffle_groups
+    ctx.has_bias = bias is not None
+    ctx.memory_format = suggest_memory_format(x)
+    ctx.save_for_backward(x, weight)
+
+
+def _shuffle_conv1x1_backward_for(family):
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        # grad_x comes back in x's memory format, as for torch's convolutions.
+        grad = grad.contiguous(memory_format=ctx.memory_format)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _op("shuffle_conv1x1_grad_input", family)(grad, weight, ctx.groups, ctx.shuffle_groups)
+        if ctx.needs_input_grad[1]:
+            grad_w = _op("shuffle_conv1x1_grad_weight", family)(grad, x, ctx.groups, ctx.shuffle_groups)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
+    return backward
+
+
+_register("shuffle_conv1x1", _shuffle_conv1x1_fake, _shuffle_conv1x1_setup, _shuffle_conv1x1_backward_for)
+_register("shuffle_conv1x1_grad_input", _shuffle_conv1x1_grad_input_fake)
+_register("shuffle_conv1x1_grad_weight", _shuffle_conv1x1_grad_weight_fake)
+
+# kd_loss_forward: sk.kd_kl_div and sk.kd_loss
+# --------------------------------------------------------------------------------------------------
+# One op returns (loss, d loss/d student, d loss/d teacher).  The gradients are computed inside the
+# forward pass while the row is cache-hot (0-element tensors when not asked for: a schema cannot return
+# None), so the backward only scales them by grad_output.
+
+@torch.library.custom_op("shufflekern::kd_loss_forward_triton", mutates_args=())
+def _kd_loss_forward_triton(student: Tensor, teacher: Tensor, target: Optional[Tensor], temperature: float,
+                            alpha: float, ignore_index: int, reduction: int, grad_student: bool,
+                            grad_teacher: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    from .triton.kd_loss import kd_loss_forward
+    return kd_loss_forward(student, teacher, target, temperature, alpha, ignore_index, reduction,
+                           grad_student, grad_teacher)
+
+
+def _kd_loss_fake(student, teacher, target, temperature, alpha, ignore_index, reduction, grad_student,
+                  grad_teacher):
+    check_kd_op(student, teacher, target, temperature, alpha, ignore_index, reduction)
+    loss = student.new_empty(student.shape[:-1] if reduction == KD_REDUCTIONS["none"] else ())
+    gs = torch.empty_like(student, memory_format=torch.contiguous_format) if grad_student else student.new_empty(0)
+    gt = torch.empty_like(teacher, memory_format=torch.contiguous_format) if grad_teacher else teacher.new_empty(0)
+    return loss, gs, gt
+
+
+def _kd_loss_setup(ctx, inputs, output):
+    reduction, grad_student, grad_teacher = inputs[6:9]
+    _, gs, gt = output
+    ctx.save_for_backward(gs, gt)
+    ctx.per_row = reduction == KD_REDUCTIONS["none"]
+    ctx.computed = (grad_student, grad_teacher)
+    ctx.mark_non_differentiable(gs, gt)
+
+
+def _tracing(t):
+    return (torch.compiler.is_compiling() or type(t) is not torch.Tensor
+            or torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.PROXY) is not None)
+
+
+def _kd_scale(grad, g, per_row):
+    if per_row:
+        g = g.unsqueeze(-1)
+    # loss.backward() passes ones: the precomputed gradient is the answer, and skipping the multiply saves
+    # a full pass over [rows, classes] (Liger-Kernel does the same).  Traced graphs keep the multiply.
+    if not _tracing(g) and bool((g == 1).all()):
+        return grad
+    return grad * g
+
+
+def _kd_loss_backward_for(family):
+    def backward(ctx, g, _unused_gs, _unused_gt):
+        grads = []
+        for i, (saved, computed, name) in enumerate(zip(ctx.saved_tensors, ctx.computed,
+                                                        ("student_logits", "teacher_logits"))):
+            if not ctx.needs_input_grad[i]:
+                grads.append(None)
+                continue
+            if not computed:
+                raise RuntimeError(f"kd_loss_forward: the gradient w.r.t. {name} was not computed in the "
+                                   f"forward (grad_{name.split('_')[0]}=False); use sk.kd_loss / sk.kd_kl_div, "
+                                   "which ask for it whenever the input requires grad")
+            grads.append(_kd_scale(saved, g, ctx.per_row))
+        return (*grads, None, None, None, None, None, None, None)
+    return backward
+
+
+_register("kd_loss_forward", _kd_loss_fake, _kd_loss_setup, _kd_loss_backward_for)

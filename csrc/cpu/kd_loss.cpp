@@ -1,0 +1,88 @@
+// CPU entry point of shufflekern::kd_loss_forward (kernels in csrc/cpu/vec/kd_loss.cpp).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cpu/kd_loss_checks.h"
+#include "cpu/kd_loss_kernel.h"
+
+namespace shufflekern::cpu {
+
+SK_DEFINE_KERNEL_TABLE(kd_loss_table, KdLossFn);
+
+namespace {
+
+int dtype_code(at::ScalarType dt) {
+  switch (dt) {
+    case at::kFloat: return kKdFloat;
+    case at::kDouble: return kKdDouble;
+    case at::kBFloat16: return kKdBFloat16;
+    default: return kKdHalf;
+  }
+}
+
+// Rows whose target is not ignore_index; rejects targets outside [0, C) before any kernel reads them.
+int64_t count_rows(const at::Tensor& tgt, int64_t classes, int64_t ignore_index) {
+  const int64_t* y = tgt.data_ptr<int64_t>();
+  int64_t counted = 0;
+  for (int64_t r = 0; r < tgt.numel(); ++r) {
+    if (y[r] == ignore_index) continue;
+    TORCH_CHECK_VALUE(y[r] >= 0 && y[r] < classes, "kd_loss: target[", r, "] = ", y[r],
+                      " is out of range: class indices must be in [0, ", classes, ") or ignore_index (",
+                      ignore_index, ")");
+    ++counted;
+  }
+  return counted;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cpu(
+    const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& target,
+    double temperature, double alpha, int64_t ignore_index, int64_t reduction, bool grad_student,
+    bool grad_teacher) {
+  check_kd_loss_args(student, teacher, target, temperature, alpha, reduction);
+  const int64_t classes = student.size(-1);
+  const at::Tensor s = kd_rows_view(student), t = kd_rows_view(teacher);
+  const int64_t rows = s.size(0);
+  at::Tensor tgt;
+  int64_t counted = rows;
+  if (target.has_value()) {
+    tgt = target->reshape({-1}).to(at::kLong).contiguous();
+    counted = count_rows(tgt, classes, ignore_index);
+  }
+  const auto acc = student.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor row_loss = at::empty({rows}, student.options().dtype(acc));
+  at::Tensor gs = at::empty(grad_student ? student.sizes() : at::IntArrayRef{0}, student.options());
+  at::Tensor gt = at::empty(grad_teacher ? teacher.sizes() : at::IntArrayRef{0}, teacher.options());
+  if (rows > 0) {
+    KdLossArgs args{};
+    args.s = s.data_ptr();
+    args.t = t.data_ptr();
+    args.s_stride = s.stride(0);
+    args.t_stride = t.stride(0);
+    args.target = tgt.defined() ? tgt.data_ptr<int64_t>() : nullptr;
+    args.grad_s = grad_student ? gs.data_ptr() : nullptr;
+    args.grad_t = grad_teacher ? gt.data_ptr() : nullptr;
+    args.row_loss = row_loss.data_ptr();
+    args.rows = rows;
+    args.classes = classes;
+    args.temperature = temperature;
+    args.alpha = alpha;
+    args.ignore_index = ignore_index;
+    args.reduction = reduction;
+    args.counted = counted;
+    args.dtype = dtype_code(student.scalar_type());
+    kd_loss_table.get()(args);
+  }
+  at::Tensor loss;
+  if (reduction == kKdNone) {
+    loss = row_loss.to(student.scalar_type()).reshape(student.sizes().slice(0, student.dim() - 1));
+  } else {
+    loss = row_loss.sum(at::kDouble).to(student.scalar_type());
+  }
+  return {loss, gs, gt};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflekern, CPU, m) { m.impl("kd_loss_forward", &kd_loss_forward_cpu); }
+
+}  // namespace shufflekern::cpu

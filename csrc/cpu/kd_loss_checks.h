@@ -1,0 +1,55 @@
+// Argument checks of the distillation loss shared by the CPU and CUDA entry points.  The Python
+// wrappers check the same things first; these guard direct torch.ops.shufflekern.* calls.
+#pragma once
+#include <cmath>
+#include <optional>
+
+#include <ATen/ATen.h>
+
+#include "kd_loss.h"
+
+namespace shufflekern {
+
+inline void check_kd_loss_args(const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& target,
+                               double temperature, double alpha, int64_t reduction) {
+  static const char* op = "kd_loss";
+  for (const at::Tensor* x : {&s, &t}) {
+    const char* name = x == &s ? "student_logits" : "teacher_logits";
+    const auto dt = x->scalar_type();
+    TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 || dt == at::kHalf, op, ": ",
+                     name, " must be float32, float64, bfloat16 or float16, got ", dt);
+    TORCH_CHECK_VALUE(x->dim() >= 1, op, ": ", name, " must have a class dimension (at least 1-D), got 0-D");
+  }
+  TORCH_CHECK_TYPE(t.scalar_type() == s.scalar_type(), op, ": teacher_logits dtype (", t.scalar_type(),
+                   ") must match student_logits dtype (", s.scalar_type(), ")");
+  TORCH_CHECK_VALUE(t.device() == s.device(), op, ": teacher_logits must be on student_logits' device (",
+                    s.device(), "), got ", t.device());
+  TORCH_CHECK_VALUE(t.sizes() == s.sizes(), op, ": teacher_logits shape ", t.sizes(),
+                    " must match student_logits shape ", s.sizes());
+  TORCH_CHECK_VALUE(s.size(-1) >= 1, op, ": student_logits must have at least one class, got shape ", s.sizes());
+  TORCH_CHECK_VALUE(temperature > 0 && std::isfinite(temperature), op,
+                    ": temperature must be a finite number > 0, got ", temperature);
+  TORCH_CHECK_VALUE(std::isfinite(alpha), op, ": alpha must be finite, got ", alpha);
+  TORCH_CHECK_VALUE(reduction >= kKdNone && reduction <= kKdBatchMean, op,
+                    ": reduction code must be 0 (none), 1 (mean), 2 (sum) or 3 (batchmean), got ", reduction);
+  if (target.has_value()) {
+    const at::Tensor& y = *target;
+    TORCH_CHECK_TYPE(y.scalar_type() == at::kLong || y.scalar_type() == at::kInt, op,
+                     ": target must be an int64 (or int32) tensor of class indices, got ", y.scalar_type());
+    TORCH_CHECK_VALUE(y.device() == s.device(), op, ": target must be on student_logits' device (", s.device(),
+                      "), got ", y.device());
+    TORCH_CHECK_VALUE(y.sizes() == s.sizes().slice(0, s.dim() - 1), op, ": target shape ", y.sizes(),
+                      " must be student_logits' shape without the class dimension, ",
+                      s.sizes().slice(0, s.dim() - 1));
+  }
+}
+
+// [R, C] view of logits with contiguous classes (copies only when the class stride is not 1).
+inline at::Tensor kd_rows_view(const at::Tensor& x) {
+  const int64_t c = x.size(-1);
+  at::Tensor r = x.reshape({-1, c});
+  if (c > 1 && r.stride(1) != 1) r = r.contiguous();
+  return r;
+}
+
+}  // namespace shufflekern

@@ -1,0 +1,333 @@
+// Fused distillation-loss kernels, compiled once per CPU ISA (see csrc/cpu/dispatch.h).  The maths is in
+// csrc/kd_loss.h.
+//
+// A row is swept in blocks of kBlock classes: the block's maxima, then its exponential sums, are taken
+// while it sits in L1 (one read from memory, one exponential per element and stream), and the blocks'
+// (max, sum) states are merged in double.  When a gradient is wanted, a second sweep over the row (now
+// in L2: a 32000-class fp32 row pair plus its gradient is 384 KiB) writes it.  bf16/fp16 blocks are
+// widened to float in a stack buffer; double runs in double.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <type_traits>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "cpu/dispatch.h"
+#include "cpu/kd_loss_kernel.h"
+#include "kd_loss.h"
+
+namespace shufflekern::cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kBlock = 2048;
+
+// float: the polynomial exp of flash attention's CPU kernel (~2e-6 relative), far faster than Sleef's;
+// double keeps the accurate one (gradcheck).
+template <typename acc_t>
+inline Vectorized<acc_t> vexp(const Vectorized<acc_t>& v) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    return v.exp_u20();
+  } else {
+    return v.exp();
+  }
+}
+
+// The block as acc_t: the input itself, or widened into `buf`.
+template <typename scalar_t, typename acc_t>
+inline const acc_t* to_acc(const scalar_t* src, acc_t* buf, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+    using Vs = Vectorized<scalar_t>;
+    using Vf = Vectorized<float>;
+    int64_t i = 0;
+    for (; i + Vs::size() <= n; i += Vs::size()) {
+      auto [lo, hi] = at::vec::convert_to_float<scalar_t>(Vs::loadu(src + i));
+      lo.store(buf + i);
+      hi.store(buf + i + Vf::size());
+    }
+    for (; i < n; ++i) buf[i] = static_cast<float>(src[i]);
+    return buf;
+  }
+}
+
+template <typename acc_t>
+inline acc_t block_max(const acc_t* p, int64_t n) {
+  using V = Vectorized<acc_t>;
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  int64_t i = 0;
+  if (n >= 2 * V::size()) {
+    V m0 = V::loadu(p), m1 = V::loadu(p + V::size());
+    for (i = 2 * V::size(); i + 2 * V::size() <= n; i += 2 * V::size()) {
+      m0 = at::vec::maximum(m0, V::loadu(p + i));
+      m1 = at::vec::maximum(m1, V::loadu(p + i + V::size()));
+    }
+    m = at::vec::vec_reduce_all<acc_t>([](V& a, V& b) { return at::vec::maximum(a, b); },
+                                       at::vec::maximum(m0, m1));
+  }
+  for (; i < n; ++i) m = (p[i] > m || std::isnan(p[i])) ? p[i] : m;  // NaN propagates
+  return m;
+}
+
+// Exponentials are taken against a finite shift: a stream whose maximum is -inf has z = a = 0.
+template <typename acc_t>
+inline acc_t finite_or_zero(acc_t m) {
+  return m == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : m;
+}
+
+template <typename acc_t>
+struct BlockSums {
+  acc_t zx, zy, a, z1;
+};
+
+// Sums of one block: zx = sum e^{x - mx}, zy = sum e^{y - my}, a = sum e^{y - my}(y - x), z1 = sum e^{s - m1}.
+template <typename acc_t>
+inline BlockSums<acc_t> block_sums(const acc_t* s, const acc_t* t, int64_t n, acc_t inv_t, acc_t mx, acc_t my,
+                                   acc_t m1, bool ce_sep) {
+  using V = Vectorized<acc_t>;
+  const V vinv(inv_t), vmx(mx), vmy(my), vm1(m1), zero(0);
+  V zx(0), zy(0), a(0), z1(0);
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) {
+    const V sv = V::loadu(s + i), tv = V::loadu(t + i);
+    const V x = sv * vinv, y = tv * vinv;
+    const V ex = vexp(x - vmx), ey = vexp(y - vmy);
+    zx = zx + ex;
+    zy = zy + ey;
+    a = a + V::blendv(ey * (y - x), zero, ey == zero);
+    if (ce_sep) z1 = z1 + vexp(sv - vm1);
+  }
+  auto sum = [](const V& v) { return at::vec::vec_reduce_all<acc_t>([](V& p, V& q) { return p + q; }, v); };
+  BlockSums<acc_t> r{sum(zx), sum(zy), sum(a), ce_sep ? sum(z1) : acc_t(0)};
+  for (; i < n; ++i) {
+    const acc_t x = s[i] * inv_t, y = t[i] * inv_t;
+    const acc_t ey = std::exp(y - my);
+    r.zx += std::exp(x - mx);
+    r.zy += ey;
+    r.a += kd_a_term(ey, y, x);
+    if (ce_sep) r.z1 += std::exp(s[i] - m1);
+  }
+  return r;
+}
+
+// Statistics of n consecutive classes of one row.  `ce`: the cross-entropy stream is wanted; `ce_sep`:
+// it differs from the x stream (T != 1).
+template <typename scalar_t, typename acc_t>
+KdRowStats<double> range_stats(const scalar_t* s, const scalar_t* t, int64_t n, acc_t inv_t, bool ce,
+                               bool ce_sep) {
+  constexpr bool widen = !std::is_same_v<scalar_t, acc_t>;
+  alignas(64) acc_t sbuf[widen ? kBlock : 1], tbuf[widen ? kBlock : 1];
+  constexpr double ninf = -std::numeric_limits<double>::infinity();
+  KdRowStats<double> st{kd_stream_empty<double>(), kd_stream_empty<double>(), kd_stream_empty<double>()};
+  for (int64_t off = 0; off < n; off += kBlock) {
+    const int64_t nb = std::min(kBlock, n - off);
+    const acc_t* sp = to_acc<scalar_t, acc_t>(s + off, sbuf, nb);
+    const acc_t* tp = to_acc<scalar_t, acc_t>(t + off, tbuf, nb);
+    const acc_t ms = block_max(sp, nb), mt = block_max(tp, nb);
+    // T > 0, so max(s/T) = max(s)/T.
+    const acc_t mx = finite_or_zero(acc_t(ms * inv_t)), my = finite_or_zero(acc_t(mt * inv_t));
+    const acc_t m1 = finite_or_zero(ms);
+    const BlockSums<acc_t> b = block_sums(sp, tp, nb, inv_t, mx, my, m1, ce_sep);
+    const bool sx_empty = ms == -std::numeric_limits<acc_t>::infinity();
+    const bool ty_empty = mt == -std::numeric_limits<acc_t>::infinity();
+    // A student block of all -inf still pairs with finite teacher entries (a = +inf: KL is infinite).
+    st.x = kd_merge(st.x, KdStream<double>{sx_empty ? ninf : double(mx), double(b.zx), 0.0});
+    st.y = kd_merge(st.y, KdStream<double>{ty_empty ? ninf : double(my), double(b.zy), double(b.a)});
+    if (ce_sep) st.s1 = kd_merge(st.s1, KdStream<double>{sx_empty ? ninf : double(m1), double(b.z1), 0.0});
+  }
+  if (ce && !ce_sep) st.s1 = st.x;
+  return st;
+}
+
+template <typename acc_t>
+KdRowGrad<acc_t> cast_grad(const KdRowGrad<double>& g) {
+  return {acc_t(g.mx), acc_t(g.my), acc_t(g.m1), acc_t(g.inv_zx), acc_t(g.inv_zy),
+          acc_t(g.inv_z1), acc_t(g.ck), acc_t(g.cc), acc_t(g.K)};
+}
+
+// Gradients of n consecutive classes of one row; `tgt` is the target's index within this range or -1.
+template <typename scalar_t, typename acc_t>
+void range_grad(const scalar_t* s, const scalar_t* t, scalar_t* gs, scalar_t* gt, int64_t n,
+                const KdRowGrad<acc_t>& g, acc_t inv_t, bool ce_sep, int64_t tgt) {
+  using V = Vectorized<acc_t>;
+  constexpr bool widen = !std::is_same_v<scalar_t, acc_t>;
+  alignas(64) acc_t sbuf[widen ? kBlock : 1], tbuf[widen ? kBlock : 1];
+  alignas(64) acc_t gsbuf[widen ? kBlock : 1], gtbuf[widen ? kBlock : 1];
+  const V vinv(inv_t), vmx(g.mx), vmy(g.my), vm1(g.m1), vizx(g.inv_zx), vizy(g.inv_zy), viz1(g.inv_z1);
+  const V vck(g.ck), vcc(g.cc), vK(g.K), zero(0);
+  const bool with_ce = g.cc != acc_t(0);
+  for (int64_t off = 0; off < n; off += kBlock) {
+    const int64_t nb = std::min(kBlock, n - off);
+    const acc_t* sp = to_acc<scalar_t, acc_t>(s + off, sbuf, nb);
+    const acc_t* tp = to_acc<scalar_t, acc_t>(t + off, tbuf, nb);
+    acc_t* gsp = nullptr;
+    acc_t* gtp = nullptr;
+    if constexpr (widen) {
+      gsp = gs ? gsbuf : nullptr;
+      gtp = gt ? gtbuf : nullptr;
+    } else {
+      gsp = gs ? gs + off : nullptr;
+      gtp = gt ? gt + off : nullptr;
+    }
+    int64_t i = 0;
+    for (; i + V::size() <= nb; i += V::size()) {
+      const V sv = V::loadu(sp + i), tv = V::loadu(tp + i);
+      const V x = sv * vinv, y = tv * vinv;
+      const V p = vexp(y - vmy) * vizy;
+      if (gsp) {
+        const V q = vexp(x - vmx) * vizx;
+        V d = vck * (q - p);
+        if (with_ce) d = at::vec::fmadd(vcc, ce_sep ? vexp(sv - vm1) * viz1 : q, d);
+        d.store(gsp + i);
+      }
+      if (gtp) {
+        const V r = vck * p * (y - x - vK);
+        V::blendv(r, zero, p == zero).store(gtp + i);
+      }
+    }
+    for (; i < nb; ++i) {
+      const acc_t x = sp[i] * inv_t, y = tp[i] * inv_t;
+      if (gsp) gsp[i] = kd_grad_student(g, sp[i], x, y, false);
+      if (gtp) gtp[i] = kd_grad_teacher(g, x, y);
+    }
+    if (gsp && with_ce && tgt >= off && tgt < off + nb) gsp[tgt - off] -= g.cc;
+    if constexpr (widen) {
+      if (gs) at::vec::convert(gsbuf, gs + off, nb);
+      if (gt) at::vec::convert(gtbuf, gt + off, nb);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void kd_rows(const KdLossArgs& a) {
+  const auto* S = static_cast<const scalar_t*>(a.s);
+  const auto* T = static_cast<const scalar_t*>(a.t);
+  auto* GS = static_cast<scalar_t*>(a.grad_s);
+  auto* GT = static_cast<scalar_t*>(a.grad_t);
+  auto* row_loss = static_cast<acc_t*>(a.row_loss);
+  const int64_t R = a.rows, C = a.classes;
+  const bool has_target = a.target != nullptr;
+  const bool ce = has_target && a.alpha != 1.0;
+  const bool ce_sep = ce && a.temperature != 1.0;
+  const acc_t inv_t = acc_t(1.0 / a.temperature);
+  const KdScales<double> sc = kd_scales<double>(a.reduction, a.counted, C);
+  const bool want_grad = GS != nullptr || GT != nullptr;
+
+  // Ignored rows (and, defensively, out-of-range targets, which the caller rejects) never read `tgt`.
+  auto row_target = [&](int64_t r, bool* ignored) -> int64_t {
+    *ignored = false;
+    if (!has_target) return -1;
+    const int64_t tgt = a.target[r];
+    if (tgt == a.ignore_index) {
+      *ignored = true;
+      return -1;
+    }
+    return (tgt >= 0 && tgt < C) ? tgt : -2;
+  };
+  auto zero_row = [&](int64_t r) {
+    row_loss[r] = acc_t(0);
+    if (GS) std::memset(GS + r * C, 0, C * sizeof(scalar_t));
+    if (GT) std::memset(GT + r * C, 0, C * sizeof(scalar_t));
+  };
+  auto finish = [&](int64_t r, const KdRowStats<double>& st, int64_t tgt, KdRowGrad<double>* g) {
+    double s_tgt = 0.0;
+    if (ce) s_tgt = tgt >= 0 ? double(static_cast<acc_t>(S[r * a.s_stride + tgt]))
+                             : std::numeric_limits<double>::quiet_NaN();
+    row_loss[r] = acc_t(kd_row_finish<double>(st, ce, s_tgt, a.temperature, a.alpha, sc, g));
+  };
+
+  const int nthreads = at::get_num_threads();
+  if (R >= nthreads || C < 8 * kBlock) {
+    // Whole rows per task; small rows are batched so that a task covers ~64K classes.
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / C);
+    at::parallel_for(0, R, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        bool ignored;
+        const int64_t tgt = row_target(r, &ignored);
+        if (ignored) {
+          zero_row(r);
+          continue;
+        }
+        const scalar_t* s = S + r * a.s_stride;
+        const scalar_t* t = T + r * a.t_stride;
+        const KdRowStats<double> st = range_stats<scalar_t, acc_t>(s, t, C, inv_t, ce, ce_sep);
+        KdRowGrad<double> g;
+        finish(r, st, tgt, &g);
+        if (want_grad) {
+          range_grad<scalar_t, acc_t>(s, t, GS ? GS + r * C : nullptr, GT ? GT + r * C : nullptr, C,
+                                      cast_grad<acc_t>(g), inv_t, ce_sep, ce ? tgt : -1);
+        }
+      }
+    });
+    return;
+  }
+
+  // Few long rows: every row is split into chunks (whole blocks) across the threads; the chunks'
+  // (max, sum) states merge exactly like blocks do, then a second parallel sweep writes the gradient.
+  const int64_t blocks = (C + kBlock - 1) / kBlock;
+  const int64_t nchunks = std::min<int64_t>(blocks, 4 * nthreads);
+  const int64_t chunk = ((blocks + nchunks - 1) / nchunks) * kBlock;
+  auto parts = std::make_unique<KdRowStats<double>[]>(nchunks);
+  for (int64_t r = 0; r < R; ++r) {
+    bool ignored;
+    const int64_t tgt = row_target(r, &ignored);
+    if (ignored) {
+      zero_row(r);
+      continue;
+    }
+    const scalar_t* s = S + r * a.s_stride;
+    const scalar_t* t = T + r * a.t_stride;
+    at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t lo = std::min(C, c * chunk), n = std::min(C, lo + chunk) - lo;
+        parts[c] = range_stats<scalar_t, acc_t>(s + lo, t + lo, n, inv_t, ce, ce_sep);
+      }
+    });
+    KdRowStats<double> st = parts[0];
+    for (int64_t c = 1; c < nchunks; ++c) {
+      st.x = kd_merge(st.x, parts[c].x);
+      st.y = kd_merge(st.y, parts[c].y);
+      st.s1 = kd_merge(st.s1, parts[c].s1);
+    }
+    KdRowGrad<double> g;
+    finish(r, st, tgt, &g);
+    if (!want_grad) continue;
+    const KdRowGrad<acc_t> ga = cast_grad<acc_t>(g);
+    at::parallel_for(0, nchunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t lo = std::min(C, c * chunk), n = std::min(C, lo + chunk) - lo;
+        if (n <= 0) continue;
+        range_grad<scalar_t, acc_t>(s + lo, t + lo, GS ? GS + r * C + lo : nullptr,
+                                    GT ? GT + r * C + lo : nullptr, n, ga, inv_t, ce_sep,
+                                    ce && tgt >= 0 ? tgt - lo : -1);
+      }
+    });
+  }
+}
+
+void kd_loss_kernel(const KdLossArgs& a) {
+  switch (a.dtype) {
+    case kKdFloat: return kd_rows<float, float>(a);
+    case kKdDouble: return kd_rows<double, double>(a);
+    case kKdBFloat16: return kd_rows<c10::BFloat16, float>(a);
+    case kKdHalf: return kd_rows<c10::Half, float>(a);
+    default: TORCH_CHECK(false, "kd_loss: unsupported dtype code ", a.dtype);
+  }
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+SK_REGISTER_KERNEL(kd_loss_table, &CPU_CAPABILITY::kd_loss_kernel);
+
+}  // namespace shufflekern::cpu

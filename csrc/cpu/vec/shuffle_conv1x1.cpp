@@ -1,0 +1,531 @@
+// shuffle_conv1x1 kernels (forward and grad of the input), compiled once per CPU ISA.
+//
+// Both are grouped GEMMs whose operands are addressed through small index tables, so the channel
+// shuffle is folded into the indexing and x is never copied (csrc/shuffle_conv1x1.h has the maths):
+//   C(i, n) = bias + sum_j A(i, j) * B(j, n),  A(i, j) = a[i*lda + acol[j]],  B(j, n) = brow[j][n],
+//   C(i, n) = crows[i][n].
+// One register-blocked microkernel (MR rows x NV vectors of accumulators, A broadcast, B loaded as
+// vectors, accumulation in float for bf16) serves all four cases:
+//   NCHW forward       per (image, group): C = y rows,     A = packed weight, B = x rows (gathered)
+//   NCHW grad input    per (image, group): C = gx rows (scattered), A = packed weight^T, B = grad rows
+//   NHWC forward       per (pixel tile, group): C = y pixels, A = x pixels (gathered columns), B = weight^T
+//   NHWC grad input    per (pixel tile, group): C = a small tile, then copied run by run into gx
+
+// ATen's vec headers trip these under `#pragma GCC target`; the code paths never cross ISAs.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+
+#include "cpu/dispatch.h"
+#include "cpu/shuffle_conv1x1_kernel.h"
+
+namespace shufflekern::cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, c10::BFloat16>, float, T>;
+template <typename T>
+using AVec = Vectorized<acc_t<T>>;
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kVecRegs = 32;
+constexpr int kMaxNV = 4;
+#else
+constexpr int kVecRegs = 16;
+constexpr int kMaxNV = 2;
+#endif
+constexpr int kMaxMR = 12;
+// Accumulators + B vectors + one broadcast must fit the register file.
+constexpr int mr_max(int nv) {
+  const int r = (kVecRegs - nv - 2) / nv;
+  return r > kMaxMR ? kMaxMR : r;
+}
+
+template <typename T>
+inline AVec<T> vload(const T* p, int64_t count) {
+  constexpr int L = AVec<T>::size();
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (count >= L) {
+      Vectorized<float> v;
+      at::vec::load_to_float(p, v);
+      return v;
+    }
+    float tmp[L] = {};
+    for (int64_t i = 0; i < count; ++i) tmp[i] = static_cast<float>(p[i]);
+    return Vectorized<float>::loadu(tmp);
+  } else {
+    return Vectorized<T>::loadu(p, count);
+  }
+}
+
+template <typename T>
+inline void vstore(T* p, const AVec<T>& v, int64_t count) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    constexpr int L = AVec<T>::size();
+    float tmp[L];
+    v.store(tmp);
+    for (int64_t i = 0; i < count; ++i) p[i] = c10::BFloat16(tmp[i]);
+  } else {
+    v.store(p, count);
+  }
+}
+
+template <typename T>
+struct Gemm {
+  int64_t M, N, K;
+  const T* a;
+  const int64_t* arow;     // [M]: A(i, j) = a[arow[i] + acol[j]]
+  const int64_t* acol;     // [K]
+  const T* const* brow;    // [K]
+  int64_t boff;            // column offset added to every B row
+  T* const* crows;         // [M]
+  int64_t coff;
+  const acc_t<T>* bias_row;  // [M] or null: added to row i
+  const acc_t<T>* bias_col;  // [N rounded up to a vector] or null: added to column n
+  bool accumulate = false;   // C += A B instead of C = A B (+ bias)
+};
+
+// C rows [i0, i0+MR) x columns [n0, n0+ncols), ncols in ((NV-1)*L, NV*L].
+template <typename T, int MR, int NV>
+void micro(const Gemm<T>& g, int64_t i0, int64_t n0, int64_t ncols) {
+  using V = AVec<T>;
+  using A = acc_t<T>;
+  constexpr int L = V::size();
+  const int64_t last = ncols - (NV - 1) * L;
+  V acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      if (g.accumulate) {
+        acc[r][v] = vload<T>(g.crows[i0 + r] + g.coff + n0 + v * L, v == NV - 1 ? last : L);
+        continue;
+      }
+      acc[r][v] = g.bias_row ? V(g.bias_row[i0 + r]) : V(A(0));
+      if (g.bias_col) acc[r][v] = acc[r][v] + V::loadu(g.bias_col + n0 + v * L);
+    }
+  }
+  int64_t ao[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) ao[r] = g.arow[i0 + r];
+  const int64_t boff = g.boff + n0;
+  for (int64_t j = 0; j < g.K; ++j) {
+    const T* b = g.brow[j] + boff;
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) bv[v] = vload<T>(b + v * L, L);
+    bv[NV - 1] = vload<T>(b + (NV - 1) * L, last);
+    const T* ac = g.a + g.acol[j];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const V av(static_cast<A>(ac[ao[r]]));
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    T* c = g.crows[i0 + r] + g.coff + n0;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) vstore<T>(c + v * L, acc[r][v], L);
+    vstore<T>(c + (NV - 1) * L, acc[r][NV - 1], last);
+  }
+}
+
+template <typename T>
+using MicroFn = void (*)(const Gemm<T>&, int64_t, int64_t, int64_t);
+
+template <typename T, int MR, int NV>
+constexpr MicroFn<T> pick() {
+  if constexpr (MR <= mr_max(NV)) {
+    return &micro<T, MR, NV>;
+  } else {
+    return nullptr;
+  }
+}
+
+template <typename T, int NV, int... R>
+constexpr void fill_row(MicroFn<T>* row, std::integer_sequence<int, R...>) {
+  ((row[R] = pick<T, R + 1, NV>()), ...);
+}
+
+template <typename T, int... N>
+constexpr void fill_table(MicroFn<T> (*t)[kMaxMR], std::integer_sequence<int, N...>) {
+  (fill_row<T, N + 1>(t[N], std::make_integer_sequence<int, kMaxMR>{}), ...);
+}
+
+template <typename T>
+struct MicroTable {
+  MicroFn<T> fn[kMaxNV][kMaxMR] = {};
+  MicroTable() { fill_table<T>(fn, std::make_integer_sequence<int, kMaxNV>{}); }
+};
+
+// Splits n items into ceil(n / max) nearly equal parts; part t of `parts` starting at `done`.
+inline int64_t balanced(int64_t remaining, int64_t parts_left) {
+  return (remaining + parts_left - 1) / parts_left;
+}
+
+template <typename T>
+void run_gemm(const Gemm<T>& g) {
+  static const MicroTable<T> table;
+  constexpr int L = AVec<T>::size();
+  const int64_t nvec = (g.N + L - 1) / L;
+  const int64_t ntiles = (nvec + kMaxNV - 1) / kMaxNV;
+  int64_t v0 = 0;
+  for (int64_t t = 0; t < ntiles; ++t) {
+    const int nv = static_cast<int>(balanced(nvec - v0, ntiles - t));
+    const int64_t n0 = v0 * L;
+    const int64_t ncols = std::min<int64_t>(nv * L, g.N - n0);
+    const int64_t mr = mr_max(nv);
+    const int64_t mtiles = (g.M + mr - 1) / mr;
+    int64_t i0 = 0;
+    for (int64_t s = 0; s < mtiles; ++s) {
+      const int r = static_cast<int>(balanced(g.M - i0, mtiles - s));
+      table.fn[nv - 1][r - 1](g, i0, n0, ncols);
+      i0 += r;
+    }
+    v0 += nv;
+  }
+}
+
+// Scratch of pointers/indices for one task (malloc: this TU avoids std containers, see dispatch.h).
+struct Scratch {
+  void* p;
+  explicit Scratch(size_t bytes) : p(std::malloc(bytes > 0 ? bytes : 1)) {
+    TORCH_CHECK(p != nullptr, "shuffle_conv1x1: out of memory for ", bytes, " bytes of scratch");
+  }
+  ~Scratch() { std::free(p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+constexpr int64_t kPixelTile = 96;
+
+// Columns of an NCHW image are split into chunks only when images x groups give too few tasks.
+inline int64_t nchw_chunks(const SconvArgs& a, int64_t vec_len) {
+  const int64_t tasks = a.n * a.groups;
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  if (tasks >= want) return 1;
+  const int64_t max_chunks = std::max<int64_t>(1, a.hw / (4 * vec_len));
+  return std::min<int64_t>(max_chunks, (want + tasks - 1) / tasks);
+}
+
+inline void fill_stride(int64_t* v, int64_t n, int64_t stride, int64_t start = 0) {
+  for (int64_t i = 0; i < n; ++i) v[i] = start + i * stride;
+}
+
+// Scratch layout shared by the drivers: arow [M], acol [K], brow [K], crows [M], then optional data.
+template <typename T>
+struct Tables {
+  int64_t* arow;
+  int64_t* acol;
+  const T** brow;
+  T** crows;
+  void* extra;
+  Tables(Scratch& s, int64_t m, int64_t k) {
+    auto* base = static_cast<char*>(s.p);
+    arow = reinterpret_cast<int64_t*>(base);
+    acol = arow + m;
+    brow = reinterpret_cast<const T**>(acol + k);
+    crows = reinterpret_cast<T**>(reinterpret_cast<void**>(acol + k) + k);
+    extra = crows + m;
+  }
+  static size_t bytes(int64_t m, int64_t k) { return (2 * m + 2 * k) * 8; }
+};
+
+template <typename T>
+void forward_nchw(const SconvArgs& a) {
+  constexpr int64_t L = AVec<T>::size();
+  const T* x = static_cast<const T*>(a.in);
+  T* y = static_cast<T*>(a.out);
+  const T* wp = static_cast<const T*>(a.wp);
+  const auto* bias = static_cast<const acc_t<T>*>(a.bias);
+  const int64_t chunks = nchw_chunks(a, L);
+  const int64_t chunk = (a.hw + chunks - 1) / chunks;
+  at::parallel_for(0, a.n * a.groups * chunks, 1, [&](int64_t begin, int64_t end) {
+    Scratch s(Tables<T>::bytes(a.mg, a.cg));
+    Tables<T> t(s, a.mg, a.cg);
+    fill_stride(t.arow, a.mg, a.cgp);
+    fill_stride(t.acol, a.cg, 1);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t ch = task % chunks;
+      const int64_t k = (task / chunks) % a.groups;
+      const int64_t img = task / (chunks * a.groups);
+      const int64_t hw0 = ch * chunk;
+      const int64_t hw1 = std::min(a.hw, hw0 + chunk);
+      if (hw0 >= hw1) continue;
+      const T* xi = x + img * a.c_in * a.hw;
+      T* yi = y + img * a.c_out * a.hw;
+      for (int64_t j = 0; j < a.cg; ++j) t.brow[j] = xi + a.src[k * a.cg + j] * a.hw;
+      for (int64_t m = 0; m < a.mg; ++m) t.crows[m] = yi + (k * a.mg + m) * a.hw;
+      run_gemm<T>({a.mg, hw1 - hw0, a.cg, wp + k * a.mg * a.cgp, t.arow, t.acol, t.brow, hw0, t.crows, hw0,
+                   bias ? bias + k * a.mgp : nullptr, nullptr});
+    }
+  });
+}
+
+template <typename T>
+void forward_nhwc(const SconvArgs& a) {
+  const T* x = static_cast<const T*>(a.in);
+  T* y = static_cast<T*>(a.out);
+  const T* wpt = static_cast<const T*>(a.wpt);
+  const auto* bias = static_cast<const acc_t<T>*>(a.bias);
+  const int64_t pixels = a.n * a.hw;
+  const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
+  at::parallel_for(0, tiles * a.groups, 1, [&](int64_t begin, int64_t end) {
+    Scratch s(Tables<T>::bytes(kPixelTile, a.cg));
+    Tables<T> t(s, kPixelTile, a.cg);
+    fill_stride(t.arow, kPixelTile, a.c_in);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task % a.groups;
+      const int64_t p0 = (task / a.groups) * kPixelTile;
+      const int64_t np = std::min(kPixelTile, pixels - p0);
+      for (int64_t j = 0; j < a.cg; ++j) t.brow[j] = wpt + (k * a.cg + j) * a.mgp;
+      for (int64_t r = 0; r < np; ++r) t.crows[r] = y + (p0 + r) * a.c_out + k * a.mg;
+      run_gemm<T>({np, a.mg, a.cg, x + p0 * a.c_in, t.arow, a.src + k * a.cg, t.brow, 0, t.crows, 0, nullptr,
+                   bias ? bias + k * a.mgp : nullptr});
+    }
+  });
+}
+
+// grad_x[src(j')] = sum_m wp[k][m][j'] * grad_y[k*mg + m]; every x channel belongs to exactly one
+// (group, j'), so the rows written are disjoint.
+template <typename T>
+void grad_input_nchw(const SconvArgs& a) {
+  constexpr int64_t L = AVec<T>::size();
+  const T* gy = static_cast<const T*>(a.in);
+  T* gx = static_cast<T*>(a.out);
+  const T* wpt = static_cast<const T*>(a.wpt);
+  const int64_t chunks = nchw_chunks(a, L);
+  const int64_t chunk = (a.hw + chunks - 1) / chunks;
+  at::parallel_for(0, a.n * a.groups * chunks, 1, [&](int64_t begin, int64_t end) {
+    Scratch s(Tables<T>::bytes(a.cg, a.mg));
+    Tables<T> t(s, a.cg, a.mg);
+    fill_stride(t.arow, a.cg, a.mgp);
+    fill_stride(t.acol, a.mg, 1);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t ch = task % chunks;
+      const int64_t k = (task / chunks) % a.groups;
+      const int64_t img = task / (chunks * a.groups);
+      const int64_t hw0 = ch * chunk;
+      const int64_t hw1 = std::min(a.hw, hw0 + chunk);
+      if (hw0 >= hw1) continue;
+      const T* gyi = gy + img * a.c_out * a.hw;
+      T* gxi = gx + img * a.c_in * a.hw;
+      for (int64_t m = 0; m < a.mg; ++m) t.brow[m] = gyi + (k * a.mg + m) * a.hw;
+      for (int64_t j = 0; j < a.cg; ++j) t.crows[j] = gxi + a.src[k * a.cg + j] * a.hw;
+      run_gemm<T>({a.cg, hw1 - hw0, a.mg, wpt + k * a.cg * a.mgp, t.arow, t.acol, t.brow, hw0, t.crows, hw0,
+                   nullptr, nullptr});
+    }
+  });
+}
+
+template <typename T>
+void grad_input_nhwc(const SconvArgs& a) {
+  const T* gy = static_cast<const T*>(a.in);
+  T* gx = static_cast<T*>(a.out);
+  const T* wp = static_cast<const T*>(a.wp);
+  const int64_t pixels = a.n * a.hw;
+  const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
+  at::parallel_for(0, tiles * a.groups, 1, [&](int64_t begin, int64_t end) {
+    Scratch s(Tables<T>::bytes(kPixelTile, a.mg) + kPixelTile * a.cgp * sizeof(T));
+    Tables<T> t(s, kPixelTile, a.mg);
+    T* tile = static_cast<T*>(t.extra);
+    fill_stride(t.arow, kPixelTile, a.c_out);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task % a.groups;
+      const int64_t p0 = (task / a.groups) * kPixelTile;
+      const int64_t np = std::min(kPixelTile, pixels - p0);
+      const int64_t* runs = a.runs + k * a.max_runs * 3;
+      const bool direct = a.nruns[k] == 1;  // the group reads one contiguous channel range
+      for (int64_t m = 0; m < a.mg; ++m) t.brow[m] = wp + (k * a.mg + m) * a.cgp;
+      fill_stride(t.acol, a.mg, 1, k * a.mg);
+      for (int64_t r = 0; r < np; ++r) {
+        t.crows[r] = direct ? gx + (p0 + r) * a.c_in + runs[0] : tile + r * a.cgp;
+      }
+      run_gemm<T>({np, a.cg, a.mg, gy + p0 * a.c_out, t.arow, t.acol, t.brow, 0, t.crows, 0, nullptr, nullptr});
+      if (direct) continue;
+      for (int64_t r = 0; r < np; ++r) {
+        T* dst = gx + (p0 + r) * a.c_in;
+        const T* src = tile + r * a.cgp;
+        for (int64_t q = 0; q < a.nruns[k]; ++q) {
+          std::memcpy(dst + runs[3 * q], src + runs[3 * q + 2], runs[3 * q + 1] * sizeof(T));
+        }
+      }
+    }
+  });
+}
+
+// ---- grad of the weight (float and double: T is its own accumulation type) ----
+//
+// NCHW: dW[m][j'] = sum_p gy[k*mg + m][p] * x[src(j')][p] -- both operands are contiguous along the
+// reduction p, so a dot-product microkernel: MR x NR accumulator vectors, reduced horizontally at the end.
+template <typename T, int MR, int NR>
+void dot_micro(int64_t len, const T* const* arows, const T* const* brows, T* c, int64_t ldc) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  V acc[MR][NR];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int s = 0; s < NR; ++s) acc[r][s] = V(T(0));
+  for (int64_t p = 0; p < len; p += L) {
+    const int64_t cnt = std::min<int64_t>(L, len - p);
+    V bv[NR];
+#pragma GCC unroll 4
+    for (int s = 0; s < NR; ++s) bv[s] = V::loadu(brows[s] + p, cnt);
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      const V av = V::loadu(arows[r] + p, cnt);
+#pragma GCC unroll 4
+      for (int s = 0; s < NR; ++s) acc[r][s] = at::vec::fmadd(av, bv[s], acc[r][s]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int s = 0; s < NR; ++s)
+      c[r * ldc + s] += at::vec::vec_reduce_all<T>([](V& u, V& v) { return u + v; }, acc[r][s]);
+}
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kDotTile = 4;
+#else
+constexpr int kDotTile = 3;
+#endif
+
+template <typename T>
+using DotFn = void (*)(int64_t, const T* const*, const T* const*, T*, int64_t);
+
+template <typename T, int... I>
+constexpr void fill_dot(DotFn<T>* t, std::integer_sequence<int, I...>) {
+  ((t[I] = &dot_micro<T, I / kDotTile + 1, I % kDotTile + 1>), ...);
+}
+
+template <typename T>
+struct DotTable {
+  DotFn<T> fn[kDotTile * kDotTile] = {};
+  DotTable() { fill_dot<T>(fn, std::make_integer_sequence<int, kDotTile * kDotTile>{}); }
+};
+
+// partial: this thread's [groups][mg][cg] buffer (NCHW) or [groups][cg][mg] buffer (NHWC), accumulated.
+template <typename T>
+void grad_weight_nchw(const SconvArgs& a) {
+  static const DotTable<T> table;
+  const T* gy = static_cast<const T*>(a.in);
+  const T* x = static_cast<const T*>(a.x);
+  at::parallel_for(0, a.n * a.groups, 1, [&](int64_t begin, int64_t end) {
+    T* mine = static_cast<T*>(a.out) + at::get_thread_num() * a.groups * a.mg * a.cg;
+    const T* arows[kDotTile];
+    const T* brows[kDotTile];
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task % a.groups;
+      const int64_t img = task / a.groups;
+      const T* gyi = gy + (img * a.c_out + k * a.mg) * a.hw;
+      const T* xi = x + img * a.c_in * a.hw;
+      T* c = mine + k * a.mg * a.cg;
+      for (int64_t m0 = 0; m0 < a.mg; m0 += kDotTile) {
+        const int mr = static_cast<int>(std::min<int64_t>(kDotTile, a.mg - m0));
+        for (int r = 0; r < mr; ++r) arows[r] = gyi + (m0 + r) * a.hw;
+        for (int64_t j0 = 0; j0 < a.cg; j0 += kDotTile) {
+          const int nr = static_cast<int>(std::min<int64_t>(kDotTile, a.cg - j0));
+          for (int s = 0; s < nr; ++s) brows[s] = xi + a.src[k * a.cg + j0 + s] * a.hw;
+          table.fn[(mr - 1) * kDotTile + nr - 1](a.hw, arows, brows, c + m0 * a.cg + j0, a.cg);
+        }
+      }
+    }
+  });
+}
+
+// NHWC: dW^T[j'][m] = sum_p x[p][src(j')] * gy[p][k*mg + m] -- the GEMM microkernel with rows j'
+// (A broadcast from x, addressed by arow = src), columns m (contiguous in gy) and K = pixels of a chunk.
+constexpr int64_t kPixelChunk = 256;
+
+template <typename T>
+void grad_weight_nhwc(const SconvArgs& a) {
+  const T* gy = static_cast<const T*>(a.in);
+  const T* x = static_cast<const T*>(a.x);
+  const int64_t pixels = a.n * a.hw;
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
+  at::parallel_for(0, chunks * a.groups, 1, [&](int64_t begin, int64_t end) {
+    T* mine = static_cast<T*>(a.out) + at::get_thread_num() * a.groups * a.cg * a.mg;
+    Scratch s(Tables<T>::bytes(a.cg, kPixelChunk));
+    Tables<T> t(s, a.cg, kPixelChunk);
+    fill_stride(t.acol, kPixelChunk, a.c_in);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task % a.groups;
+      const int64_t p0 = (task / a.groups) * kPixelChunk;
+      const int64_t np = std::min(kPixelChunk, pixels - p0);
+      for (int64_t j = 0; j < a.cg; ++j) {
+        t.arow[j] = a.src[k * a.cg + j];
+        t.crows[j] = mine + (k * a.cg + j) * a.mg;
+      }
+      for (int64_t p = 0; p < np; ++p) t.brow[p] = gy + (p0 + p) * a.c_out + k * a.mg;
+      Gemm<T> g{a.cg, a.mg, np, x + p0 * a.c_in, t.arow, t.acol, t.brow, 0, t.crows, 0, nullptr, nullptr};
+      g.accumulate = true;
+      run_gemm<T>(g);
+    }
+  });
+}
+
+template <typename T>
+void forward_t(const SconvArgs& a) {
+  a.channels_last ? forward_nhwc<T>(a) : forward_nchw<T>(a);
+}
+
+template <typename T>
+void grad_input_t(const SconvArgs& a) {
+  a.channels_last ? grad_input_nhwc<T>(a) : grad_input_nchw<T>(a);
+}
+
+template <typename T>
+void grad_weight_t(const SconvArgs& a) {
+  a.channels_last ? grad_weight_nhwc<T>(a) : grad_weight_nchw<T>(a);
+}
+
+void forward_kernel(const SconvArgs& a) {
+  switch (a.dtype) {
+    case kSconvFloat: return forward_t<float>(a);
+    case kSconvDouble: return forward_t<double>(a);
+    case kSconvBFloat16: return forward_t<c10::BFloat16>(a);
+    default: TORCH_CHECK(false, "shuffle_conv1x1: unsupported dtype code ", a.dtype);
+  }
+}
+
+void grad_input_kernel(const SconvArgs& a) {
+  switch (a.dtype) {
+    case kSconvFloat: return grad_input_t<float>(a);
+    case kSconvDouble: return grad_input_t<double>(a);
+    case kSconvBFloat16: return grad_input_t<c10::BFloat16>(a);
+    default: TORCH_CHECK(false, "shuffle_conv1x1: unsupported dtype code ", a.dtype);
+  }
+}
+
+void grad_weight_kernel(const SconvArgs& a) {
+  switch (a.dtype) {
+    case kSconvFloat: return grad_weight_t<float>(a);
+    case kSconvDouble: return grad_weight_t<double>(a);
+    default: TORCH_CHECK(false, "shuffle_conv1x1: grad_weight kernel takes float or double, got code ", a.dtype);
+  }
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+SK_REGISTER_KERNEL(shuffle_conv1x1_forward_table, &CPU_CAPABILITY::forward_kernel);
+SK_REGISTER_KERNEL(shuffle_conv1x1_grad_input_table, &CPU_CAPABILITY::grad_input_kernel);
+SK_REGISTER_KERNEL(shuffle_conv1x1_grad_weight_table, &CPU_CAPABILITY::grad_weight_kernel);
+
+}  // namespace shufflekern::cpu
