@@ -16,8 +16,10 @@ def main(argv=None):
         cmd, rest = argv[0], argv[1:]
         if cmd == "bench":
             from ._bench_cli import main as run
+        elif cmd == "train":
+            from .distill.cli import train_main as run
         else:
-            raise SystemExit(f"python -m shufflekern {cmd}: not built yet")
+            from .distill.cli import distill_main as run
         return run(rest)
     args = parser.parse_args(argv)
     if args.cmd == "info":
