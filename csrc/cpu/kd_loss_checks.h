@@ -52,4 +52,13 @@ inline at::Tensor kd_rows_view(const at::Tensor& x) {
   return r;
 }
 
+// The op's loss output from the per-row losses (already scaled by the reduction's divisor): the rows
+// themselves for reduction none (shape of the leading dims), else their sum, accumulated in double.
+inline at::Tensor kd_reduce_rows(const at::Tensor& row_loss, const at::Tensor& student, int64_t reduction) {
+  if (reduction == kKdNone) {
+    return row_loss.to(student.scalar_type()).reshape(student.sizes().slice(0, student.dim() - 1));
+  }
+  return row_loss.sum(at::kDouble).to(student.scalar_type());
+}
+
 }  // namespace shufflekern

@@ -121,13 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cuda(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  at::Tensor loss;
-  if (reduction == kKdNone) {
-    loss = row_loss.to(student.scalar_type()).reshape(student.sizes().slice(0, student.dim() - 1));
-  } else {
-    loss = row_loss.sum(at::kDouble).to(student.scalar_type());
-  }
-  return {loss, gs, gt};
+  return {kd_reduce_rows(row_loss, student, reduction), gs, gt};
 }
 
 }  // namespace
