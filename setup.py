@@ -97,6 +97,7 @@ def extension():
     sources = ["csrc/shufflekern.cpp", "csrc/cpu/dispatch.cpp"]
     sources += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
                       if not p.endswith("dispatch.cpp"))
+    sources += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))
     sources += isa_wrappers()
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function",
            "-Wno-unknown-pragmas"]

@@ -1,9 +1,10 @@
 """Registration of the shufflekern ops with PyTorch: Triton twins, fake kernels and autograd.
 
 Every op `shufflekern::<op>` has compiled kernels (CPU always, CUDA when built; schemas in
-csrc/shufflekern.cpp) and a Triton twin `shufflekern::<op>_triton` defined here.  Both share one fake
-kernel and one autograd formula, so the two backends cannot drift apart in shapes or derivatives.
-The backward of an op calls the same backend family as its forward.
+csrc/shufflekern.cpp, autograd in csrc/autograd/<op>.cpp) and a Triton twin `shufflekern::<op>_triton`
+defined here.  Both share one fake kernel, so the two backends cannot drift apart in shapes; the twin's
+autograd formula below states the same derivatives as the C++ one (tests compare both against eager
+PyTorch).  The backward of an op calls the same backend family as its forward.
 """
 from typing import Optional, Tuple
 
@@ -23,13 +24,15 @@ def _op(name, family):
 
 
 def _register(name, fake, setup_context=None, backward_for=None):
-    """Register `fake` (and, if given, the autograd formula built by `backward_for(family)`) for
-    shufflekern::<name> and its Triton twin."""
+    """Register `fake` for shufflekern::<name> and its Triton twin and, if given, the autograd formula
+    built by `backward_for(TRITON)` for the twin.  The compiled ops' autograd is registered in C++
+    (csrc/autograd/<op>.cpp, the same derivatives): a Python autograd kernel costs every call ~10-20 us
+    of interpreter time, as much as a whole shuffle of a ShuffleNet activation."""
     for family in (NATIVE, TRITON):
-        qualname = f"shufflekern::{name}{family}"
-        torch.library.register_fake(qualname)(fake)
-        if backward_for is not None:
-            torch.library.register_autograd(qualname, backward_for(family), setup_context=setup_context)
+        torch.library.register_fake(f"shufflekern::{name}{family}")(fake)
+    if backward_for is not None:
+        torch.library.register_autograd(f"shufflekern::{name}{TRITON}", backward_for(TRITON),
+                                        setup_context=setup_context)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,8 +183,9 @@ def _kd_scale(grad, g, per_row):
     if per_row:
         g = g.unsqueeze(-1)
     # loss.backward() passes ones: the precomputed gradient is the answer, and skipping the multiply saves
-    # a full pass over [rows, classes] (Liger-Kernel does the same).  Traced graphs keep the multiply.
-    if not _tracing(g) and (g.item() == 1 if g.numel() == 1 else bool((g == 1).all())):
+    # a full pass over [rows, classes] (Liger-Kernel does the same).  Traced graphs keep the multiply, and
+    # so does CUDA (the test would synchronise): as in csrc/autograd/kd_loss.cpp.
+    if g.device.type == "cpu" and not _tracing(g) and (g.item() == 1 if g.numel() == 1 else bool((g == 1).all())):
         return grad
     return grad * g
 

@@ -1,5 +1,6 @@
 #include "cpu/dispatch.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include <ATen/Version.h>
@@ -10,12 +11,26 @@ namespace {
 std::atomic<int> compiled_mask{0};
 }
 
+// The best variant this CPU can execute.  ATen takes ATEN_CPU_CAPABILITY at its word (asking for avx512
+// on a CPU without it makes ATen's own kernels die of SIGILL); ours never run an ISA the CPU lacks.
+int supported_isa() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return kAVX512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAVX2;
+#endif
+  return kDefault;
+}
+
 int runtime_isa() {
   static const int isa = [] {
     const std::string cap = at::get_cpu_capability();
-    if (cap == "AVX512") return static_cast<int>(kAVX512);
-    if (cap == "AVX2") return static_cast<int>(kAVX2);
-    return static_cast<int>(kDefault);
+    int wanted = kDefault;
+    if (cap == "AVX512") wanted = kAVX512;
+    else if (cap == "AVX2") wanted = kAVX2;
+    return std::min(wanted, supported_isa());
   }();
   return isa;
 }
