@@ -65,4 +65,4 @@ def test_model(benchmark, name, batch, train, provider):
         fn = fwd
     measure(benchmark, op=name, provider=provider, mode="fwd+bwd" if train else "fwd",
             shape=f"{batch}x3x224x224", layout="best", dtype=torch.float32, fn=fn, inputs=[x],
-            grad_inputs=[False], budget_s=1.0, memory=True)
+            grad_inputs=[False], budget_s=4.0 if train else 2.5, memory=True)

@@ -147,11 +147,71 @@ void micro_f32_avx512(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncol
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX2)
+// Lanes [0, count) of an AVX2 vector, count in (0, 8]: the mask of maskload / maskstore.
+inline __m256i lanes_avx2(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// The AVX2 twin of micro_f32_avx512 (same reason: Vectorized accumulators spill; these stay in the 16
+// ymm registers, which mr_max sizes MR x NV for).  In a ShuffleNetV1 g=3 training step on an AVX2 EPYC it
+// cut the forward from 2.27 to 1.70 ms and grad_input from 2.44 to 1.96 ms per call (torch.profiler).
+template <int MR, int NV>
+void micro_f32_avx2(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols) {
+  const __m256i lmask = lanes_avx2(ncols - (NV - 1) * 8);
+  __m256 acc[MR][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const float* c = g.crows[i0 + r] + g.coff + n0 + v * 8;
+      if (g.accumulate) {
+        acc[r][v] = v == NV - 1 ? _mm256_maskload_ps(c, lmask) : _mm256_loadu_ps(c);
+      } else {
+        acc[r][v] = g.bias_row ? _mm256_set1_ps(g.bias_row[i0 + r]) : _mm256_setzero_ps();
+        if (g.bias_col) acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_loadu_ps(g.bias_col + n0 + v * 8));
+      }
+    }
+  }
+  int64_t ao[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) ao[r] = g.arow[i0 + r];
+  const int64_t boff = g.boff + n0;
+  for (int64_t j = 0; j < g.K; ++j) {
+    const float* b = g.brow[j] + boff;
+    __m256 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm256_loadu_ps(b + v * 8);
+    bv[NV - 1] = _mm256_maskload_ps(b + (NV - 1) * 8, lmask);
+    const float* ac = g.a + g.acol[j];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(ac + ao[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) {
+    float* c = g.crows[i0 + r] + g.coff + n0;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV - 1; ++v) _mm256_storeu_ps(c + v * 8, acc[r][v]);
+    _mm256_maskstore_ps(c + (NV - 1) * 8, lmask, acc[r][NV - 1]);
+  }
+}
+#endif
+
 template <typename T, int MR, int NV>
 void micro(const Gemm<T>& g, int64_t i0, int64_t n0, int64_t ncols) {
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, float>) {
     micro_f32_avx512<MR, NV>(g, i0, n0, ncols);
+    return;
+  }
+#endif
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    micro_f32_avx2<MR, NV>(g, i0, n0, ncols);
     return;
   }
 #endif
@@ -399,6 +459,15 @@ inline void copy_run(T* dst, const T* src, int64_t len) {
     return;
   }
 #endif
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; len > 0; len -= 8, src += 8, dst += 8) {
+      const __m256i mk = lanes_avx2(std::min<int64_t>(len, 8));
+      _mm256_maskstore_ps(dst, mk, _mm256_maskload_ps(src, mk));
+    }
+    return;
+  }
+#endif
   for (int64_t i = 0; i < len; ++i) dst[i] = src[i];
 }
 
@@ -470,6 +539,51 @@ void dot_micro(int64_t nimg, int64_t len, const T* const* arows, int64_t a_img, 
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
       for (int s = 0; s < NR; ++s) c[r * ldc + s] += _mm512_reduce_add_ps(acc[r][s]);
+    return;
+  }
+#endif
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    __m256 acc[MR][NR];
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int s = 0; s < NR; ++s) acc[r][s] = _mm256_setzero_ps();
+    for (int64_t img = 0; img < nimg; ++img) {
+      int64_t p = 0;
+      // Full vectors, then one masked tail (masked loads are slower on AMD: keep them out of the loop).
+      for (; p + 8 <= len; p += 8) {
+        __m256 bv[NR];
+#pragma GCC unroll 4
+        for (int s = 0; s < NR; ++s) bv[s] = _mm256_loadu_ps(brows[s] + img * b_img + p);
+#pragma GCC unroll 4
+        for (int r = 0; r < MR; ++r) {
+          const __m256 av = _mm256_loadu_ps(arows[r] + img * a_img + p);
+#pragma GCC unroll 4
+          for (int s = 0; s < NR; ++s) acc[r][s] = _mm256_fmadd_ps(av, bv[s], acc[r][s]);
+        }
+      }
+      if (p < len) {
+        const __m256i mk = lanes_avx2(len - p);
+        __m256 bv[NR];
+#pragma GCC unroll 4
+        for (int s = 0; s < NR; ++s) bv[s] = _mm256_maskload_ps(brows[s] + img * b_img + p, mk);
+#pragma GCC unroll 4
+        for (int r = 0; r < MR; ++r) {
+          const __m256 av = _mm256_maskload_ps(arows[r] + img * a_img + p, mk);
+#pragma GCC unroll 4
+          for (int s = 0; s < NR; ++s) acc[r][s] = _mm256_fmadd_ps(av, bv[s], acc[r][s]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int s = 0; s < NR; ++s) {
+        const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r][s]), _mm256_extractf128_ps(acc[r][s], 1));
+        const __m128 h = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        c[r * ldc + s] += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+      }
     return;
   }
 #endif
