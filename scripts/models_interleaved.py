@@ -1,0 +1,102 @@
+"""End-to-end ShuffleNet speed with the providers interleaved step by step (issue 5's targets).
+
+`python -m shufflekern bench --ops models` times each provider in its own block of rounds; on a shared,
+noisy machine a block can land in a slow spell, and sequential ratios of the same models moved by ±25%
+between runs here.  This script builds every provider of a model once and then runs them in alternating
+order (ABCD, DCBA, ...) so that a slow spell hits all alike; the medians and ratios it prints come from one
+run.  Providers as in bench/bench_models.py: the fused model (`sk.fuse`; inference: BatchNorm folded) and
+the eager model, each in NCHW and channels_last; `--compile` adds torch.compile of the eager model.
+
+    PYTHONPATH=. python scripts/models_interleaved.py [--steps 12] [--models v1_g3,v2] [--compile]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import shufflekern as sk
+
+MODELS = {
+    "v1_g3": lambda: sk.models.shufflenet_v1(3, 1.0, fused=False),
+    "v1_g8": lambda: sk.models.shufflenet_v1(8, 1.0, fused=False),
+    "v2": lambda: torchvision.models.shufflenet_v2_x1_0(),
+}
+FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
+
+
+def provider(name, kind, fmt, train, batch):
+    torch.manual_seed(0)
+    model = MODELS[name]().train(train)
+    if kind == "fused":
+        model = sk.fuse(model)
+    model = model.to(memory_format=FORMATS[fmt])
+    fwd = torch.compile(model) if kind == "compile" else model
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=FORMATS[fmt])
+    if not train:
+        def infer():
+            with torch.no_grad():
+                fwd(x)
+        return infer
+    target = torch.randint(0, 1000, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(fwd(x), target).backward()
+        opt.step()
+    return step
+
+
+def run(name, train, batch, steps, with_compile):
+    kinds = [("fused", f) for f in FORMATS] + [("eager", f) for f in FORMATS]
+    if with_compile:
+        kinds.append(("compile", "cl"))
+    fns = {f"{k}_{f}": provider(name, k, f, train, batch) for k, f in kinds}
+    for fn in fns.values():  # warm-up (and compilation)
+        fn()
+        fn()
+    times = {k: [] for k in fns}
+    order = list(fns)
+    for i in range(steps):
+        for k in (order if i % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    fused = min(med["fused_nchw"], med["fused_cl"])
+    eager = min(med["eager_nchw"], med["eager_cl"])
+    cells = " | ".join(f"{med[k]:.1f}" for k in order)
+    vs_compile = f" | {med['compile_cl'] / fused:.2f}x" if with_compile else ""
+    return f"| {name} | {'train step' if train else 'inference'} | {batch} | {cells} | {eager / fused:.2f}x{vs_compile} |", order
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=12, help="interleaved rounds per provider")
+    ap.add_argument("--models", default="v1_g3,v2", help=f"comma-separated, of {sorted(MODELS)}")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile of the eager model (slow to build)")
+    ap.add_argument("--threads", type=int, default=None)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rows, header = [], None
+    for name in a.models.split(","):
+        for train, batch in ((False, 16), (True, 16)):
+            row, order = run(name.strip(), train, batch, a.steps, a.compile)
+            print(row, flush=True)
+            rows.append(row)
+            header = order
+    print(f"\nmedian ms over {a.steps} interleaved rounds, 224x224 fp32, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; speed-up = best eager format / best fused format"
+          + ("; vs compile = torch.compile (channels_last) / best fused" if a.compile else ""))
+    print("| model | case | batch | " + " | ".join(f"{k} ms" for k in header) + " | fused vs eager |"
+          + (" fused vs compile |" if a.compile else ""))
+    print("|---" * (4 + len(header) + (1 if a.compile else 0)) + "|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
