@@ -98,78 +98,71 @@ struct Gemm {
 };
 
 // C rows [i0, i0+MR) x columns [n0, n0+ncols), ncols in ((NV-1)*L, NV*L].
+//
+// fp32 on AVX-512 / AVX2: the microkernel in raw intrinsics (through the traits below).  GCC keeps an
+// __m512 / __m256 accumulator array in registers, while an array of at::vec::Vectorized is also written
+// back to the stack on every update.  On an AVX2 EPYC this cut the ShuffleNetV1 g=3 forward from 2.27 to
+// 1.70 ms and grad_input from 2.44 to 1.96 ms per call (torch.profiler, training step).
 #if defined(CPU_CAPABILITY_AVX512)
-// The fp32 AVX-512 microkernel in raw intrinsics: GCC keeps an __m512 accumulator array in registers,
-// while an array of at::vec::Vectorized is also written back to the stack on every update.
-template <int MR, int NV>
-void micro_f32_avx512(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols) {
-  const int64_t last = ncols - (NV - 1) * 16;
-  const __mmask16 lmask = last >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << last) - 1);
-  __m512 acc[MR][NV];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      const __mmask16 mk = v == NV - 1 ? lmask : __mmask16(0xFFFF);
-      if (g.accumulate) {
-        acc[r][v] = _mm512_maskz_loadu_ps(mk, g.crows[i0 + r] + g.coff + n0 + v * 16);
-      } else {
-        acc[r][v] = g.bias_row ? _mm512_set1_ps(g.bias_row[i0 + r]) : _mm512_setzero_ps();
-        if (g.bias_col) acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_loadu_ps(g.bias_col + n0 + v * 16));
-      }
-    }
+struct F32Simd {
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int L = 16;
+  static M lanes(int64_t n) { return n >= 16 ? M(0xFFFF) : M((1u << n) - 1); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V load(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static void store(float* p, V v, M m) { _mm512_mask_storeu_ps(p, m, v); }
+  static V set1(float v) { return _mm512_set1_ps(v); }
+  static V zero() { return _mm512_setzero_ps(); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(V v) { return _mm512_reduce_add_ps(v); }
+};
+#define SK_F32_SIMD 1
+#elif defined(CPU_CAPABILITY_AVX2)
+struct F32Simd {
+  using V = __m256;
+  using M = __m256i;
+  static constexpr int L = 8;
+  static M lanes(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(n, 8))),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  int64_t ao[MR];
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) ao[r] = g.arow[i0 + r];
-  const int64_t boff = g.boff + n0;
-  for (int64_t j = 0; j < g.K; ++j) {
-    const float* b = g.brow[j] + boff;
-    __m512 bv[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm512_loadu_ps(b + v * 16);
-    bv[NV - 1] = _mm512_maskz_loadu_ps(lmask, b + (NV - 1) * 16);
-    const float* ac = g.a + g.acol[j];
-#pragma GCC unroll 16
-    for (int r = 0; r < MR; ++r) {
-      const __m512 av = _mm512_set1_ps(ac[ao[r]]);
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-    }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load(const float* p, M m) { return _mm256_maskload_ps(p, m); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static void store(float* p, V v, M m) { _mm256_maskstore_ps(p, m, v); }
+  static V set1(float v) { return _mm256_set1_ps(v); }
+  static V zero() { return _mm256_setzero_ps(); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static float sum(V v) {
+    const __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 h = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) {
-    float* c = g.crows[i0 + r] + g.coff + n0;
-#pragma GCC unroll 4
-    for (int v = 0; v < NV - 1; ++v) _mm512_storeu_ps(c + v * 16, acc[r][v]);
-    _mm512_mask_storeu_ps(c + (NV - 1) * 16, lmask, acc[r][NV - 1]);
-  }
-}
+};
+#define SK_F32_SIMD 1
 #endif
 
-#if defined(CPU_CAPABILITY_AVX2)
-// Lanes [0, count) of an AVX2 vector, count in (0, 8]: the mask of maskload / maskstore.
-inline __m256i lanes_avx2(int64_t count) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-// The AVX2 twin of micro_f32_avx512 (same reason: Vectorized accumulators spill; these stay in the 16
-// ymm registers, which mr_max sizes MR x NV for).  In a ShuffleNetV1 g=3 training step on an AVX2 EPYC it
-// cut the forward from 2.27 to 1.70 ms and grad_input from 2.44 to 1.96 ms per call (torch.profiler).
+#if defined(SK_F32_SIMD)
 template <int MR, int NV>
-void micro_f32_avx2(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols) {
-  const __m256i lmask = lanes_avx2(ncols - (NV - 1) * 8);
-  __m256 acc[MR][NV];
+void micro_f32(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols) {
+  using S = F32Simd;
+  constexpr int L = S::L;
+  const typename S::M lmask = S::lanes(ncols - (NV - 1) * L);
+  typename S::V acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      const float* c = g.crows[i0 + r] + g.coff + n0 + v * 8;
+      const float* c = g.crows[i0 + r] + g.coff + n0 + v * L;
       if (g.accumulate) {
-        acc[r][v] = v == NV - 1 ? _mm256_maskload_ps(c, lmask) : _mm256_loadu_ps(c);
+        acc[r][v] = v == NV - 1 ? S::load(c, lmask) : S::load(c);
       } else {
-        acc[r][v] = g.bias_row ? _mm256_set1_ps(g.bias_row[i0 + r]) : _mm256_setzero_ps();
-        if (g.bias_col) acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_loadu_ps(g.bias_col + n0 + v * 8));
+        acc[r][v] = g.bias_row ? S::set1(g.bias_row[i0 + r]) : S::zero();
+        if (g.bias_col) acc[r][v] = S::add(acc[r][v], S::load(g.bias_col + n0 + v * L));
       }
     }
   }
@@ -179,39 +172,33 @@ void micro_f32_avx2(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols)
   const int64_t boff = g.boff + n0;
   for (int64_t j = 0; j < g.K; ++j) {
     const float* b = g.brow[j] + boff;
-    __m256 bv[NV];
+    typename S::V bv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV - 1; ++v) bv[v] = _mm256_loadu_ps(b + v * 8);
-    bv[NV - 1] = _mm256_maskload_ps(b + (NV - 1) * 8, lmask);
+    for (int v = 0; v < NV - 1; ++v) bv[v] = S::load(b + v * L);
+    bv[NV - 1] = S::load(b + (NV - 1) * L, lmask);
     const float* ac = g.a + g.acol[j];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const __m256 av = _mm256_broadcast_ss(ac + ao[r]);
+      const typename S::V av = S::set1(ac[ao[r]]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = S::fmadd(av, bv[v], acc[r][v]);
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
     float* c = g.crows[i0 + r] + g.coff + n0;
 #pragma GCC unroll 4
-    for (int v = 0; v < NV - 1; ++v) _mm256_storeu_ps(c + v * 8, acc[r][v]);
-    _mm256_maskstore_ps(c + (NV - 1) * 8, lmask, acc[r][NV - 1]);
+    for (int v = 0; v < NV - 1; ++v) S::store(c + v * L, acc[r][v]);
+    S::store(c + (NV - 1) * L, acc[r][NV - 1], lmask);
   }
 }
 #endif
 
 template <typename T, int MR, int NV>
 void micro(const Gemm<T>& g, int64_t i0, int64_t n0, int64_t ncols) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(SK_F32_SIMD)
   if constexpr (std::is_same_v<T, float>) {
-    micro_f32_avx512<MR, NV>(g, i0, n0, ncols);
-    return;
-  }
-#endif
-#if defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) {
-    micro_f32_avx2<MR, NV>(g, i0, n0, ncols);
+    micro_f32<MR, NV>(g, i0, n0, ncols);
     return;
   }
 #endif
@@ -450,20 +437,12 @@ void grad_input_nchw(const SconvArgs& a) {
 // Runs are short (C/(groups*sg) channels, often < 16): a call to memcpy each would cost more than the GEMM.
 template <typename T>
 inline void copy_run(T* dst, const T* src, int64_t len) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(SK_F32_SIMD)
   if constexpr (std::is_same_v<T, float>) {
-    for (; len > 0; len -= 16, src += 16, dst += 16) {
-      const __mmask16 mk = len >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << len) - 1);
-      _mm512_mask_storeu_ps(dst, mk, _mm512_maskz_loadu_ps(mk, src));
-    }
-    return;
-  }
-#endif
-#if defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) {
-    for (; len > 0; len -= 8, src += 8, dst += 8) {
-      const __m256i mk = lanes_avx2(std::min<int64_t>(len, 8));
-      _mm256_maskstore_ps(dst, mk, _mm256_maskload_ps(src, mk));
+    using S = F32Simd;
+    for (; len > 0; len -= S::L, src += S::L, dst += S::L) {
+      const typename S::M mk = S::lanes(len);
+      S::store(dst, S::load(src, mk), mk);
     }
     return;
   }
@@ -513,77 +492,37 @@ void grad_input_nhwc(const SconvArgs& a) {
 template <typename T, int MR, int NR>
 void dot_micro(int64_t nimg, int64_t len, const T* const* arows, int64_t a_img, const T* const* brows,
                int64_t b_img, T* c, int64_t ldc) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(SK_F32_SIMD)
   if constexpr (std::is_same_v<T, float>) {
-    __m512 acc[MR][NR];
+    using S = F32Simd;
+    constexpr int64_t L = S::L;
+    typename S::V acc[MR][NR];
 #pragma GCC unroll 4
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-      for (int s = 0; s < NR; ++s) acc[r][s] = _mm512_setzero_ps();
-    for (int64_t img = 0; img < nimg; ++img) {
-      for (int64_t p = 0; p < len; p += 16) {
-        const int64_t cnt = std::min<int64_t>(16, len - p);
-        const __mmask16 mk = cnt >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << cnt) - 1);
-        __m512 bv[NR];
+      for (int s = 0; s < NR; ++s) acc[r][s] = S::zero();
+    // Full vectors, then one masked tail (masked loads are slower on AMD: keep them out of the loop).
+    auto step = [&](int64_t img, int64_t p, auto load) {
+      typename S::V bv[NR];
 #pragma GCC unroll 4
-        for (int s = 0; s < NR; ++s) bv[s] = _mm512_maskz_loadu_ps(mk, brows[s] + img * b_img + p);
+      for (int s = 0; s < NR; ++s) bv[s] = load(brows[s] + img * b_img + p);
 #pragma GCC unroll 4
-        for (int r = 0; r < MR; ++r) {
-          const __m512 av = _mm512_maskz_loadu_ps(mk, arows[r] + img * a_img + p);
+      for (int r = 0; r < MR; ++r) {
+        const typename S::V av = load(arows[r] + img * a_img + p);
 #pragma GCC unroll 4
-          for (int s = 0; s < NR; ++s) acc[r][s] = _mm512_fmadd_ps(av, bv[s], acc[r][s]);
-        }
+        for (int s = 0; s < NR; ++s) acc[r][s] = S::fmadd(av, bv[s], acc[r][s]);
       }
+    };
+    const int64_t full = len / L * L;
+    const typename S::M tail = S::lanes(len - full);
+    for (int64_t img = 0; img < nimg; ++img) {
+      for (int64_t p = 0; p < full; p += L) step(img, p, [](const float* q) { return S::load(q); });
+      if (full < len) step(img, full, [&](const float* q) { return S::load(q, tail); });
     }
 #pragma GCC unroll 4
     for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-      for (int s = 0; s < NR; ++s) c[r * ldc + s] += _mm512_reduce_add_ps(acc[r][s]);
-    return;
-  }
-#endif
-#if defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) {
-    __m256 acc[MR][NR];
-#pragma GCC unroll 4
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-      for (int s = 0; s < NR; ++s) acc[r][s] = _mm256_setzero_ps();
-    for (int64_t img = 0; img < nimg; ++img) {
-      int64_t p = 0;
-      // Full vectors, then one masked tail (masked loads are slower on AMD: keep them out of the loop).
-      for (; p + 8 <= len; p += 8) {
-        __m256 bv[NR];
-#pragma GCC unroll 4
-        for (int s = 0; s < NR; ++s) bv[s] = _mm256_loadu_ps(brows[s] + img * b_img + p);
-#pragma GCC unroll 4
-        for (int r = 0; r < MR; ++r) {
-          const __m256 av = _mm256_loadu_ps(arows[r] + img * a_img + p);
-#pragma GCC unroll 4
-          for (int s = 0; s < NR; ++s) acc[r][s] = _mm256_fmadd_ps(av, bv[s], acc[r][s]);
-        }
-      }
-      if (p < len) {
-        const __m256i mk = lanes_avx2(len - p);
-        __m256 bv[NR];
-#pragma GCC unroll 4
-        for (int s = 0; s < NR; ++s) bv[s] = _mm256_maskload_ps(brows[s] + img * b_img + p, mk);
-#pragma GCC unroll 4
-        for (int r = 0; r < MR; ++r) {
-          const __m256 av = _mm256_maskload_ps(arows[r] + img * a_img + p, mk);
-#pragma GCC unroll 4
-          for (int s = 0; s < NR; ++s) acc[r][s] = _mm256_fmadd_ps(av, bv[s], acc[r][s]);
-        }
-      }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-      for (int s = 0; s < NR; ++s) {
-        const __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc[r][s]), _mm256_extractf128_ps(acc[r][s], 1));
-        const __m128 h = _mm_add_ps(q, _mm_movehl_ps(q, q));
-        c[r * ldc + s] += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-      }
+      for (int s = 0; s < NR; ++s) c[r * ldc + s] += S::sum(acc[r][s]);
     return;
   }
 #endif
