@@ -73,10 +73,23 @@ def native_unusable_reason(device_type: str):
     return f"no shufflekern kernels for {device_type} tensors"
 
 
+_cpu_native = {}
+
+
 def select(op: str, device: torch.device):
-    """The op overload packet (native or Triton twin) that runs `op` on `device` now."""
-    name = _state["backend"]
-    dev = device.type
+    """The op overload (native or Triton twin) that runs `op` on `device` now.  The common case, "auto" on
+    CPU tensors (always the compiled C++ kernels), is memoised: a ShuffleNet forward asks dozens of times,
+    for ~0.1 ms ops."""
+    name, dev = _state["backend"], device.type
+    if name == "auto" and dev == "cpu":
+        fn = _cpu_native.get(op)
+        if fn is None:
+            fn = _cpu_native[op] = _select(op, name, dev).default
+        return fn
+    return _select(op, name, dev).default
+
+
+def _select(op, name, dev):
     if name == "triton":
         why = triton_unusable_reason(dev)
         if why is not None:

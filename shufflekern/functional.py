@@ -17,7 +17,8 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     The output keeps x's memory format (x.suggest_memory_format()).  The backward is the inverse
     shuffle (groups' = C / groups).
     """
-    check_channel_shuffle(x, groups)
+    if type(x) is not torch.Tensor or type(groups) is not int:
+        check_channel_shuffle(x, groups)  # friendlier TypeErrors; plain calls get the C++ op's ValueErrors
     return select("channel_shuffle", x.device)(x, groups)
 
 

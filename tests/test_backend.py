@@ -37,9 +37,9 @@ def test_context_manager_restores_and_validates():
 
 def test_selection():
     cpu = torch.device("cpu")
-    assert _backend.select("channel_shuffle", cpu) is torch.ops.shufflekern.channel_shuffle
+    assert _backend.select("channel_shuffle", cpu) is torch.ops.shufflekern.channel_shuffle.default
     with sk.backend("triton"):
-        assert _backend.select("channel_shuffle", cpu) is torch.ops.shufflekern.channel_shuffle_triton
+        assert _backend.select("channel_shuffle", cpu) is torch.ops.shufflekern.channel_shuffle_triton.default
 
 
 def test_forced_triton_without_interpreter_fails_loudly(monkeypatch):
@@ -62,7 +62,7 @@ def test_auto_falls_back_to_triton_for_cuda_when_not_compiled(monkeypatch):
     monkeypatch.setattr(_backend, "native_unusable_reason",
                         lambda dev: None if dev == "cpu" else "built without CUDA kernels")
     monkeypatch.setattr(_backend, "triton_unusable_reason", lambda dev: None)
-    assert _backend.select("channel_shuffle", torch.device("cuda")) is torch.ops.shufflekern.channel_shuffle_triton
+    assert _backend.select("channel_shuffle", torch.device("cuda")) is torch.ops.shufflekern.channel_shuffle_triton.default
 
 
 def test_env_var():
