@@ -1,7 +1,7 @@
 """Renders a pytest-benchmark JSON of the shufflekern microbenchmarks: the long CSV, the table with the
 speed-ups of shufflekern over every other provider, and one PNG plot per op.
 
-    python bench/report.py RESULTS.json [--out DIR]
+    python bench/report.py PASS1.json [PASS2.json ...] [--out DIR]
 (`python -m shufflekern bench` runs the cases and calls this.)
 """
 import argparse
@@ -10,17 +10,42 @@ import json
 import math
 import os
 import platform
+import statistics
 from collections import defaultdict
 
 KEY = ("op", "mode", "shape", "layout", "dtype")
 OURS = "shufflekern"
 
 
-def load(path):
-    with open(path) as f:
-        doc = json.load(f)
-    rows = [b["extra_info"] for b in doc["benchmarks"] if "median_s" in b.get("extra_info", {})]
-    return doc, rows
+def load(paths):
+    """(first pass's document, rows merged over the passes) of one or more pytest-benchmark JSONs."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    docs, rows = [], []
+    for path in paths:
+        with open(path) as f:
+            docs.append(json.load(f))
+        rows += [b["extra_info"] for b in docs[-1]["benchmarks"] if "median_s" in b.get("extra_info", {})]
+    return docs[0], merge_passes(rows)
+
+
+def merge_passes(rows):
+    """One row per (case, provider): the median of the passes' medians (and of their quantiles), the
+    rounds summed, the largest peak memory.  The passes run the providers in alternating order, so a slow
+    spell of a shared machine that hits one provider's block in one pass is outvoted."""
+    by = defaultdict(list)
+    for r in rows:
+        by[tuple(r[k] for k in KEY) + (r["provider"],)].append(r)
+    out = []
+    for same in by.values():
+        m = dict(same[0])
+        for k in ("median_s", "q20_s", "q80_s"):
+            m[k] = statistics.median(r[k] for r in same)
+        m["rounds"] = sum(r.get("rounds", 0) for r in same)
+        m["passes"] = len(same)
+        peaks = [r["peak_bytes"] for r in same if r.get("peak_bytes") is not None]
+        m["peak_bytes"] = max(peaks) if peaks else None
+        out.append(m)
+    return out
 
 
 def machine_string(doc):
@@ -147,8 +172,8 @@ def plots(cases, out_dir):
     return paths
 
 
-def render(json_path, out_dir, versions=""):
-    doc, rows = load(json_path)
+def render(json_paths, out_dir, versions=""):
+    doc, rows = load(json_paths)
     os.makedirs(out_dir, exist_ok=True)
     cases = group(rows)
     csv_path = os.path.join(out_dir, "results.csv")
@@ -163,10 +188,10 @@ def render(json_path, out_dir, versions=""):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("json")
+    ap.add_argument("json", nargs="+", help="one pytest-benchmark JSON per pass")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    text, *_ = render(a.json, a.out or os.path.dirname(os.path.abspath(a.json)))
+    text, *_ = render(a.json, a.out or os.path.dirname(os.path.abspath(a.json[0])))
     print(text)
 
 

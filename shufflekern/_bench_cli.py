@@ -14,13 +14,14 @@ BENCH = os.path.join(REPO, "bench")
 class _Progress:
     """pytest plugin: one tqdm bar over the cases instead of pytest's own terminal output."""
 
-    def __init__(self):
+    def __init__(self, desc="bench"):
+        self.desc = desc
         self.bar = None
         self.failed = []
 
     def pytest_collection_finish(self, session):
         from tqdm import tqdm
-        self.bar = tqdm(total=len(session.items), desc="bench", unit="case", dynamic_ncols=True)
+        self.bar = tqdm(total=len(session.items), desc=self.desc, unit="case", dynamic_ncols=True)
 
     def pytest_runtest_logreport(self, report):
         if report.failed:
@@ -44,6 +45,9 @@ def main(argv):
     ap.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
     ap.add_argument("--out", default=None, help="results directory (default: bench/results/<timestamp>)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--passes", type=int, default=3,
+                    help="run every case this many times, in alternating order, each with 1/passes of the time "
+                         "budget; the report takes the median over the passes (default 3)")
     a = ap.parse_args(argv)
     if not os.path.isdir(BENCH):
         sys.exit(f"shufflekern bench: the benchmark cases live in the source tree ({BENCH} not found); "
@@ -59,27 +63,39 @@ def main(argv):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = a.out or os.path.join(BENCH, "results", stamp)
     os.makedirs(out, exist_ok=True)
-    json_path = os.path.join(out, "pytest-benchmark.json")
+    if a.passes < 1:
+        sys.exit("shufflekern bench: --passes must be >= 1")
     targets = ([os.path.join(BENCH, f"bench_{op.strip()}.py") for op in a.ops.split(",")] if a.ops else [BENCH])
-    args = targets + ["-p", "no:terminal", f"--benchmark-json={json_path}", "-c", os.path.join(BENCH, "pytest.ini")]
-    if a.full:
-        args.append("--full")
-    if a.keyword:
-        args += ["-k", a.keyword]
-    progress = _Progress()
+    json_paths, failed = [], []
     t0 = time.time()
-    rc = pytest.main(args, plugins=[progress])
-    if not os.path.exists(json_path):
-        sys.exit(f"shufflekern bench: pytest exited with {rc} and wrote no results")
+    os.environ["SHUFFLEKERN_BENCH_BUDGET_SCALE"] = str(1.0 / a.passes)
+    for i in range(a.passes):
+        json_path = os.path.join(out, f"pytest-benchmark-pass{i + 1}.json")
+        args = targets + ["-p", "no:terminal", f"--benchmark-json={json_path}", "-c", os.path.join(BENCH, "pytest.ini")]
+        if a.full:
+            args.append("--full")
+        if a.keyword:
+            args += ["-k", a.keyword]
+        os.environ["SHUFFLEKERN_BENCH_REVERSE"] = str(i % 2)
+        os.environ["SHUFFLEKERN_BENCH_SKIP_MEMORY"] = "1" if i else "0"
+        progress = _Progress(f"pass {i + 1}/{a.passes}")
+        rc = pytest.main(args, plugins=[progress])
+        failed += progress.failed
+        if not os.path.exists(json_path):
+            sys.exit(f"shufflekern bench: pytest exited with {rc} and wrote no results")
+        if rc not in (0, 5) and not progress.failed:
+            failed.append(f"pytest exit code {rc}")
+        json_paths.append(json_path)
     try:
         import triton
         tv = f" triton {triton.__version__}"
     except ImportError:
         tv = ""
     versions = f"shufflekern {__version__} torch {torch.__version__}{tv} threads {torch.get_num_threads()}"
-    text, csv_path, pngs = report.render(json_path, out, versions)
+    versions += f" passes {a.passes}"
+    text, csv_path, pngs = report.render(json_paths, out, versions)
     print(text)
-    print(f"{len(progress.failed)} failed; {time.time() - t0:.0f} s; results: {csv_path}; plots: {', '.join(pngs)}")
+    print(f"{len(failed)} failed; {time.time() - t0:.0f} s; results: {csv_path}; plots: {', '.join(pngs)}")
     for name in ("results.csv", "table.md"):
         shutil.copyfile(os.path.join(out, name), os.path.join(BENCH, "results", "latest." + name.split(".")[1]))
-    return 1 if progress.failed or rc not in (0, 5) else 0
+    return 1 if failed else 0
