@@ -23,8 +23,10 @@ from shufflekern.distill import Trainer, build_model, load_data
 from shufflekern.distill.losses import kd_loss_eager, kd_loss_fused
 from shufflekern.distill.models import is_student_name
 
+NUM_CLASSES = 10  # digits
 
-def _model(name, args, num_classes=10):
+
+def _model(name, args, num_classes=NUM_CLASSES):
     kw = {}
     if is_student_name(name):
         kw = {"width_mult": args.width_mult, "fused": True, "small_input": True}
@@ -38,10 +40,6 @@ def _fit(model, data, args, seed, teacher=None, fused=True, epochs=None, lr=None
     t0 = time.perf_counter()
     m = t.fit()
     return m, t.model, time.perf_counter() - t0
-
-
-def _num_classes(args):
-    return 10  # digits
 
 
 def _mean_std(xs):
@@ -191,7 +189,7 @@ def main(argv=None):
         f"{st['saving_ci95_ms'][0]:.3f} .. {st['saving_ci95_ms'][1]:.3f} ms); loss alone: "
         f"{lo['median_paired_saving_ms']:.3f} ms ({lo['saving_ci95_ms'][0]:.3f} .. {lo['saving_ci95_ms'][1]:.3f}).",
         "",
-        f"At {_num_classes(args)} classes the eager loss is {100 * lo['eager_ms'] / st['eager_ms']:.2f}% of the step: "
+        f"At {NUM_CLASSES} classes the eager loss is {100 * lo['eager_ms'] / st['eager_ms']:.2f}% of the step: "
         f"the fused loss saves {lo['median_paired_saving_ms']:.3f} ms of work per step, "
         f"{(st['saving_ci95_ms'][1] - st['saving_ci95_ms'][0]) / max(lo['median_paired_saving_ms'], 1e-9):.0f}x "
         "less than the width of the step's interval, so on this shared machine the whole-step ratio is noise "

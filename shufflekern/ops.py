@@ -19,20 +19,20 @@ from ._validate import (KD_REDUCTIONS, check_channel_shuffle, check_kd_op, check
 NATIVE, TRITON = "", "_triton"
 
 
-def _op(name, family):
-    return getattr(torch.ops.shufflekern, name + family)
+def _twin(name):
+    """The Triton twin of shufflekern::<name> (what the twins' backward formulas call)."""
+    return getattr(torch.ops.shufflekern, name + TRITON)
 
 
-def _register(name, fake, setup_context=None, backward_for=None):
+def _register(name, fake, setup_context=None, backward=None):
     """Register `fake` for shufflekern::<name> and its Triton twin and, if given, the autograd formula
-    built by `backward_for(TRITON)` for the twin.  The compiled ops' autograd is registered in C++
-    (csrc/autograd/<op>.cpp, the same derivatives): a Python autograd kernel costs every call ~10-20 us
-    of interpreter time, as much as a whole shuffle of a ShuffleNet activation."""
+    `backward` for the twin.  The compiled ops' autograd is registered in C++ (csrc/autograd/<op>.cpp,
+    the same derivatives): a Python autograd kernel costs every call ~10-20 us of interpreter time, as
+    much as a whole shuffle of a ShuffleNet activation."""
     for family in (NATIVE, TRITON):
         torch.library.register_fake(f"shufflekern::{name}{family}")(fake)
-    if backward_for is not None:
-        torch.library.register_autograd(f"shufflekern::{name}{TRITON}", backward_for(TRITON),
-                                        setup_context=setup_context)
+    if backward is not None:
+        torch.library.register_autograd(f"shufflekern::{name}{TRITON}", backward, setup_context=setup_context)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -55,14 +55,12 @@ def _channel_shuffle_setup(ctx, inputs, output):
     ctx.inverse_groups = x.shape[1] // groups
 
 
-def _channel_shuffle_backward_for(family):
+def _channel_shuffle_backward(ctx, grad):
     # The inverse of a shuffle with g groups on C channels is the shuffle with C/g groups.
-    def backward(ctx, grad):
-        return _op("channel_shuffle", family)(grad, ctx.inverse_groups), None
-    return backward
+    return _twin("channel_shuffle")(grad, ctx.inverse_groups), None
 
 
-_register("channel_shuffle", _channel_shuffle_fake, _channel_shuffle_setup, _channel_shuffle_backward_for)
+_register("channel_shuffle", _channel_shuffle_fake, _channel_shuffle_setup, _channel_shuffle_backward)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,23 +117,21 @@ def _shuffle_conv1x1_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight)
 
 
-def _shuffle_conv1x1_backward_for(family):
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        # grad_x comes back in x's memory format, as for torch's convolutions.
-        grad = grad.contiguous(memory_format=ctx.memory_format)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _op("shuffle_conv1x1_grad_input", family)(grad, weight, ctx.groups, ctx.shuffle_groups)
-        if ctx.needs_input_grad[1]:
-            grad_w = _op("shuffle_conv1x1_grad_weight", family)(grad, x, ctx.groups, ctx.shuffle_groups)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None
-    return backward
+def _shuffle_conv1x1_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    # grad_x comes back in x's memory format, as for torch's convolutions.
+    grad = grad.contiguous(memory_format=ctx.memory_format)
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _twin("shuffle_conv1x1_grad_input")(grad, weight, ctx.groups, ctx.shuffle_groups)
+    if ctx.needs_input_grad[1]:
+        grad_w = _twin("shuffle_conv1x1_grad_weight")(grad, x, ctx.groups, ctx.shuffle_groups)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b, None, None
 
 
-_register("shuffle_conv1x1", _shuffle_conv1x1_fake, _shuffle_conv1x1_setup, _shuffle_conv1x1_backward_for)
+_register("shuffle_conv1x1", _shuffle_conv1x1_fake, _shuffle_conv1x1_setup, _shuffle_conv1x1_backward)
 _register("shuffle_conv1x1_grad_input", _shuffle_conv1x1_grad_input_fake)
 _register("shuffle_conv1x1_grad_weight", _shuffle_conv1x1_grad_weight_fake)
 
@@ -190,21 +186,19 @@ def _kd_scale(grad, g, per_row):
     return grad * g
 
 
-def _kd_loss_backward_for(family):
-    def backward(ctx, g, _unused_gs, _unused_gt):
-        grads = []
-        for i, (saved, computed, name) in enumerate(zip(ctx.saved_tensors, ctx.computed,
-                                                        ("student_logits", "teacher_logits"))):
-            if not ctx.needs_input_grad[i]:
-                grads.append(None)
-                continue
-            if not computed:
-                raise RuntimeError(f"kd_loss_forward: the gradient w.r.t. {name} was not computed in the "
-                                   f"forward (grad_{name.split('_')[0]}=False); use sk.kd_loss / sk.kd_kl_div, "
-                                   "which ask for it whenever the input requires grad")
-            grads.append(None if g is None else _kd_scale(saved, g, ctx.per_row))
-        return (*grads, None, None, None, None, None, None, None)
-    return backward
+def _kd_loss_backward(ctx, g, _unused_gs, _unused_gt):
+    grads = []
+    for i, (saved, computed, name) in enumerate(zip(ctx.saved_tensors, ctx.computed,
+                                                    ("student_logits", "teacher_logits"))):
+        if not ctx.needs_input_grad[i]:
+            grads.append(None)
+            continue
+        if not computed:
+            raise RuntimeError(f"kd_loss_forward: the gradient w.r.t. {name} was not computed in the "
+                               f"forward (grad_{name.split('_')[0]}=False); use sk.kd_loss / sk.kd_kl_div, "
+                               "which ask for it whenever the input requires grad")
+        grads.append(None if g is None else _kd_scale(saved, g, ctx.per_row))
+    return (*grads, None, None, None, None, None, None, None)
 
 
-_register("kd_loss_forward", _kd_loss_fake, _kd_loss_setup, _kd_loss_backward_for)
+_register("kd_loss_forward", _kd_loss_fake, _kd_loss_setup, _kd_loss_backward)

@@ -9,7 +9,6 @@ namespace shufflekern::cpu {
 
 namespace {
 std::atomic<int> compiled_mask{0};
-}
 
 // The best variant this CPU can execute.  ATen takes ATEN_CPU_CAPABILITY at its word (asking for avx512
 // on a CPU without it makes ATen's own kernels die of SIGILL); ours never run an ISA the CPU lacks.
@@ -23,6 +22,8 @@ int supported_isa() {
 #endif
   return kDefault;
 }
+
+}  // namespace
 
 int runtime_isa() {
   static const int isa = [] {
