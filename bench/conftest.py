@@ -31,8 +31,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def _warm_machine():
     """~1 s of multi-threaded work before the first case: the first case of a session otherwise pays for
-    the thread pool's start and the cores' clock ramp (it measured 1.6x slow here while the same case in
-    the next pass was at parity)."""
+    the thread pool's start and the cores' clock ramp (16x116x28x28 NCHW fwd measured 0.251 ms in the first
+    pass and 0.127 ms in the next)."""
     import time
 
     import torch
