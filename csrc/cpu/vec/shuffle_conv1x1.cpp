@@ -14,6 +14,7 @@
 // ATen's vec headers trip these under `#pragma GCC target`; the code paths never cross ISAs.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <cstdlib>
 #include <cstring>
@@ -147,11 +148,15 @@ struct F32Simd {
 #endif
 
 #if defined(SK_F32_SIMD)
-template <int MR, int NV>
+// FULL: the last column vector is whole, so the K loop runs without masked loads (slow on AMD).  A is
+// read through one base pointer per row and one column offset per k, i.e. one addressing-mode operand
+// per broadcast: no address arithmetic in the K loop.
+template <int MR, int NV, bool FULL>
 void micro_f32(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols) {
   using S = F32Simd;
   constexpr int L = S::L;
   const typename S::M lmask = S::lanes(ncols - (NV - 1) * L);
+  auto load_last = [&](const float* p) { return FULL ? S::load(p) : S::load(p, lmask); };
   typename S::V acc[MR][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r) {
@@ -159,27 +164,30 @@ void micro_f32(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols) {
     for (int v = 0; v < NV; ++v) {
       const float* c = g.crows[i0 + r] + g.coff + n0 + v * L;
       if (g.accumulate) {
-        acc[r][v] = v == NV - 1 ? S::load(c, lmask) : S::load(c);
+        acc[r][v] = v == NV - 1 ? load_last(c) : S::load(c);
       } else {
         acc[r][v] = g.bias_row ? S::set1(g.bias_row[i0 + r]) : S::zero();
         if (g.bias_col) acc[r][v] = S::add(acc[r][v], S::load(g.bias_col + n0 + v * L));
       }
     }
   }
-  int64_t ao[MR];
+  const float* ar[MR];
 #pragma GCC unroll 16
-  for (int r = 0; r < MR; ++r) ao[r] = g.arow[i0 + r];
+  for (int r = 0; r < MR; ++r) ar[r] = g.a + g.arow[i0 + r];
   const int64_t boff = g.boff + n0;
-  for (int64_t j = 0; j < g.K; ++j) {
-    const float* b = g.brow[j] + boff;
+  const float* const* brow = g.brow;
+  const int64_t* acol = g.acol;
+  const int64_t K = g.K;
+  for (int64_t j = 0; j < K; ++j) {
+    const float* b = brow[j] + boff;
     typename S::V bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV - 1; ++v) bv[v] = S::load(b + v * L);
-    bv[NV - 1] = S::load(b + (NV - 1) * L, lmask);
-    const float* ac = g.a + g.acol[j];
+    bv[NV - 1] = load_last(b + (NV - 1) * L);
+    const int64_t col = acol[j];
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      const typename S::V av = S::set1(ac[ao[r]]);
+      const typename S::V av = S::set1(ar[r][col]);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = S::fmadd(av, bv[v], acc[r][v]);
     }
@@ -189,7 +197,11 @@ void micro_f32(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols) {
     float* c = g.crows[i0 + r] + g.coff + n0;
 #pragma GCC unroll 4
     for (int v = 0; v < NV - 1; ++v) S::store(c + v * L, acc[r][v]);
-    S::store(c + (NV - 1) * L, acc[r][NV - 1], lmask);
+    if (FULL) {
+      S::store(c + (NV - 1) * L, acc[r][NV - 1]);
+    } else {
+      S::store(c + (NV - 1) * L, acc[r][NV - 1], lmask);
+    }
   }
 }
 #endif
@@ -198,7 +210,11 @@ template <typename T, int MR, int NV>
 void micro(const Gemm<T>& g, int64_t i0, int64_t n0, int64_t ncols) {
 #if defined(SK_F32_SIMD)
   if constexpr (std::is_same_v<T, float>) {
-    micro_f32<MR, NV>(g, i0, n0, ncols);
+    if (ncols == NV * F32Simd::L) {
+      micro_f32<MR, NV, true>(g, i0, n0, ncols);
+    } else {
+      micro_f32<MR, NV, false>(g, i0, n0, ncols);
+    }
     return;
   }
 #endif
@@ -604,7 +620,7 @@ void grad_weight_nchw(const SconvArgs& a) {
 
 // NHWC: dW^T[j'][m] = sum_p x[p][src(j')] * gy[p][k*mg + m] -- the GEMM microkernel with rows j'
 // (A broadcast from x, addressed by arow = src), columns m (contiguous in gy) and K = pixels of a chunk.
-constexpr int64_t kPixelChunk = 256;
+constexpr int64_t kPixelChunk = 128;
 
 template <typename T>
 void grad_weight_nhwc(const SconvArgs& a) {
