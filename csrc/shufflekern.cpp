@@ -23,6 +23,17 @@ TORCH_LIBRARY(shufflekern, m) {
   // and, when asked, the gradients of the loss w.r.t. the logits (computed in the same pass; 0-element
   // tensors when not asked), which the autograd formula scales by grad_output.
   // reduction: 0 none, 1 mean, 2 sum, 3 batchmean.
+  // batch_norm_act (issue 5, used by the fused models): y = relu(batch_norm(x) [+ residual]) (relu=False: no
+  // ReLU) in one op; training=True normalises with the batch statistics, training=False with running_mean
+  // and running_var.  Returns y and, in training, the batch mean and biased variance (the caller updates
+  // the running statistics; 0-element tensors in evaluation).  CPU only (float32, float64).  The backward returns the gradients of x, residual, weight,
+  // bias (output_mask says which).
+  m.def("batch_norm_act(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, Tensor? running_mean, "
+        "Tensor? running_var, bool training, float eps, bool relu) -> (Tensor, Tensor, Tensor)");
+  m.def("batch_norm_act_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, "
+        "Tensor mean, Tensor var, bool training, float eps, bool relu, bool[4] output_mask) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+
   m.def("kd_loss_forward(Tensor student, Tensor teacher, Tensor? target, float temperature, float alpha, "
         "int ignore_index, int reduction, bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
 }

@@ -2,7 +2,10 @@
 
 Both walk the model and replace units in a copy (the argument is not modified), so they work on this
 package's models, on torchvision.models.ShuffleNetV2 (its InvertedResidual units are recognised) and on
-any model that embeds such units.  Weights and the train/eval mode are kept.
+any model that embeds such units.  Weights and the train/eval mode are kept.  Unless it folds BatchNorm,
+`fuse` also turns every BatchNorm2d directly followed by a ReLU in an nn.Sequential (the stems, V2's
+branches and conv5) into one BatchNormReLU2d (same state_dict; the ReLU becomes a ReLUInBatchNorm
+placeholder); `unfuse` turns them back.
 """
 import copy
 
@@ -14,6 +17,7 @@ from .models import shufflenet_v1 as _v1_module  # noqa: F401  (the package re-e
 
 v1 = sys.modules[__package__ + ".models.shufflenet_v1"]
 v2 = sys.modules[__package__ + ".models.shufflenet_v2"]
+from .models._common import BatchNormReLU2d, ReLUInBatchNorm
 from .models._common import fold_bn as _fold
 
 __all__ = ["fuse", "unfuse"]
@@ -81,7 +85,36 @@ def fuse(model: nn.Module, *, fold_bn=None) -> nn.Module:
 
     model = _swap(model, rule) if rule(model) is None else rule(model)
     _link_pairs(model)
-    return _fold_all(model) if fold_bn else model
+    if fold_bn:
+        return _fold_all(_split_bn_relu(model))
+    return _join_bn_relu(model)
+
+
+def _sequentials(model):
+    return [m for m in model.modules() if isinstance(m, nn.Sequential)]
+
+
+def _join_bn_relu(model):
+    """In every nn.Sequential, BatchNorm2d then nn.ReLU -> BatchNormReLU2d then ReLUInBatchNorm (in place)."""
+    for seq in _sequentials(model):
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            bn, act = seq._modules[a], seq._modules[b]
+            if type(bn) is nn.BatchNorm2d and type(act) is nn.ReLU:
+                seq._modules[a] = BatchNormReLU2d.from_bn(bn)
+                seq._modules[b] = ReLUInBatchNorm(act.inplace)
+    return model
+
+
+def _split_bn_relu(model):
+    """The inverse of _join_bn_relu (in place)."""
+    for seq in _sequentials(model):
+        for name, m in list(seq._modules.items()):
+            if type(m) is BatchNormReLU2d:
+                seq._modules[name] = m.to_bn()
+            elif type(m) is ReLUInBatchNorm:
+                seq._modules[name] = nn.ReLU(m.inplace)
+    return model
 
 
 def _link_pairs(model):
@@ -99,7 +132,7 @@ def unfuse(model: nn.Module) -> nn.Module:
     BatchNorms folded by `fuse` stay folded (convs with a bias)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"unfuse: model must be an nn.Module, got {type(model).__name__}")
-    model = copy.deepcopy(model)
+    model = _split_bn_relu(copy.deepcopy(model))
 
     def rule(m):
         if isinstance(m, v1.FusedShuffleV1Unit):

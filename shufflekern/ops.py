@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: TORCH_LIBRARY(shufflekern) and the kernels)
-from ._validate import (KD_REDUCTIONS, check_channel_shuffle, check_kd_op, check_shuffle_conv1x1,
+from ._validate import (KD_REDUCTIONS, check_channel_shuffle, check_kd_op, check_shuffle_conv1x1, check_tensor,
                         check_shuffle_conv1x1_grad_input, check_shuffle_conv1x1_grad_weight,
                         suggest_memory_format)
 
@@ -202,3 +202,27 @@ def _kd_loss_backward(ctx, g, _unused_gs, _unused_gt):
 
 
 _register("kd_loss_forward", _kd_loss_fake, _kd_loss_setup, _kd_loss_backward)
+
+
+# --------------------------------------------------------------------------------------------------
+# batch_norm_act (CPU only; the fused models call it through models._common.bn_act, which runs eager
+# BatchNorm + ReLU elsewhere).  Autograd in csrc/autograd/batch_norm_act.cpp.
+# --------------------------------------------------------------------------------------------------
+
+def _batch_norm_act_fake(x, weight, bias, residual, running_mean, running_var, training, eps, relu):
+    check_tensor("batch_norm_act", "x", x, 4)
+    y = torch.empty_like(x, memory_format=suggest_memory_format(x))
+    c = x.shape[1] if training else 0  # evaluation returns 0-element statistics (it used the running ones)
+    return y, x.new_empty(c), x.new_empty(c)
+
+
+def _batch_norm_act_backward_fake(grad_y, x, weight, bias, residual, mean, var, training, eps, relu, output_mask):
+    fmt = suggest_memory_format(x)
+    c = x.shape[1]
+    return (torch.empty_like(x, memory_format=fmt) if output_mask[0] else None,
+            torch.empty_like(x, memory_format=fmt) if output_mask[1] else None,
+            x.new_empty(c) if output_mask[2] else None, x.new_empty(c) if output_mask[3] else None)
+
+
+torch.library.register_fake("shufflekern::batch_norm_act")(_batch_norm_act_fake)
+torch.library.register_fake("shufflekern::batch_norm_act_backward")(_batch_norm_act_backward_fake)

@@ -130,23 +130,31 @@ def run(model, x, g):
 
 
 def assert_fused_matches(eager, fused, fmt, train):
-    """Fused fp32 is as close to the fp64 eager reference as eager fp32 is (the flash-attention rule:
-    error <= 2x eager's + a tiny atol), for the output and every gradient."""
+    """Fused == eager, forward and backward.
+
+    Gradients are compared in fp64 (to 1e-9): the kernels run the same code for float and double.  In fp32
+    a deep ReLU network's gradient is discontinuous in its activations' signs: an activation within
+    rounding of 0 takes the other branch in fp32 than in the fp64 reference (seen: 1 of 23,040 with
+    |z| = 3e-8, moving a BatchNorm's input gradient by 18%), in whichever model rounds it across, so an fp32
+    gradient comparison fails at random.  The fp32 outputs, which are continuous, are held to the
+    flash-attention rule (error <= 2x eager's + a tiny atol against the fp64 reference)."""
     eager, fused = eager.to(memory_format=fmt).train(train), fused.to(memory_format=fmt).train(train)
-    ref_model = copy.deepcopy(eager).double()
+    ref_model, fused64 = copy.deepcopy(eager).double(), copy.deepcopy(fused).double()
     torch.manual_seed(1)
     x = torch.randn(3, 3, 32, 32).to(memory_format=fmt)
     g = torch.randn(3, 10, dtype=torch.float64)
-    ref, e32, f32 = run(ref_model, x.double(), g), run(eager, x, g), run(fused, x, g)
-    assert ref.keys() == e32.keys() == f32.keys()
+    ref, got = run(ref_model, x.double(), g), run(fused64, x.double(), g)
+    assert ref.keys() == got.keys()
     for k in ref:
-        err_e = (e32[k].double() - ref[k]).abs().max().item()
-        err_f = (f32[k].double() - ref[k]).abs().max().item()
-        tol = 2 * err_e + 1e-5 * ref[k].abs().max().item() + 1e-7
-        assert err_f <= tol, f"{k}: fused error {err_f:.3g} > {tol:.3g} (eager fp32 error {err_e:.3g})"
-    if train:  # the running statistics moved the same way
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-9, atol=1e-11, msg=k)
+    with torch.no_grad():
+        ref_out, e32, f32 = ref["out"], eager(x).double(), fused(x).double()
+    err_e, err_f = (e32 - ref_out).abs().max().item(), (f32 - ref_out).abs().max().item()
+    tol = 2 * err_e + 1e-5 * ref_out.abs().max().item() + 1e-7
+    assert err_f <= tol, f"out: fused error {err_f:.3g} > {tol:.3g} (eager fp32 error {err_e:.3g})"
+    if train:  # the running statistics moved the same way (one fp32 step each)
         for k, v in eager.state_dict().items():
-            if "running" in k:
+            if "running" in k or "num_batches" in k:
                 torch.testing.assert_close(fused.state_dict()[k], v, atol=1e-5, rtol=1e-5, msg=k)
 
 
@@ -155,6 +163,7 @@ V1_CASES = [(g, t, f) for g in (3, 8) for t in (True, False) for f in FORMATS]
 
 @pytest.mark.parametrize("groups, train, fmt", V1_CASES)
 def test_v1_fused_matches_eager(groups, train, fmt):
+    torch.manual_seed(0)
     eager = randomize_bn(shufflenet_v1(groups, 0.5, 10, fused=False, small_input=True))
     fused = shufflenet_v1(groups, 0.5, 10, fused=True, small_input=True)
     fused.load_state_dict(eager.state_dict())  # eager order in, hooks permute
@@ -163,9 +172,9 @@ def test_v1_fused_matches_eager(groups, train, fmt):
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
 def test_v1_fused_matches_eager_fp64(groups):
-    """The other group counts, compared exactly (fp64, train mode: batch statistics).  (In fp32, groups
-    2 and 4 in NCHW sometimes show a ~1e-3 relative gradient error on a process's first pass through a
-    new grouped-conv shape, in the eager model as much as in the fused one: oneDNN, not the algebra.)"""
+    """The other group counts, compared exactly (fp64, train mode: batch statistics; why fp64: see
+    assert_fused_matches)."""
+    torch.manual_seed(0)
     eager = randomize_bn(shufflenet_v1(groups, 0.5, 10, fused=False, small_input=True)).double()
     fused = sk.fuse(eager)
     torch.manual_seed(1)
@@ -178,6 +187,7 @@ def test_v1_fused_matches_eager_fp64(groups):
 @pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_v2_fused_matches_eager(train, fmt):
+    torch.manual_seed(0)
     eager = randomize_bn(shufflenet_v2(0.5, 10, fused=False, small_input=True))
     fused = shufflenet_v2(0.5, 10, fused=True, small_input=True)
     fused.load_state_dict(eager.state_dict())

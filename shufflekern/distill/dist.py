@@ -80,7 +80,15 @@ class DistBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_sync_batchnorm(module):
-    """Replace every BatchNorm2d in `module` by DistBatchNorm2d (in place, weights kept)."""
+    """Replace every BatchNorm2d in `module` by DistBatchNorm2d (in place, weights kept).  A fused model's
+    BatchNormReLU2d pairs are split back into BatchNorm2d + ReLU first (the fused units' own BatchNorms
+    run eagerly once they are DistBatchNorm2d: see shufflekern.models._common.bn_act)."""
+    from ..fuse import _split_bn_relu
+    _split_bn_relu(module)
+    return _convert(module)
+
+
+def _convert(module):
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             new = DistBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
@@ -88,7 +96,7 @@ def convert_sync_batchnorm(module):
             new.load_state_dict(child.state_dict())
             setattr(module, name, new)
         else:
-            convert_sync_batchnorm(child)
+            _convert(child)
     return module
 
 

@@ -66,3 +66,81 @@ class DenseGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         return g.contiguous(memory_format=ctx.fmt)
+
+
+def _bn_kernel_applies(bn, x, residual):
+    """shufflekern::batch_norm_act takes CPU float32/float64 4-D tensors whose BatchNorm parameters and
+    statistics have the same dtype; anything else runs the eager composition."""
+    same = all(t is None or t.dtype == x.dtype for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4 and same
+            and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape)))
+
+
+def bn_act(bn, x, residual=None, relu=True):
+    """`relu(bn(x) + residual)` (no `+ residual` when it is None, no ReLU when relu=False), with nn.BatchNorm2d's
+    semantics (batch statistics and running-statistics update in training, running statistics in eval).
+
+    CPU float32/float64: one shufflekern::batch_norm_act call (fewer passes over memory than BatchNorm, add
+    and ReLU one after the other; see csrc/cpu/vec/batch_norm_act.cpp).  Otherwise, and when `bn` is not a
+    BatchNorm2d (e.g. nn.Identity after BN folding), the eager ops, which may overwrite `x` (callers pass a
+    fresh convolution output)."""
+    # Exact types only: a BatchNorm2d subclass (e.g. the trainer's DistBatchNorm2d) has its own forward.
+    if type(bn) not in (nn.BatchNorm2d, BatchNormReLU2d) or not _bn_kernel_applies(bn, x, residual):
+        y = nn.BatchNorm2d.forward(bn, x) if type(bn) is BatchNormReLU2d else bn(x)
+        if residual is not None:
+            y = y.add_(residual)
+        return y.relu_() if relu else y
+    training = bn.training or (bn.running_mean is None and bn.running_var is None)
+    n = x.numel() // x.shape[1]
+    if bn.training and n <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    update = bn.training and bn.running_mean is not None
+    if update and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    y, mean, var = torch.ops.shufflekern.batch_norm_act(
+        x, bn.weight, bn.bias, residual, None if training else bn.running_mean,
+        None if training else bn.running_var, training, bn.eps, relu)
+    if update:
+        f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        with torch.no_grad():
+            bn.running_mean.mul_(1 - f).add_(mean, alpha=f)
+            bn.running_var.mul_(1 - f).add_(var, alpha=f * n / (n - 1))
+    return y
+
+
+class BatchNormReLU2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d followed by ReLU, in one op where `bn_act` has a kernel (same parameters, buffers and
+    state_dict as the BatchNorm2d it replaces).  `sk.fuse` puts it in place of a Sequential's BatchNorm2d
+    and turns the ReLU after it into a `ReLUInBatchNorm` placeholder; `sk.unfuse` reverts both."""
+
+    def forward(self, x):
+        self._check_input_dim(x)
+        return bn_act(self, x, relu=True)
+
+    @classmethod
+    def from_bn(cls, bn):
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        p = next(iter(bn.state_dict().values()), None)
+        if p is not None:
+            new.to(device=p.device, dtype=p.dtype)
+        new.load_state_dict(bn.state_dict())
+        return new.train(bn.training)
+
+    def to_bn(self):
+        bn = nn.BatchNorm2d(self.num_features, self.eps, self.momentum, self.affine, self.track_running_stats)
+        p = next(iter(self.state_dict().values()), None)
+        if p is not None:
+            bn.to(device=p.device, dtype=p.dtype)
+        bn.load_state_dict(self.state_dict())
+        return bn.train(self.training)
+
+
+class ReLUInBatchNorm(nn.Identity):
+    """Where a ReLU was before `sk.fuse` moved it into the BatchNormReLU2d before it (`inplace` kept for unfuse)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace
+
+    def extra_repr(self):
+        return "applied by the BatchNormReLU2d before it"

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import DenseGrad, eager_channel_shuffle, give_bias, inverse_index, is_bn, shuffle_index
+from ._common import DenseGrad, bn_act, eager_channel_shuffle, give_bias, inverse_index, is_bn, shuffle_index
 
 __all__ = ["ShuffleNetV1", "ShuffleV1Unit", "FusedShuffleV1Unit", "shufflenet_v1", "v1_channels",
            "SUPPORTED_GROUPS", "SUPPORTED_WIDTHS"]
@@ -148,13 +148,13 @@ class FusedShuffleV1Unit(nn.Module):
         return inverse_index(p) if load == self._load_inverse else p
 
     def forward(self, x):
-        y = self.bn1(self.conv1(x)).relu_()
-        y = self.bn2(self.conv2(y))
-        y = self.bn3(self.conv3(y))
+        # BatchNorm, residual add and ReLU run as one op each time (bn_act).
+        y = bn_act(self.bn1, self.conv1(x))
+        y = bn_act(self.bn2, self.conv2(y), relu=False)
         if self.stride == 1:
-            return y.add_(x).relu_()
+            return bn_act(self.bn3, self.conv3(y), residual=x)
+        y = bn_act(self.bn3, self.conv3(y))
         # The cat hands this ReLU a strided channel slice of its gradient: ReLU's slow backward path.
-        y = y.relu_()
         return torch.cat((F.avg_pool2d(x, 3, 2, 1), DenseGrad.apply(y) if y.requires_grad else y), 1)
 
     extra_repr = ShuffleV1Unit.extra_repr

@@ -1,0 +1,75 @@
+// Autograd of shufflekern::batch_norm_act: y = act(BN(x) [+ residual]).  The derivatives (through the batch
+// statistics in training, with constant statistics in evaluation) are computed by batch_norm_act_backward;
+// mean and var are outputs without a gradient.  Not twice differentiable.
+#include <torch/library.h>
+
+#include "autograd/common.h"
+
+namespace shufflekern::autograd {
+namespace {
+
+using OptT = std::optional<at::Tensor>;
+using Fwd = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const OptT&, const OptT&, const OptT&,
+                                                            const OptT&, const OptT&, bool, double, bool);
+using Bwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const OptT&, const OptT&, const OptT&, const at::Tensor&, const at::Tensor&,
+    bool, double, bool, std::array<bool, 4>);
+
+OptT opt(const at::Tensor& t) { return t.defined() ? OptT(t) : std::nullopt; }
+
+struct BatchNormAct : torch::autograd::Function<BatchNormAct> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight, const OptT& bias,
+                               const OptT& residual, const OptT& running_mean, const OptT& running_var,
+                               bool training, double eps, bool relu) {
+    static const auto op = op_handle<Fwd>("shufflekern::batch_norm_act");
+    at::Tensor y, mean, var;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(y, mean, var) = op.call(x, weight, bias, residual, running_mean, running_var, training, eps, relu);
+    }
+    // Evaluation normalises with the running statistics: the backward needs them (not the 0-element outputs).
+    ctx->save_for_backward({x, weight.value_or(at::Tensor()), bias.value_or(at::Tensor()),
+                            residual.value_or(at::Tensor()), training ? mean : running_mean.value_or(at::Tensor()),
+                            training ? var : running_var.value_or(at::Tensor())});
+    // needs_input_grad counts only the tensor arguments that were given: their positions in that list.
+    int64_t edge = 1;
+    for (const auto& [name, t] : {std::pair{"w", &weight}, {"b", &bias}, {"r", &residual}}) {
+      ctx->saved_data[name] = t->has_value() && (*t)->defined() ? edge++ : int64_t(-1);
+    }
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["relu"] = relu;
+    ctx->mark_non_differentiable({mean, var});
+    return {y, mean, var};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<Bwd>("shufflekern::batch_norm_act_backward");
+    const auto s = ctx->get_saved_variables();
+    auto needs = [&](const char* name) {
+      const int64_t edge = ctx->saved_data[name].toInt();
+      return edge >= 0 && ctx->needs_input_grad(edge);
+    };
+    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), needs("r"), needs("w"), needs("b")};
+    if (!grads[0].defined() || !(mask[0] || mask[1] || mask[2] || mask[3])) {
+      return variable_list(9);
+    }
+    auto [gx, gr, gw, gb] = op.call(grads[0], s[0], opt(s[1]), opt(s[2]), opt(s[3]), s[4], s[5],
+                                    ctx->saved_data["training"].toBool(), ctx->saved_data["eps"].toDouble(),
+                                    ctx->saved_data["relu"].toBool(), mask);
+    return {gx, gw, gb, gr, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_autograd(
+    const at::Tensor& x, const OptT& weight, const OptT& bias, const OptT& residual, const OptT& running_mean,
+    const OptT& running_var, bool training, double eps, bool relu) {
+  auto out = BatchNormAct::apply(x, weight, bias, residual, running_mean, running_var, training, eps, relu);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflekern, Autograd, m) { m.impl("batch_norm_act", &batch_norm_act_autograd); }
+
+}  // namespace shufflekern::autograd

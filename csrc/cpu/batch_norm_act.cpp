@@ -1,0 +1,140 @@
+// CPU entry points of shufflekern::batch_norm_act and its backward (kernels in csrc/cpu/vec/batch_norm_act.cpp).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cpu/batch_norm_act_kernel.h"
+#include "cpu/checks.h"
+
+namespace shufflekern::cpu {
+
+SK_DEFINE_KERNEL_TABLE(batch_norm_act_forward_table, BnActFn);
+SK_DEFINE_KERNEL_TABLE(batch_norm_act_backward_table, BnActFn);
+
+namespace {
+
+constexpr const char* kOp = "batch_norm_act";
+
+// A [C] parameter of x's dtype and device, or undefined.
+at::Tensor channel_param(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  check_same(kOp, name, *t, "x", x);
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(1), kOp, ": ", name, " must be 1-D of length C = ",
+                    x.size(1), ", got shape ", t->sizes());
+  return t->contiguous();
+}
+
+void check_x(const at::Tensor& x, bool training) {
+  TORCH_CHECK_VALUE(x.dim() == 4, kOp, ": x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, kOp,
+                   ": the CPU kernel takes float32 or float64 x, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(1) > 0, kOp, ": x must have at least one channel");
+  TORCH_CHECK_VALUE(!training || x.numel() > 0, kOp,
+                    ": training needs at least one value per channel, got x of shape ", x.sizes());
+}
+
+at::Tensor like_x(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x, at::MemoryFormat fmt) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  check_same(kOp, name, *t, "x", x);
+  TORCH_CHECK_VALUE(t->sizes() == x.sizes(), kOp, ": ", name, " must have the shape of x ", x.sizes(), ", got ",
+                    t->sizes());
+  return t->contiguous(fmt);
+}
+
+BnActArgs base_args(const at::Tensor& x, bool channels_last, bool training, double eps, bool relu) {
+  TORCH_CHECK_VALUE(eps >= 0, kOp, ": eps must be non-negative, got ", eps);
+  BnActArgs a{};
+  a.dtype = x.scalar_type() == at::kDouble ? kBnDouble : kBnFloat;
+  a.channels_last = channels_last;
+  a.relu = relu;
+  a.training = training;
+  a.n = x.size(0);
+  a.c = x.size(1);
+  a.hw = x.size(2) * x.size(3);
+  a.eps = eps;
+  return a;
+}
+
+const void* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+    const at::Tensor& x_in, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& running_mean,
+    const std::optional<at::Tensor>& running_var, bool training, double eps, bool relu) {
+  check_x(x_in, training);
+  const auto fmt = format_of(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor w = channel_param(weight, "weight", x), b = channel_param(bias, "bias", x);
+  const at::Tensor r = like_x(residual, "residual", x, fmt);
+  // Training: the batch statistics, returned.  Evaluation: the running statistics are read, and 0-element
+  // tensors returned (as ATen's native_batch_norm does; the backward is given the running statistics).
+  at::Tensor mean = at::empty({training ? x.size(1) : 0}, x.options());
+  at::Tensor var = at::empty({training ? x.size(1) : 0}, x.options());
+  at::Tensor rm, rv;
+  if (!training) {
+    TORCH_CHECK_VALUE(running_mean.has_value() && running_mean->defined() && running_var.has_value() &&
+                          running_var->defined(),
+                      kOp, ": evaluation (training=False) needs running_mean and running_var");
+    rm = channel_param(running_mean, "running_mean", x);
+    rv = channel_param(running_var, "running_var", x);
+  }
+  at::Tensor y = at::empty_like(x, fmt);
+  if (x.numel() > 0) {
+    BnActArgs a = base_args(x, fmt == at::MemoryFormat::ChannelsLast, training, eps, relu);
+    a.x = x.data_ptr();
+    a.residual = ptr(r);
+    a.weight = ptr(w);
+    a.bias = ptr(b);
+    a.mean = training ? mean.data_ptr() : const_cast<void*>(rm.const_data_ptr());
+    a.var = training ? var.data_ptr() : const_cast<void*>(rv.const_data_ptr());
+    a.y = y.data_ptr();
+    batch_norm_act_forward_table.get()(a);
+  }
+  return {y, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x_in, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual, const at::Tensor& mean_in,
+    const at::Tensor& var_in, bool training, double eps, bool relu, std::array<bool, 4> mask) {
+  check_x(x_in, training);
+  const auto fmt = format_of(x_in);
+  const at::Tensor x = x_in.contiguous(fmt);
+  const at::Tensor g = like_x(grad_y, "grad_y", x, fmt);
+  const at::Tensor w = channel_param(weight, "weight", x), b = channel_param(bias, "bias", x);
+  const at::Tensor r = like_x(residual, "residual", x, fmt);
+  const at::Tensor mean = channel_param(mean_in, "mean", x), var = channel_param(var_in, "var", x);
+  // grad_residual is dL/dz, which grad_x reads back when there is a residual.
+  const bool want_gr = r.defined() && (mask[0] || mask[1]);
+  at::Tensor gx = mask[0] ? at::empty_like(x, fmt) : at::Tensor();
+  at::Tensor gr = want_gr ? at::empty_like(x, fmt) : at::Tensor();
+  at::Tensor gw = mask[2] ? at::empty({x.size(1)}, x.options()) : at::Tensor();
+  at::Tensor gb = mask[3] ? at::empty({x.size(1)}, x.options()) : at::Tensor();
+  if (x.numel() == 0) {
+    if (gw.defined()) gw.zero_();
+    if (gb.defined()) gb.zero_();
+  } else if (mask[0] || mask[1] || mask[2] || mask[3]) {
+    BnActArgs a = base_args(x, fmt == at::MemoryFormat::ChannelsLast, training, eps, relu);
+    a.x = x.data_ptr();
+    a.residual = ptr(r);
+    a.weight = ptr(w);
+    a.bias = ptr(b);
+    a.mean = const_cast<void*>(ptr(mean));
+    a.var = const_cast<void*>(ptr(var));
+    a.grad_y = g.data_ptr();
+    a.grad_x = gx.defined() ? gx.data_ptr() : nullptr;
+    a.grad_residual = gr.defined() ? gr.data_ptr() : nullptr;
+    a.grad_weight = gw.defined() ? gw.data_ptr() : nullptr;
+    a.grad_bias = gb.defined() ? gb.data_ptr() : nullptr;
+    batch_norm_act_backward_table.get()(a);
+  }
+  return {gx, mask[1] ? gr : at::Tensor(), gw, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflekern, CPU, m) {
+  m.impl("batch_norm_act", &forward_cpu);
+  m.impl("batch_norm_act_backward", &backward_cpu);
+}
+
+}  // namespace shufflekern::cpu

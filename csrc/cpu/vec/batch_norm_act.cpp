@@ -1,0 +1,317 @@
+// batch_norm_act kernels (BatchNorm [+ residual] [+ ReLU], forward and backward), compiled once per CPU ISA.
+//
+// Memory passes (a pass = one read or write of an activation-sized tensor), against ATen's BatchNorm
+// followed by ReLU (and add) on the same tensors:
+//   forward,  training:  stats (read x) + apply (read x [, r], write y)        = 2 [3] reads, 1 write
+//             ATen:      mean, var, apply (3 reads, 1 write) [+ add_] + relu_  = 4 [6] reads, 2 [3] writes
+//   backward:            sums (read g, x [, r], [write gr]) + grad_x (read g or gr, x, write gx)
+//             ATen:      threshold_backward (2 reads, 1 write) + BatchNorm's two passes (4 reads, 1 write)
+// Statistics are summed in the input type over blocks of kBlock rows, then in double, around a per-channel
+// shift (the first pixel's value), so a large mean does not cancel the variance away.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <utility>
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "cpu/batch_norm_act_kernel.h"
+#include "cpu/dispatch.h"
+
+namespace shufflekern::cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kBlock = 64;           // rows (CL) or vectors (NCHW) summed in T before double
+constexpr int64_t kGrainElems = 32768;   // elements per parallel task, at least
+
+// malloc'd scratch (this TU avoids std containers, see dispatch.h), zero-filled.
+struct Buffer {
+  void* p;
+  explicit Buffer(size_t bytes) : p(std::calloc(bytes > 0 ? bytes : 1, 1)) {
+    TORCH_CHECK(p != nullptr, "batch_norm_act: out of memory for ", bytes, " bytes of scratch");
+  }
+  ~Buffer() { std::free(p); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  template <typename U>
+  U* as() const { return static_cast<U*>(p); }
+};
+
+// Per-channel coefficients, computed from the stored (T-rounded) mean and var by forward and backward alike,
+// so that both evaluate z with the same operands: z = x * scale + shift [+ r].
+template <typename T>
+void coefficients(const BnActArgs& a, T* scale, T* shift, double* invstd) {
+  const T* mean = static_cast<const T*>(a.mean);
+  const T* var = static_cast<const T*>(a.var);
+  const T* w = static_cast<const T*>(a.weight);
+  const T* b = static_cast<const T*>(a.bias);
+  for (int64_t c = 0; c < a.c; ++c) {
+    const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + a.eps);
+    const double wc = w ? static_cast<double>(w[c]) : 1.0;
+    const double bc = b ? static_cast<double>(b[c]) : 0.0;
+    scale[c] = static_cast<T>(wc * inv);
+    shift[c] = static_cast<T>(bc - static_cast<double>(mean[c]) * wc * inv);
+    invstd[c] = inv;
+  }
+}
+
+template <typename T>
+inline Vectorized<T> pre_act(const Vectorized<T>& x, const Vectorized<T>& scale, const Vectorized<T>& shift,
+                             const T* r, int64_t count) {
+  Vectorized<T> z = at::vec::fmadd(x, scale, shift);
+  if (r != nullptr) z = z + Vectorized<T>::loadu(r, count);
+  return z;
+}
+
+// g where z > 0 (or z is NaN), else 0: threshold_backward(g, relu(z), 0).
+template <typename T>
+inline Vectorized<T> relu_mask(const Vectorized<T>& g, const Vectorized<T>& z) {
+  return Vectorized<T>::blendv(g, Vectorized<T>(T(0)), z <= Vectorized<T>(T(0)));
+}
+
+// ---- per-channel sums -------------------------------------------------------------------------------------
+//
+// Sums over all N*HW positions of each channel of f(i) and f(i) * h(i) for element functions given by
+// `load(pos, count) -> pair of vectors`; results in double [c] x 2.  CL: threads take pixel ranges and keep
+// [c] partials each; NCHW: threads take channels.
+template <typename T, typename F>
+void channel_sums(const BnActArgs& a, F&& terms, double* s1_out, double* s2_out) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t C = a.c;
+  if (a.channels_last) {
+    const int64_t P = a.n * a.hw;
+    const int threads = at::get_num_threads();
+    Buffer partial(sizeof(double) * 2 * C * threads);
+    const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(C, 1));
+    at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
+      double* d1 = partial.as<double>() + 2 * C * at::get_thread_num();
+      double* d2 = d1 + C;
+      Buffer tb(sizeof(T) * 2 * C);
+      T* t1 = tb.as<T>();
+      T* t2 = t1 + C;
+      for (int64_t p0 = begin; p0 < end; p0 += kBlock) {
+        const int64_t p1 = std::min(end, p0 + kBlock);
+        std::memset(tb.p, 0, sizeof(T) * 2 * C);
+        for (int64_t p = p0; p < p1; ++p) {
+          for (int64_t c = 0; c < C; c += L) {
+            const int64_t cnt = std::min<int64_t>(L, C - c);
+            const auto [f, h] = terms(p * C + c, c, cnt);
+            (V::loadu(t1 + c, cnt) + f).store(t1 + c, cnt);
+            at::vec::fmadd(f, h, V::loadu(t2 + c, cnt)).store(t2 + c, cnt);
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          d1[c] += static_cast<double>(t1[c]);
+          d2[c] += static_cast<double>(t2[c]);
+        }
+      }
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      double u = 0, v = 0;
+      for (int t = 0; t < threads; ++t) {
+        u += partial.as<double>()[2 * C * t + c];
+        v += partial.as<double>()[2 * C * t + C + c];
+      }
+      s1_out[c] = u;
+      s2_out[c] = v;
+    }
+    return;
+  }
+  const int64_t HW = a.hw;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(a.n * HW, 1));
+  at::parallel_for(0, C, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double u = 0, v = 0;
+      for (int64_t img = 0; img < a.n; ++img) {
+        const int64_t base = (img * C + c) * HW;
+        for (int64_t i0 = 0; i0 < HW; i0 += kBlock * L) {
+          const int64_t i1 = std::min(HW, i0 + kBlock * L);
+          V a1(T(0)), a2(T(0));
+          for (int64_t i = i0; i < i1; i += L) {
+            const int64_t cnt = std::min<int64_t>(L, i1 - i);
+            auto [f, h] = terms(base + i, c, cnt);
+            if (cnt < L) {  // keep the unused lanes out of the sums
+              f = V::set(V(T(0)), f, cnt);
+              h = V::set(V(T(0)), h, cnt);
+            }
+            a1 = a1 + f;
+            a2 = at::vec::fmadd(f, h, a2);
+          }
+          T b1[L], b2[L];
+          a1.store(b1);
+          a2.store(b2);
+          for (int64_t l = 0; l < L; ++l) {
+            u += static_cast<double>(b1[l]);
+            v += static_cast<double>(b2[l]);
+          }
+        }
+      }
+      s1_out[c] = u;
+      s2_out[c] = v;
+    }
+  });
+}
+
+// ---- element-wise passes ------------------------------------------------------------------------------------
+//
+// fn(pos, c, count) for every vector of positions; CL rows of C channels or NCHW planes of HW pixels.
+template <typename T, typename F>
+void for_each_vector(const BnActArgs& a, F&& fn) {
+  constexpr int64_t L = Vectorized<T>::size();
+  const int64_t C = a.c;
+  if (a.channels_last) {
+    const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(C, 1));
+    at::parallel_for(0, a.n * a.hw, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        for (int64_t c = 0; c < C; c += L) fn(p * C + c, c, std::min<int64_t>(L, C - c));
+      }
+    });
+    return;
+  }
+  const int64_t HW = a.hw;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(HW, 1));
+  at::parallel_for(0, a.n * C, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t c = plane % C;
+      for (int64_t i = 0; i < HW; i += L) fn(plane * HW + i, c, std::min<int64_t>(L, HW - i));
+    }
+  });
+}
+
+// Channel-indexed operand: a vector of per-channel values (CL) or one broadcast value (NCHW).
+template <typename T>
+inline Vectorized<T> per_channel(const BnActArgs& a, const T* v, int64_t c, int64_t cnt) {
+  return a.channels_last ? Vectorized<T>::loadu(v + c, cnt) : Vectorized<T>(v[c]);
+}
+
+template <typename T>
+void forward_t(const BnActArgs& a) {
+  using V = Vectorized<T>;
+  const T* x = static_cast<const T*>(a.x);
+  const T* r = static_cast<const T*>(a.residual);
+  T* y = static_cast<T*>(a.y);
+  const int64_t C = a.c;
+  if (a.training) {
+    // Shifted sums: s1 = sum(x - k), s2 = sum((x - k)^2), k = x at the first position of the channel.
+    Buffer kb(sizeof(T) * C);
+    T* k = kb.as<T>();
+    for (int64_t c = 0; c < C; ++c) k[c] = a.channels_last ? x[c] : x[c * a.hw];
+    Buffer sb(sizeof(double) * 2 * C);
+    double* s1 = sb.as<double>();
+    double* s2 = s1 + C;
+    channel_sums<T>(
+        a,
+        [&](int64_t pos, int64_t c, int64_t cnt) {
+          const V d = V::loadu(x + pos, cnt) - per_channel<T>(a, k, c, cnt);
+          return std::make_pair(d, d);
+        },
+        s1, s2);
+    const double m = static_cast<double>(a.n * a.hw);
+    T* mean = static_cast<T*>(a.mean);
+    T* var = static_cast<T*>(a.var);
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = s1[c] / m;
+      mean[c] = static_cast<T>(static_cast<double>(k[c]) + d);
+      var[c] = static_cast<T>(std::max(0.0, s2[c] / m - d * d));
+    }
+  }
+  Buffer cb((sizeof(T) * 2 + sizeof(double)) * C);
+  T* scale = cb.as<T>();
+  T* shift = scale + C;
+  coefficients<T>(a, scale, shift, reinterpret_cast<double*>(shift + C));
+  for_each_vector<T>(a, [&](int64_t pos, int64_t c, int64_t cnt) {
+    V z = pre_act<T>(V::loadu(x + pos, cnt), per_channel<T>(a, scale, c, cnt), per_channel<T>(a, shift, c, cnt),
+                     r ? r + pos : nullptr, cnt);
+    if (a.relu) z = at::vec::clamp_min(z, V(T(0)));
+    z.store(y + pos, cnt);
+  });
+}
+
+template <typename T>
+void backward_t(const BnActArgs& a) {
+  using V = Vectorized<T>;
+  const T* x = static_cast<const T*>(a.x);
+  const T* r = static_cast<const T*>(a.residual);
+  const T* g = static_cast<const T*>(a.grad_y);
+  T* gr = static_cast<T*>(a.grad_residual);
+  T* gx = static_cast<T*>(a.grad_x);
+  const T* mean = static_cast<const T*>(a.mean);
+  const int64_t C = a.c;
+  Buffer cb((sizeof(T) * 2 + sizeof(double)) * C);
+  T* scale = cb.as<T>();
+  T* shift = scale + C;
+  double* invstd = reinterpret_cast<double*>(shift + C);
+  coefficients<T>(a, scale, shift, invstd);
+  // gz = dL/dz: g through the ReLU mask (recomputed from x [and r]); written to gr when there is a residual.
+  auto grad_z = [&](int64_t pos, int64_t c, int64_t cnt) {
+    const V gv = V::loadu(g + pos, cnt);
+    if (!a.relu) return gv;
+    return relu_mask<T>(gv, pre_act<T>(V::loadu(x + pos, cnt), per_channel<T>(a, scale, c, cnt),
+                                      per_channel<T>(a, shift, c, cnt), r ? r + pos : nullptr, cnt));
+  };
+  Buffer sb(sizeof(double) * 2 * C);
+  double* sg = sb.as<double>();  // sum gz
+  double* sgx = sg + C;          // sum gz * (x - mean)
+  channel_sums<T>(
+      a,
+      [&](int64_t pos, int64_t c, int64_t cnt) {
+        const V gz = grad_z(pos, c, cnt);
+        if (gr != nullptr) gz.store(gr + pos, cnt);
+        return std::make_pair(gz, V::loadu(x + pos, cnt) - per_channel<T>(a, mean, c, cnt));
+      },
+      sg, sgx);
+  const T* w = static_cast<const T*>(a.weight);
+  if (a.grad_bias != nullptr) {
+    for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_bias)[c] = static_cast<T>(sg[c]);
+  }
+  if (a.grad_weight != nullptr) {
+    for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_weight)[c] = static_cast<T>(sgx[c] * invstd[c]);
+  }
+  if (gx == nullptr) return;
+  // grad_x = A gz + B (x - mean) + D; training: A = w inv, B = -w inv^3 sgx / M, D = -A sg / M; eval: A only.
+  Buffer kb(sizeof(T) * 3 * C);
+  T* ca = kb.as<T>();
+  T* cbv = ca + C;
+  T* cd = cbv + C;
+  const double m = static_cast<double>(a.n * a.hw);
+  for (int64_t c = 0; c < C; ++c) {
+    const double wc = w ? static_cast<double>(w[c]) : 1.0, inv = invstd[c];
+    ca[c] = static_cast<T>(wc * inv);
+    cbv[c] = static_cast<T>(a.training ? -wc * inv * inv * inv * sgx[c] / m : 0.0);
+    cd[c] = static_cast<T>(a.training ? -wc * inv * sg[c] / m : 0.0);
+  }
+  for_each_vector<T>(a, [&](int64_t pos, int64_t c, int64_t cnt) {
+    const V gz = gr != nullptr ? V::loadu(gr + pos, cnt) : grad_z(pos, c, cnt);
+    V out = gz * per_channel<T>(a, ca, c, cnt);
+    if (a.training) {
+      const V d = V::loadu(x + pos, cnt) - per_channel<T>(a, mean, c, cnt);
+      out = at::vec::fmadd(d, per_channel<T>(a, cbv, c, cnt), out + per_channel<T>(a, cd, c, cnt));
+    }
+    out.store(gx + pos, cnt);
+  });
+}
+
+void forward_kernel(const BnActArgs& a) {
+  a.dtype == kBnDouble ? forward_t<double>(a) : forward_t<float>(a);
+}
+
+void backward_kernel(const BnActArgs& a) {
+  a.dtype == kBnDouble ? backward_t<double>(a) : backward_t<float>(a);
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+SK_REGISTER_KERNEL(batch_norm_act_forward_table, &CPU_CAPABILITY::forward_kernel);
+SK_REGISTER_KERNEL(batch_norm_act_backward_table, &CPU_CAPABILITY::backward_kernel);
+
+}  // namespace shufflekern::cpu
