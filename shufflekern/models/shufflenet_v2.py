@@ -12,7 +12,7 @@ half-channel input of every stride-1 unit too.
 import torch
 from torch import nn
 
-from ._common import eager_channel_shuffle, is_bn
+from ._common import bn_act, eager_channel_shuffle, is_bn
 
 __all__ = ["ShuffleNetV2", "InvertedResidual", "FusedInvertedResidual", "shufflenet_v2", "V2_CHANNELS"]
 
@@ -130,7 +130,12 @@ class FusedInvertedResidual(InvertedResidual):
 
     def _branch(self, seq, x):
         for m in seq:
-            x = x.relu_() if isinstance(m, nn.ReLU) else m(x)
+            if isinstance(m, nn.ReLU):
+                x = x.relu_()
+            elif type(m) is nn.BatchNorm2d:  # a BatchNorm without ReLU (BN + ReLU pairs are BatchNormReLU2d)
+                x = bn_act(m, x, relu=False)
+            else:
+                x = m(x)
         return x
 
     def forward(self, x):
