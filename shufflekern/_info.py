@@ -24,6 +24,9 @@ def info() -> dict:
     usable["cuda (Triton)"] = ("yes" if cuda_ok else "no GPU present") if why is None else f"no: {why}"
     why = _backend.triton_unusable_reason("cpu")
     usable["cpu (Triton interpreter)"] = "yes (TRITON_INTERPRET=1)" if why is None else f"no: {why}"
+    # The fused models' BatchNorm [+ residual] + ReLU op has a CPU kernel only: the one eager fallback.
+    usable["bn_act (fused models)"] = ("C++ CPU kernel for float32/float64 CPU tensors; other devices "
+                                               "and dtypes run torch's BatchNorm + add + ReLU (eager)")
     return {
         "shufflekern": _version("shufflekern") or "source tree",
         "python": platform.python_version(),
