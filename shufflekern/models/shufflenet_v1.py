@@ -21,7 +21,8 @@ their per-channel parameters are permuted: dw(P r) = P dw'(r) with dw'[j] = dw[P
 unit runs conv2/bn2 on the unshuffled channels and folds P into conv3:
     conv3(P u) = shuffle_conv1x1(u, conv3.weight, groups=g, shuffle_groups=g).
 In stage 2's first unit conv1 is dense, so P is folded into conv1's output rows (and bn1) instead, for
-free.  State dicts stay in the eager (canonical) channel order: hooks permute on save and load, so eager
+free.  The grouped conv1 of the other units runs on shuffle_conv1x1 too (shuffle_groups=1: no shuffle),
+and every BatchNorm [+ residual] [+ ReLU] on batch_norm_act (models._common.bn_act).  State dicts stay in the eager (canonical) channel order: hooks permute on save and load, so eager
 and fused models exchange state_dicts directly.
 """
 import torch
@@ -154,7 +155,8 @@ class FusedShuffleV1Unit(nn.Module):
         if self.stride == 1:
             return bn_act(self.bn3, self.conv3(y), residual=x)
         y = bn_act(self.bn3, self.conv3(y))
-        # The cat hands this ReLU a strided channel slice of its gradient: ReLU's slow backward path.
+        # The cat hands bn_act's backward a strided channel slice of its gradient: DenseGrad makes it dense
+        # once (the eager path's ReLU and BatchNorm backward kernels would take their slow strided paths).
         return torch.cat((F.avg_pool2d(x, 3, 2, 1), DenseGrad.apply(y) if y.requires_grad else y), 1)
 
     extra_repr = ShuffleV1Unit.extra_repr
