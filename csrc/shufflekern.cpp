@@ -26,8 +26,9 @@ TORCH_LIBRARY(shufflekern, m) {
   // batch_norm_act (issue 5, used by the fused models): y = relu(batch_norm(x) [+ residual]) (relu=False: no
   // ReLU) in one op; training=True normalises with the batch statistics, training=False with running_mean
   // and running_var.  Returns y and, in training, the batch mean and biased variance (the caller updates
-  // the running statistics; 0-element tensors in evaluation).  CPU only (float32, float64).  The backward returns the gradients of x, residual, weight,
-  // bias (output_mask says which).
+  // the running statistics; 0-element tensors in evaluation).  C++ kernel: CPU (float32, float64); Triton
+  // twin: CUDA (and CPU under TRITON_INTERPRET=1).  The backward returns the gradients of x, residual,
+  // weight, bias (output_mask says which; the others are 0-element tensors).
   m.def("batch_norm_act(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, Tensor? running_mean, "
         "Tensor? running_var, bool training, float eps, bool relu) -> (Tensor, Tensor, Tensor)");
   m.def("batch_norm_act_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, "

@@ -20,13 +20,15 @@ def info() -> dict:
     usable = {"cpu": f"C++ kernels ({_C.runtime_cpu_isa()})"}
     why = _backend.native_unusable_reason("cuda")
     usable["cuda (C++/CUDA)"] = ("yes" if cuda_ok else "compiled, but no GPU present") if why is None else f"no: {why}"
-    why = _backend.triton_unusable_reason("cuda")
+    why = triton_unusable_reason_cuda = _backend.triton_unusable_reason("cuda")
     usable["cuda (Triton)"] = ("yes" if cuda_ok else "no GPU present") if why is None else f"no: {why}"
     why = _backend.triton_unusable_reason("cpu")
     usable["cpu (Triton interpreter)"] = "yes (TRITON_INTERPRET=1)" if why is None else f"no: {why}"
-    # The fused models' BatchNorm [+ residual] + ReLU op has a CPU kernel only: the one eager fallback.
-    usable["bn_act (fused models)"] = ("C++ CPU kernel for float32/float64 CPU tensors; other devices "
-                                               "and dtypes run torch's BatchNorm + add + ReLU (eager)")
+    # The fused models' BatchNorm [+ residual] + ReLU op: C++ on CPU, the Triton twin on CUDA, else eager.
+    usable["bn_act (fused models)"] = (
+        "CPU: C++ kernel (float32/float64); CUDA: Triton kernel" + ("" if triton_unusable_reason_cuda is None
+                                                                  else " (unusable here: eager)")
+        + "; other dtypes/devices: torch's BatchNorm + add + ReLU (eager)")
     return {
         "shufflekern": _version("shufflekern") or "source tree",
         "python": platform.python_version(),

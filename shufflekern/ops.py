@@ -6,7 +6,7 @@ defined here.  Both share one fake kernel, so the two backends cannot drift apar
 autograd formula below states the same derivatives as the C++ one (tests compare both against eager
 PyTorch).  The backward of an op calls the same backend family as its forward.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -205,9 +205,27 @@ _register("kd_loss_forward", _kd_loss_fake, _kd_loss_setup, _kd_loss_backward)
 
 
 # --------------------------------------------------------------------------------------------------
-# batch_norm_act (CPU only; the fused models call it through models._common.bn_act, which runs eager
-# BatchNorm + ReLU elsewhere).  Autograd in csrc/autograd/batch_norm_act.cpp.
+# batch_norm_act: relu(batch_norm(x) [+ residual]) for the fused models (models._common.bn_act picks the
+# family).  C++ autograd for the CPU op in csrc/autograd/batch_norm_act.cpp; the Triton twin's here.
 # --------------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("shufflekern::batch_norm_act_triton", mutates_args=())
+def _batch_norm_act_triton(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], residual: Optional[Tensor],
+                           running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
+                           eps: float, relu: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    from .triton.batch_norm_act import batch_norm_act
+    return batch_norm_act(x, weight, bias, residual, running_mean, running_var, training, eps, relu)
+
+
+@torch.library.custom_op("shufflekern::batch_norm_act_backward_triton", mutates_args=())
+def _batch_norm_act_backward_triton(grad_y: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                                    residual: Optional[Tensor], mean: Tensor, var: Tensor, training: bool,
+                                    eps: float, relu: bool,
+                                    output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    from .triton.batch_norm_act import batch_norm_act_backward
+    grads = batch_norm_act_backward(grad_y, x, weight, bias, residual, mean, var, training, eps, relu, output_mask)
+    return tuple(g if g is not None else x.new_empty(0) for g in grads)
+
 
 def _batch_norm_act_fake(x, weight, bias, residual, running_mean, running_var, training, eps, relu):
     check_tensor("batch_norm_act", "x", x, 4)
@@ -219,10 +237,32 @@ def _batch_norm_act_fake(x, weight, bias, residual, running_mean, running_var, t
 def _batch_norm_act_backward_fake(grad_y, x, weight, bias, residual, mean, var, training, eps, relu, output_mask):
     fmt = suggest_memory_format(x)
     c = x.shape[1]
-    return (torch.empty_like(x, memory_format=fmt) if output_mask[0] else None,
-            torch.empty_like(x, memory_format=fmt) if output_mask[1] else None,
-            x.new_empty(c) if output_mask[2] else None, x.new_empty(c) if output_mask[3] else None)
+    return (torch.empty_like(x, memory_format=fmt) if output_mask[0] else x.new_empty(0),
+            torch.empty_like(x, memory_format=fmt) if output_mask[1] else x.new_empty(0),
+            x.new_empty(c if output_mask[2] else 0), x.new_empty(c if output_mask[3] else 0))
 
 
-torch.library.register_fake("shufflekern::batch_norm_act")(_batch_norm_act_fake)
-torch.library.register_fake("shufflekern::batch_norm_act_backward")(_batch_norm_act_backward_fake)
+def _batch_norm_act_setup(ctx, inputs, output):
+    x, weight, bias, residual, running_mean, running_var, training, eps, relu = inputs
+    _, mean, var = output
+    # Evaluation normalises with the running statistics: the backward needs them (not the 0-element outputs).
+    ctx.save_for_backward(x, weight, bias, residual, mean if training else running_mean,
+                          var if training else running_var)
+    ctx.flags = (training, eps, relu)
+    ctx.mark_non_differentiable(mean, var)
+
+
+def _batch_norm_act_backward(ctx, grad_y, _unused_mean, _unused_var):
+    x, weight, bias, residual, mean, var = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], residual is not None and need[3], weight is not None and need[1], bias is not None and need[2]]
+    if grad_y is None or not any(mask):
+        return (None,) * 9
+    gx, gr, gw, gb = _twin("batch_norm_act_backward")(grad_y, x, weight, bias, residual, mean, var, *ctx.flags,
+                                                      mask)
+    pick = [g if m else None for g, m in zip((gx, gr, gw, gb), mask)]
+    return pick[0], pick[2], pick[3], pick[1], None, None, None, None, None
+
+
+_register("batch_norm_act", _batch_norm_act_fake, _batch_norm_act_setup, _batch_norm_act_backward)
+_register("batch_norm_act_backward", _batch_norm_act_backward_fake)

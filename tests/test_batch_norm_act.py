@@ -252,3 +252,78 @@ def test_convert_sync_batchnorm_splits_joined_pairs():
     convert_sync_batchnorm(fused)
     assert not any(isinstance(m, (BatchNormReLU2d, ReLUInBatchNorm)) for m in fused.modules())
     assert all(type(m) is DistBatchNorm2d for m in fused.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+# ---- the Triton twin (CUDA's kernel; here on CPU tensors under TRITON_INTERPRET=1, small shapes) ---------------
+TWIN = torch.ops.shufflekern.batch_norm_act_triton
+needs_interpreter = pytest.mark.skipif(not sk._backend.TRITON_INSTALLED or (
+    not sk._backend.TRITON_INTERPRET and not torch.cuda.is_available()), reason="Triton cannot run here")
+# several position tiles (64) and channel tiles (32), tails in both
+TWIN_SHAPES = [(2, 5, 3, 7), (3, 40, 7, 9)]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("shape", TWIN_SHAPES, ids=str)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_triton_twin_matches_eager_fp64(fmt, shape, residual, training):
+    x, w, b, r, rm, rv = make(shape, torch.float64, FORMATS[fmt], residual, seed=4)
+    xs, ws, bs, rs = leaves(x, w, b, r)
+    xe, we, be, re_ = leaves(x, w, b, r)
+    y, mean, var = TWIN(xs, ws, bs, rs, rm, rv, training, 1e-5, True)
+    _, ye = eager(xe, we, be, re_, rm, rv, training, True)
+    torch.testing.assert_close(y, ye, rtol=1e-9, atol=1e-11)
+    assert y.is_contiguous(memory_format=FORMATS[fmt])
+    if training:
+        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False), rtol=1e-9, atol=1e-11)
+    g = torch.randn_like(ye)
+    for got, ref, name in zip(grads_of(y, [xs, ws, bs, rs], g), grads_of(ye, [xe, we, be, re_], g),
+                              ("x", "weight", "bias", "residual")):
+        if ref is not None:
+            torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@needs_interpreter
+def test_triton_twin_fp32_matches_the_cpu_kernel():
+    x, w, b, r, _, _ = make((3, 40, 7, 9), torch.float32, torch.channels_last, True, seed=5)
+    y_twin, m_twin, v_twin = TWIN(x, w, b, r, None, None, True, 1e-5, True)
+    y_cpu, m_cpu, v_cpu = OP(x, w, b, r, None, None, True, 1e-5, True)
+    torch.testing.assert_close(m_twin, m_cpu, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v_twin, v_cpu, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y_twin, y_cpu, rtol=1e-5, atol=1e-5)
+
+
+@needs_interpreter
+def test_triton_twin_gradcheck_and_opcheck():
+    x, w, b, r, rm, rv = make((2, 3, 4, 5), torch.float64, torch.channels_last, True, seed=6)
+    xs, ws, bs, rs = leaves(x, w, b, r)
+    assert torch.autograd.gradcheck(lambda *a: TWIN(*a, None, None, True, 1e-5, True)[0], (xs, ws, bs, rs))
+    torch.library.opcheck(TWIN.default, (xs, ws, bs, rs, rm, rv, True, 1e-5, True))
+
+
+@needs_interpreter
+def test_bn_act_runs_the_twin_under_the_triton_backend():
+    bn = nn.BatchNorm2d(6).double()
+    ref = copy.deepcopy(bn)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    with sk.backend("triton"), torch.profiler.profile() as prof:
+        y = bn_act(bn, x.clone())
+    assert "shufflekern::batch_norm_act_triton" in {e.name for e in prof.events()}
+    torch.testing.assert_close(y, F.relu(ref(x)), rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_bn_relu_on_cuda_matches_eager(dtype):
+    bn = nn.BatchNorm2d(24).cuda().to(dtype)
+    ref = copy.deepcopy(bn)
+    x = torch.randn(4, 24, 9, 9, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+    r = torch.randn_like(x)
+    xs, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, ye = bn_act(bn, xs * 1, r), F.relu(ref(xe) + r)
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y, ye, **tol)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, xs, g)[0], torch.autograd.grad(ye, xe, g)[0], **tol)

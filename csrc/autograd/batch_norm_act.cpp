@@ -57,7 +57,9 @@ struct BatchNormAct : torch::autograd::Function<BatchNormAct> {
     auto [gx, gr, gw, gb] = op.call(grads[0], s[0], opt(s[1]), opt(s[2]), opt(s[3]), s[4], s[5],
                                     ctx->saved_data["training"].toBool(), ctx->saved_data["eps"].toDouble(),
                                     ctx->saved_data["relu"].toBool(), mask);
-    return {gx, gw, gb, gr, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto pick = [](bool asked, const at::Tensor& t) { return asked ? t : at::Tensor(); };
+    return {pick(mask[0], gx), pick(mask[2], gw), pick(mask[3], gb), pick(mask[1], gr), at::Tensor(), at::Tensor(),
+            at::Tensor(),      at::Tensor(),      at::Tensor()};
   }
 };
 

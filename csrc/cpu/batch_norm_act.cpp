@@ -127,7 +127,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     a.grad_bias = gb.defined() ? gb.data_ptr() : nullptr;
     batch_norm_act_backward_table.get()(a);
   }
-  return {gx, mask[1] ? gr : at::Tensor(), gw, gb};
+  // Gradients not asked for are 0-element tensors (a schema cannot return None).
+  const auto none = [&] { return at::empty({0}, x.options()); };
+  return {mask[0] ? gx : none(), mask[1] ? gr : none(), mask[2] ? gw : none(), mask[3] ? gb : none()};
 }
 
 }  // namespace

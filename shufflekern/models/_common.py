@@ -1,6 +1,9 @@
-"""Pieces shared by the ShuffleNet models: the eager shuffle, BatchNorm folding, channel permutations."""
+"""Pieces shared by the ShuffleNet models: the eager shuffle, BatchNorm folding, channel permutations,
+BatchNorm [+ residual] + ReLU in one op."""
 import torch
 from torch import nn
+
+from .. import _backend
 
 
 def eager_channel_shuffle(x, groups):
@@ -68,24 +71,39 @@ class DenseGrad(torch.autograd.Function):
         return g.contiguous(memory_format=ctx.fmt)
 
 
-def _bn_kernel_applies(bn, x, residual):
-    """shufflekern::batch_norm_act takes CPU float32/float64 4-D tensors whose BatchNorm parameters and
-    statistics have the same dtype; anything else runs the eager composition."""
-    same = all(t is None or t.dtype == x.dtype for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 4 and same
-            and (residual is None or (residual.dtype == x.dtype and residual.shape == x.shape)))
+def _bn_op(bn, x, residual):
+    """The batch_norm_act overload for these tensors, or None (then the eager composition runs).
+
+    CPU: the C++ kernel (float32, float64); sk.backend("triton") runs the Triton twin instead, under
+    TRITON_INTERPRET=1 (else it raises, as every forced backend does).  CUDA: the Triton twin (float16,
+    bfloat16, float32, float64) when Triton can run, whichever backend is chosen (there is no C++/CUDA
+    kernel of this op).  BatchNorm parameters and statistics must have x's dtype."""
+    if x.dim() != 4 or not all(t is None or t.dtype == x.dtype
+                               for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)):
+        return None
+    if residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape):
+        return None
+    dev = x.device.type
+    if dev == "cpu" and _backend.get_backend() != "triton":
+        return torch.ops.shufflekern.batch_norm_act.default if x.dtype in (torch.float32, torch.float64) else None
+    if dev == "cpu":
+        return _backend.select("batch_norm_act", x.device)  # the twin, or a clear error
+    if _backend.triton_unusable_reason(dev) is None and x.dtype.is_floating_point:
+        return torch.ops.shufflekern.batch_norm_act_triton.default
+    return None
 
 
 def bn_act(bn, x, residual=None, relu=True):
     """`relu(bn(x) + residual)` (no `+ residual` when it is None, no ReLU when relu=False), with nn.BatchNorm2d's
     semantics (batch statistics and running-statistics update in training, running statistics in eval).
 
-    CPU float32/float64: one shufflekern::batch_norm_act call (fewer passes over memory than BatchNorm, add
-    and ReLU one after the other; see csrc/cpu/vec/batch_norm_act.cpp).  Otherwise, and when `bn` is not a
-    BatchNorm2d (e.g. nn.Identity after BN folding), the eager ops, which may overwrite `x` (callers pass a
-    fresh convolution output)."""
+    One shufflekern::batch_norm_act call where there is a kernel for it (see _bn_op; fewer passes over
+    memory than BatchNorm, add and ReLU one after the other: csrc/cpu/vec/batch_norm_act.cpp).  Otherwise,
+    and when `bn` is not exactly a BatchNorm2d (e.g. nn.Identity after BN folding), the eager ops, which
+    may overwrite `x` (callers pass a fresh convolution output)."""
     # Exact types only: a BatchNorm2d subclass (e.g. the trainer's DistBatchNorm2d) has its own forward.
-    if type(bn) not in (nn.BatchNorm2d, BatchNormReLU2d) or not _bn_kernel_applies(bn, x, residual):
+    op = _bn_op(bn, x, residual) if type(bn) in (nn.BatchNorm2d, BatchNormReLU2d) else None
+    if op is None:
         y = nn.BatchNorm2d.forward(bn, x) if type(bn) is BatchNormReLU2d else bn(x)
         if residual is not None:
             y = y.add_(residual)
@@ -97,7 +115,7 @@ def bn_act(bn, x, residual=None, relu=True):
     update = bn.training and bn.running_mean is not None
     if update and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
-    y, mean, var = torch.ops.shufflekern.batch_norm_act(
+    y, mean, var = op(
         x, bn.weight, bn.bias, residual, None if training else bn.running_mean,
         None if training else bn.running_var, training, bn.eps, relu)
     if update:
