@@ -7,7 +7,7 @@ order (ABCD, DCBA, ...) so that a slow spell hits all alike; the medians and rat
 run.  Providers as in bench/bench_models.py: the fused model (`sk.fuse`; inference: BatchNorm folded) and
 the eager model, each in NCHW and channels_last; `--compile` adds torch.compile of the eager model.
 
-    PYTHONPATH=. python scripts/models_interleaved.py [--steps 12] [--models v1_g3,v2] [--compile]
+    PYTHONPATH=. python scripts/models_interleaved.py [--steps 12] [--settle 3] [--models v1_g3,v2] [--compile]
 """
 import argparse
 import statistics
@@ -50,7 +50,7 @@ def provider(name, kind, fmt, train, batch):
     return step
 
 
-def run(name, train, batch, steps, with_compile):
+def run(name, train, batch, steps, with_compile, settle=1):
     kinds = [("fused", f) for f in FORMATS] + [("eager", f) for f in FORMATS]
     if with_compile:
         kinds.append(("compile", "cl"))
@@ -62,6 +62,8 @@ def run(name, train, batch, steps, with_compile):
     order = list(fns)
     for i in range(steps):
         for k in (order if i % 2 == 0 else order[::-1]):
+            for _ in range(settle - 1):  # untimed: the allocator returns to this provider's steady state
+                fns[k]()
             t0 = time.perf_counter()
             fns[k]()
             times[k].append(time.perf_counter() - t0)
@@ -76,6 +78,11 @@ def run(name, train, batch, steps, with_compile):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12, help="interleaved rounds per provider")
+    ap.add_argument("--settle", type=int, default=1,
+                    help="calls per provider per round, only the last timed (default 1).  With 1, a provider's "
+                         "allocations follow another model's, which costs the eager models (more and larger "
+                         "temporaries) extra page faults; 2 or 3 time the steady state a single-model process "
+                         "sees, still interleaved")
     ap.add_argument("--models", default="v1_g3,v2", help=f"comma-separated, of {sorted(MODELS)}")
     ap.add_argument("--compile", action="store_true", help="add torch.compile of the eager model (slow to build)")
     ap.add_argument("--threads", type=int, default=None)
@@ -85,11 +92,12 @@ def main():
     rows, header = [], None
     for name in a.models.split(","):
         for train, batch in ((False, 16), (True, 16)):
-            row, order = run(name.strip(), train, batch, a.steps, a.compile)
+            row, order = run(name.strip(), train, batch, a.steps, a.compile, a.settle)
             print(row, flush=True)
             rows.append(row)
             header = order
-    print(f"\nmedian ms over {a.steps} interleaved rounds, 224x224 fp32, {torch.get_num_threads()} threads, "
+    print(f"\nmedian ms over {a.steps} interleaved rounds (each provider called {a.settle}x a round, the last "
+          f"timed), 224x224 fp32, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; speed-up = best eager format / best fused format"
           + ("; vs compile = torch.compile (channels_last) / best fused" if a.compile else ""))
     print("| model | case | batch | " + " | ".join(f"{k} ms" for k in header) + " | fused vs eager |"

@@ -43,7 +43,7 @@ def main(argv):
     ap.add_argument("--ops", default=None,
                     help="comma-separated bench files to run (e.g. channel_shuffle,kd_loss); default: all")
     ap.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
-    ap.add_argument("--out", default=None, help="results directory (default: bench/results/<timestamp>)")
+    ap.add_argument("--out", default=None, help="results directory (default: bench/results/<timestamp>, and the report becomes bench/results/latest.*)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--passes", type=int, default=3,
                     help="run every case this many times, in alternating order, each with 1/passes of the time "
@@ -96,6 +96,7 @@ def main(argv):
     text, csv_path, pngs = report.render(json_paths, out, versions)
     print(text)
     print(f"{len(failed)} failed; {time.time() - t0:.0f} s; results: {csv_path}; plots: {', '.join(pngs)}")
-    for name in ("results.csv", "table.md"):
-        shutil.copyfile(os.path.join(out, name), os.path.join(BENCH, "results", "latest." + name.split(".")[1]))
+    if a.out is None:  # the default results directory: this run becomes bench/results/latest.*
+        for name in ("results.csv", "table.md"):
+            shutil.copyfile(os.path.join(out, name), os.path.join(BENCH, "results", "latest." + name.split(".")[1]))
     return 1 if failed else 0
