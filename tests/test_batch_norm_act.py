@@ -224,6 +224,8 @@ def test_batchnormrelu2d_is_batchnorm_then_relu_with_the_same_state():
         torch.testing.assert_close(fused.train(mode)(x), F.relu(ref.train(mode)(x)), rtol=1e-5, atol=1e-6)
     back = fused.to_bn()
     assert type(back) is nn.BatchNorm2d
+    bn.weight.requires_grad_(False)  # a frozen BatchNorm stays frozen
+    assert not BatchNormReLU2d.from_bn(bn).weight.requires_grad and BatchNormReLU2d.from_bn(bn).bias.requires_grad
     for k, v in fused.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
 

@@ -78,7 +78,7 @@ def _bn_op(bn, x, residual):
     TRITON_INTERPRET=1 (else it raises, as every forced backend does).  CUDA: the Triton twin (float16,
     bfloat16, float32, float64) when Triton can run, whichever backend is chosen (there is no C++/CUDA
     kernel of this op).  BatchNorm parameters and statistics must have x's dtype."""
-    if x.dim() != 4 or not all(t is None or t.dtype == x.dtype
+    if x.dim() != 4 or x.numel() == 0 or not all(t is None or t.dtype == x.dtype
                                for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)):
         return None
     if residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape):
@@ -137,20 +137,22 @@ class BatchNormReLU2d(nn.BatchNorm2d):
 
     @classmethod
     def from_bn(cls, bn):
-        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-        p = next(iter(bn.state_dict().values()), None)
-        if p is not None:
-            new.to(device=p.device, dtype=p.dtype)
-        new.load_state_dict(bn.state_dict())
-        return new.train(bn.training)
+        return _convert_bn(bn, cls)
 
     def to_bn(self):
-        bn = nn.BatchNorm2d(self.num_features, self.eps, self.momentum, self.affine, self.track_running_stats)
-        p = next(iter(self.state_dict().values()), None)
-        if p is not None:
-            bn.to(device=p.device, dtype=p.dtype)
-        bn.load_state_dict(self.state_dict())
-        return bn.train(self.training)
+        return _convert_bn(self, nn.BatchNorm2d)
+
+
+def _convert_bn(bn, cls):
+    """A `cls` BatchNorm with `bn`'s configuration, state, mode and requires_grad flags."""
+    new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+    p = next(iter(bn.state_dict().values()), None)
+    if p is not None:
+        new.to(device=p.device, dtype=p.dtype)
+    new.load_state_dict(bn.state_dict())
+    for name, param in new.named_parameters():
+        param.requires_grad_(getattr(bn, name).requires_grad)
+    return new.train(bn.training)
 
 
 class ReLUInBatchNorm(nn.Identity):
