@@ -2,6 +2,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+
+#include <c10/util/Exception.h>
+
+#include "cpu/scratch.h"
 
 #include <ATen/Version.h>
 
@@ -56,5 +61,12 @@ std::string compiled_isas() {
   }
   return out;
 }
+
+Scratch::Scratch(std::size_t bytes, const char* op, bool zero)
+    : p_(zero ? std::calloc(bytes > 0 ? bytes : 1, 1) : std::malloc(bytes > 0 ? bytes : 1)) {
+  TORCH_CHECK(p_ != nullptr, op, ": out of memory for ", bytes, " bytes of scratch");
+}
+
+Scratch::~Scratch() { std::free(p_); }
 
 }  // namespace shufflekern::cpu

@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -22,6 +21,7 @@
 
 #include "cpu/batch_norm_act_kernel.h"
 #include "cpu/dispatch.h"
+#include "cpu/scratch.h"
 
 namespace shufflekern::cpu {
 namespace CPU_CAPABILITY {
@@ -32,36 +32,32 @@ using at::vec::Vectorized;
 constexpr int64_t kBlock = 64;           // rows (CL) or vectors (NCHW) summed in T before double
 constexpr int64_t kGrainElems = 32768;   // elements per parallel task, at least
 
-// malloc'd scratch (this TU avoids std containers, see dispatch.h), zero-filled.
-struct Buffer {
-  void* p;
-  explicit Buffer(size_t bytes) : p(std::calloc(bytes > 0 ? bytes : 1, 1)) {
-    TORCH_CHECK(p != nullptr, "batch_norm_act: out of memory for ", bytes, " bytes of scratch");
-  }
-  ~Buffer() { std::free(p); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  template <typename U>
-  U* as() const { return static_cast<U*>(p); }
-};
-
 // Per-channel coefficients, computed from the stored (T-rounded) mean and var by forward and backward alike,
 // so that both evaluate z with the same operands: z = x * scale + shift [+ r].
 template <typename T>
-void coefficients(const BnActArgs& a, T* scale, T* shift, double* invstd) {
-  const T* mean = static_cast<const T*>(a.mean);
-  const T* var = static_cast<const T*>(a.var);
-  const T* w = static_cast<const T*>(a.weight);
-  const T* b = static_cast<const T*>(a.bias);
-  for (int64_t c = 0; c < a.c; ++c) {
-    const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + a.eps);
-    const double wc = w ? static_cast<double>(w[c]) : 1.0;
-    const double bc = b ? static_cast<double>(b[c]) : 0.0;
-    scale[c] = static_cast<T>(wc * inv);
-    shift[c] = static_cast<T>(bc - static_cast<double>(mean[c]) * wc * inv);
-    invstd[c] = inv;
+struct Coefficients {
+  Scratch buf;
+  double* invstd;  // [C] 1 / sqrt(var + eps)
+  T* scale;        // [C]
+  T* shift;        // [C]
+  explicit Coefficients(const BnActArgs& a) : buf((sizeof(double) + 2 * sizeof(T)) * a.c, "batch_norm_act") {
+    invstd = buf.as<double>();
+    scale = reinterpret_cast<T*>(invstd + a.c);
+    shift = scale + a.c;
+    const T* mean = static_cast<const T*>(a.mean);
+    const T* var = static_cast<const T*>(a.var);
+    const T* w = static_cast<const T*>(a.weight);
+    const T* b = static_cast<const T*>(a.bias);
+    for (int64_t c = 0; c < a.c; ++c) {
+      const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + a.eps);
+      const double wc = w ? static_cast<double>(w[c]) : 1.0;
+      const double bc = b ? static_cast<double>(b[c]) : 0.0;
+      scale[c] = static_cast<T>(wc * inv);
+      shift[c] = static_cast<T>(bc - static_cast<double>(mean[c]) * wc * inv);
+      invstd[c] = inv;
+    }
   }
-}
+};
 
 template <typename T>
 inline Vectorized<T> pre_act(const Vectorized<T>& x, const Vectorized<T>& scale, const Vectorized<T>& shift,
@@ -79,8 +75,8 @@ inline Vectorized<T> relu_mask(const Vectorized<T>& g, const Vectorized<T>& z) {
 
 // ---- per-channel sums -------------------------------------------------------------------------------------
 //
-// Sums over all N*HW positions of each channel of f(i) and f(i) * h(i) for element functions given by
-// `load(pos, count) -> pair of vectors`; results in double [c] x 2.  CL: threads take pixel ranges and keep
+// Sums over all N*HW positions of each channel of f and f * h, where `terms(pos, c, count)` returns the
+// pair (f, h) of vectors at positions pos..pos+count of channel(s) c; results in double [c] x 2.  CL: threads take pixel ranges and keep
 // [c] partials each; NCHW: threads take channels.
 template <typename T, typename F>
 void channel_sums(const BnActArgs& a, F&& terms, double* s1_out, double* s2_out) {
@@ -90,17 +86,17 @@ void channel_sums(const BnActArgs& a, F&& terms, double* s1_out, double* s2_out)
   if (a.channels_last) {
     const int64_t P = a.n * a.hw;
     const int threads = at::get_num_threads();
-    Buffer partial(sizeof(double) * 2 * C * threads);
+    Scratch partial(sizeof(double) * 2 * C * threads, "batch_norm_act", /*zero=*/true);
     const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(C, 1));
     at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
       double* d1 = partial.as<double>() + 2 * C * at::get_thread_num();
       double* d2 = d1 + C;
-      Buffer tb(sizeof(T) * 2 * C);
+      Scratch tb(sizeof(T) * 2 * C, "batch_norm_act");
       T* t1 = tb.as<T>();
       T* t2 = t1 + C;
       for (int64_t p0 = begin; p0 < end; p0 += kBlock) {
         const int64_t p1 = std::min(end, p0 + kBlock);
-        std::memset(tb.p, 0, sizeof(T) * 2 * C);
+        std::memset(t1, 0, sizeof(T) * 2 * C);
         for (int64_t p = p0; p < p1; ++p) {
           for (int64_t c = 0; c < C; c += L) {
             const int64_t cnt = std::min<int64_t>(L, C - c);
@@ -202,10 +198,10 @@ void forward_t(const BnActArgs& a) {
   const int64_t C = a.c;
   if (a.training) {
     // Shifted sums: s1 = sum(x - k), s2 = sum((x - k)^2), k = x at the first position of the channel.
-    Buffer kb(sizeof(T) * C);
+    Scratch kb(sizeof(T) * C, "batch_norm_act");
     T* k = kb.as<T>();
     for (int64_t c = 0; c < C; ++c) k[c] = a.channels_last ? x[c] : x[c * a.hw];
-    Buffer sb(sizeof(double) * 2 * C);
+    Scratch sb(sizeof(double) * 2 * C, "batch_norm_act");
     double* s1 = sb.as<double>();
     double* s2 = s1 + C;
     channel_sums<T>(
@@ -224,13 +220,10 @@ void forward_t(const BnActArgs& a) {
       var[c] = static_cast<T>(std::max(0.0, s2[c] / m - d * d));
     }
   }
-  Buffer cb((sizeof(T) * 2 + sizeof(double)) * C);
-  T* scale = cb.as<T>();
-  T* shift = scale + C;
-  coefficients<T>(a, scale, shift, reinterpret_cast<double*>(shift + C));
+  const Coefficients<T> coef(a);
   for_each_vector<T>(a, [&](int64_t pos, int64_t c, int64_t cnt) {
-    V z = pre_act<T>(V::loadu(x + pos, cnt), per_channel<T>(a, scale, c, cnt), per_channel<T>(a, shift, c, cnt),
-                     r ? r + pos : nullptr, cnt);
+    V z = pre_act<T>(V::loadu(x + pos, cnt), per_channel<T>(a, coef.scale, c, cnt),
+                     per_channel<T>(a, coef.shift, c, cnt), r ? r + pos : nullptr, cnt);
     if (a.relu) z = at::vec::clamp_min(z, V(T(0)));
     z.store(y + pos, cnt);
   });
@@ -246,19 +239,15 @@ void backward_t(const BnActArgs& a) {
   T* gx = static_cast<T*>(a.grad_x);
   const T* mean = static_cast<const T*>(a.mean);
   const int64_t C = a.c;
-  Buffer cb((sizeof(T) * 2 + sizeof(double)) * C);
-  T* scale = cb.as<T>();
-  T* shift = scale + C;
-  double* invstd = reinterpret_cast<double*>(shift + C);
-  coefficients<T>(a, scale, shift, invstd);
+  const Coefficients<T> coef(a);
   // gz = dL/dz: g through the ReLU mask (recomputed from x [and r]); written to gr when there is a residual.
   auto grad_z = [&](int64_t pos, int64_t c, int64_t cnt) {
     const V gv = V::loadu(g + pos, cnt);
     if (!a.relu) return gv;
-    return relu_mask<T>(gv, pre_act<T>(V::loadu(x + pos, cnt), per_channel<T>(a, scale, c, cnt),
-                                      per_channel<T>(a, shift, c, cnt), r ? r + pos : nullptr, cnt));
+    return relu_mask<T>(gv, pre_act<T>(V::loadu(x + pos, cnt), per_channel<T>(a, coef.scale, c, cnt),
+                                      per_channel<T>(a, coef.shift, c, cnt), r ? r + pos : nullptr, cnt));
   };
-  Buffer sb(sizeof(double) * 2 * C);
+  Scratch sb(sizeof(double) * 2 * C, "batch_norm_act");
   double* sg = sb.as<double>();  // sum gz
   double* sgx = sg + C;          // sum gz * (x - mean)
   channel_sums<T>(
@@ -274,17 +263,17 @@ void backward_t(const BnActArgs& a) {
     for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_bias)[c] = static_cast<T>(sg[c]);
   }
   if (a.grad_weight != nullptr) {
-    for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_weight)[c] = static_cast<T>(sgx[c] * invstd[c]);
+    for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_weight)[c] = static_cast<T>(sgx[c] * coef.invstd[c]);
   }
   if (gx == nullptr) return;
   // grad_x = A gz + B (x - mean) + D; training: A = w inv, B = -w inv^3 sgx / M, D = -A sg / M; eval: A only.
-  Buffer kb(sizeof(T) * 3 * C);
+  Scratch kb(sizeof(T) * 3 * C, "batch_norm_act");
   T* ca = kb.as<T>();
   T* cbv = ca + C;
   T* cd = cbv + C;
   const double m = static_cast<double>(a.n * a.hw);
   for (int64_t c = 0; c < C; ++c) {
-    const double wc = w ? static_cast<double>(w[c]) : 1.0, inv = invstd[c];
+    const double wc = w ? static_cast<double>(w[c]) : 1.0, inv = coef.invstd[c];
     ca[c] = static_cast<T>(wc * inv);
     cbv[c] = static_cast<T>(a.training ? -wc * inv * inv * inv * sgx[c] / m : 0.0);
     cd[c] = static_cast<T>(a.training ? -wc * inv * sg[c] / m : 0.0);

@@ -27,6 +27,7 @@
 #include <c10/util/BFloat16.h>
 
 #include "cpu/dispatch.h"
+#include "cpu/scratch.h"
 #include "cpu/shuffle_conv1x1_kernel.h"
 
 namespace shufflekern::cpu {
@@ -320,17 +321,6 @@ void run_gemm(const Gemm<T>& g) {
   }
 }
 
-// Scratch of pointers/indices for one task (malloc: this TU avoids std containers, see dispatch.h).
-struct Scratch {
-  void* p;
-  explicit Scratch(size_t bytes) : p(std::malloc(bytes > 0 ? bytes : 1)) {
-    TORCH_CHECK(p != nullptr, "shuffle_conv1x1: out of memory for ", bytes, " bytes of scratch");
-  }
-  ~Scratch() { std::free(p); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-};
-
 constexpr int64_t kPixelTile = 96;
 
 // Columns of an NCHW image are split into chunks only when images x groups give too few tasks.
@@ -355,7 +345,7 @@ struct Tables {
   T** crows;
   void* extra;
   Tables(Scratch& s, int64_t m, int64_t k) {
-    auto* base = static_cast<char*>(s.p);
+    auto* base = s.as<char>();
     arow = reinterpret_cast<int64_t*>(base);
     acol = arow + m;
     brow = reinterpret_cast<const T**>(acol + k);
@@ -375,7 +365,7 @@ void forward_nchw(const SconvArgs& a) {
   const int64_t chunks = nchw_chunks(a, L);
   const int64_t chunk = (a.hw + chunks - 1) / chunks;
   at::parallel_for(0, a.n * a.groups * chunks, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(Tables<T>::bytes(a.mg, a.cg));
+    Scratch s(Tables<T>::bytes(a.mg, a.cg), "shuffle_conv1x1");
     Tables<T> t(s, a.mg, a.cg);
     fill_stride(t.arow, a.mg, a.cgp);
     fill_stride(t.acol, a.cg, 1);
@@ -405,7 +395,7 @@ void forward_nhwc(const SconvArgs& a) {
   const int64_t pixels = a.n * a.hw;
   const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
   at::parallel_for(0, tiles * a.groups, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(Tables<T>::bytes(kPixelTile, a.cg));
+    Scratch s(Tables<T>::bytes(kPixelTile, a.cg), "shuffle_conv1x1");
     Tables<T> t(s, kPixelTile, a.cg);
     fill_stride(t.arow, kPixelTile, a.c_in);
     for (int64_t task = begin; task < end; ++task) {
@@ -431,7 +421,7 @@ void grad_input_nchw(const SconvArgs& a) {
   const int64_t chunks = nchw_chunks(a, L);
   const int64_t chunk = (a.hw + chunks - 1) / chunks;
   at::parallel_for(0, a.n * a.groups * chunks, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(Tables<T>::bytes(a.cg, a.mg));
+    Scratch s(Tables<T>::bytes(a.cg, a.mg), "shuffle_conv1x1");
     Tables<T> t(s, a.cg, a.mg);
     fill_stride(t.arow, a.cg, a.mgp);
     fill_stride(t.acol, a.mg, 1);
@@ -476,7 +466,7 @@ void grad_input_nhwc(const SconvArgs& a) {
   const int64_t pixels = a.n * a.hw;
   const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
   at::parallel_for(0, tiles * a.groups, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(Tables<T>::bytes(kPixelTile, a.mg) + kPixelTile * a.cgp * sizeof(T));
+    Scratch s(Tables<T>::bytes(kPixelTile, a.mg) + kPixelTile * a.cgp * sizeof(T), "shuffle_conv1x1");
     Tables<T> t(s, kPixelTile, a.mg);
     T* tile = static_cast<T*>(t.extra);
     fill_stride(t.arow, kPixelTile, a.c_out);
@@ -632,7 +622,7 @@ void grad_weight_nhwc(const SconvArgs& a) {
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
   at::parallel_for(0, chunks * a.groups, 1, [&](int64_t begin, int64_t end) {
     T* mine = static_cast<T*>(a.out) + at::get_thread_num() * a.groups * a.cg * a.mg;
-    Scratch s(Tables<T>::bytes(a.cg, kPixelChunk));
+    Scratch s(Tables<T>::bytes(a.cg, kPixelChunk), "shuffle_conv1x1");
     Tables<T> t(s, a.cg, kPixelChunk);
     fill_stride(t.acol, kPixelChunk, a.c_in);
     for (int64_t task = begin; task < end; ++task) {
