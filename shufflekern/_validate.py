@@ -10,7 +10,7 @@ from torch._prims_common import suggest_memory_format
 
 __all__ = ["suggest_memory_format", "check_tensor", "check_int", "check_channel_shuffle", "check_shuffle_conv1x1",
            "check_shuffle_conv1x1_grad_input", "check_shuffle_conv1x1_grad_weight", "check_kd",
-           "check_kd_target_range", "check_kd_op", "KD_REDUCTIONS"]
+           "check_kd_target_range", "check_kd_op", "check_batch_norm_act", "KD_REDUCTIONS"]
 
 
 def check_tensor(op, name, t, dims=None):
@@ -102,6 +102,20 @@ def check_shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups, op="s
 # --------------------------------------------------------------------------------------------------
 KD_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
 _KD_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def check_batch_norm_act(x, weight, bias, residual, running_mean, running_var, training, op="batch_norm_act"):
+    """The checks of the C++ entry (csrc/cpu/batch_norm_act.cpp) that do not depend on the backend."""
+    check_tensor(op, "x", x, 4)
+    if training and x.numel() == 0:
+        raise ValueError(f"{op}: training needs at least one value per channel, got x of shape {tuple(x.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dim() != 1 or t.shape[0] != x.shape[1]):
+            raise ValueError(f"{op}: {name} must be 1-D of length C = {x.shape[1]}, got shape {tuple(t.shape)}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"{op}: residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(f"{op}: evaluation (training=False) needs running_mean and running_var")
 
 
 def check_number(op, name, v):

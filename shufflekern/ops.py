@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library: TORCH_LIBRARY(shufflekern) and the kernels)
-from ._validate import (KD_REDUCTIONS, check_channel_shuffle, check_kd_op, check_shuffle_conv1x1, check_tensor,
-                        check_shuffle_conv1x1_grad_input, check_shuffle_conv1x1_grad_weight,
+from ._validate import (KD_REDUCTIONS, check_batch_norm_act, check_channel_shuffle, check_kd_op,
+                        check_shuffle_conv1x1, check_shuffle_conv1x1_grad_input, check_shuffle_conv1x1_grad_weight,
                         suggest_memory_format)
 
 NATIVE, TRITON = "", "_triton"
@@ -228,7 +228,7 @@ def _batch_norm_act_backward_triton(grad_y: Tensor, x: Tensor, weight: Optional[
 
 
 def _batch_norm_act_fake(x, weight, bias, residual, running_mean, running_var, training, eps, relu):
-    check_tensor("batch_norm_act", "x", x, 4)
+    check_batch_norm_act(x, weight, bias, residual, running_mean, running_var, training)
     y = torch.empty_like(x, memory_format=suggest_memory_format(x))
     c = x.shape[1] if training else 0  # evaluation returns 0-element statistics (it used the running ones)
     return y, x.new_empty(c), x.new_empty(c)

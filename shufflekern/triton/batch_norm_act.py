@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validate import suggest_memory_format
+from .._validate import check_batch_norm_act, suggest_memory_format
 
 BLOCK_P, BLOCK_C = 64, 32
 
@@ -133,23 +133,8 @@ def _coefficients(mean, var, weight, bias, eps, dtype):
     return (w * inv).to(cdt), (b - mean.double() * w * inv).to(cdt), inv
 
 
-def _check(x, weight, bias, residual, training):
-    if x.dim() != 4:
-        raise ValueError(f"batch_norm_act: x must be 4-D [N, C, H, W], got {x.dim()}-D")
-    if training and x.numel() == 0:
-        raise ValueError(f"batch_norm_act: training needs at least one value per channel, got x of shape "
-                         f"{tuple(x.shape)}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and (t.dim() != 1 or t.shape[0] != x.shape[1]):
-            raise ValueError(f"batch_norm_act: {name} must be 1-D of length C = {x.shape[1]}, got shape "
-                             f"{tuple(t.shape)}")
-    if residual is not None and residual.shape != x.shape:
-        raise ValueError(f"batch_norm_act: residual must have the shape of x {tuple(x.shape)}, got "
-                         f"{tuple(residual.shape)}")
-
-
 def batch_norm_act(x, weight, bias, residual, running_mean, running_var, training, eps, relu):
-    _check(x, weight, bias, residual, training)
+    check_batch_norm_act(x, weight, bias, residual, running_mean, running_var, training)
     x, fmt, geo = _geometry(x)
     r = residual.contiguous(memory_format=fmt) if residual is not None else None
     y = torch.empty_like(x, memory_format=fmt)
@@ -164,8 +149,6 @@ def batch_norm_act(x, weight, bias, residual, running_mean, running_var, trainin
         var = (s[1] / geo[0] - d * d).clamp_min(0).to(x.dtype)
         stats = (mean, var)
     else:
-        if running_mean is None or running_var is None:
-            raise ValueError("batch_norm_act: evaluation (training=False) needs running_mean and running_var")
         mean, var = running_mean, running_var
         stats = (x.new_empty(0), x.new_empty(0))
     if x.numel():
