@@ -223,8 +223,7 @@ def _batch_norm_act_backward_triton(grad_y: Tensor, x: Tensor, weight: Optional[
                                     eps: float, relu: bool,
                                     output_mask: List[bool]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     from .triton.batch_norm_act import batch_norm_act_backward
-    grads = batch_norm_act_backward(grad_y, x, weight, bias, residual, mean, var, training, eps, relu, output_mask)
-    return tuple(g if g is not None else x.new_empty(0) for g in grads)
+    return batch_norm_act_backward(grad_y, x, weight, bias, residual, mean, var, training, eps, relu, output_mask)
 
 
 def _batch_norm_act_fake(x, weight, bias, residual, running_mean, running_var, training, eps, relu):

@@ -95,12 +95,12 @@ def _bwd_sums_kernel(g_ptr, x_ptr, r_ptr, scale_ptr, shift_ptr, mean_ptr, gr_ptr
 
 
 @triton.jit
-def _bwd_apply_kernel(g_ptr, x_ptr, r_ptr, scale_ptr, shift_ptr, mean_ptr, ca_ptr, cb_ptr, cd_ptr, gx_ptr,
-                      P, C, HW, sN, sC, sQ, HAS_R: tl.constexpr, RELU: tl.constexpr,
-                      BP: tl.constexpr, BC: tl.constexpr):
-    # grad_x = A gz + B (x - mean) + D per channel
+def _bwd_apply_kernel(g_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, ca_ptr, cb_ptr, cd_ptr, gx_ptr,
+                      P, C, HW, sN, sC, sQ, RELU: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
+    # grad_x = A gz + B (x - mean) + D per channel.  With a residual, g is already gz (RELU off): no residual
+    # is read here.
     off, c, mask = _tile(P, C, HW, sN, sC, sQ, BP, BC)
-    gz = _grad_z(g_ptr, x_ptr, r_ptr, scale_ptr, shift_ptr, off, c, mask, C, HAS_R, RELU)
+    gz = _grad_z(g_ptr, x_ptr, x_ptr, scale_ptr, shift_ptr, off, c, mask, C, False, RELU)
     cm = c < C
     mean = tl.load(mean_ptr + c, mask=cm, other=0.0)
     a = tl.load(ca_ptr + c, mask=cm, other=0.0)
@@ -119,6 +119,11 @@ def _geometry(x):
     return x, fmt, (n * h * w, c, h * w, sn, sc, sw)
 
 
+def _acc_dtype(dtype):
+    """What the kernels compute in: float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _grid(geo):
     return (triton.cdiv(geo[0], BLOCK_P), triton.cdiv(geo[1], BLOCK_C))
 
@@ -129,7 +134,7 @@ def _coefficients(mean, var, weight, bias, eps, dtype):
     inv = torch.rsqrt(var.double() + eps)
     w = weight.double() if weight is not None else torch.ones_like(inv)
     b = bias.double() if bias is not None else torch.zeros_like(inv)
-    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    cdt = _acc_dtype(dtype)
     return (w * inv).to(cdt), (b - mean.double() * w * inv).to(cdt), inv
 
 
@@ -138,7 +143,7 @@ def batch_norm_act(x, weight, bias, residual, running_mean, running_var, trainin
     x, fmt, geo = _geometry(x)
     r = residual.contiguous(memory_format=fmt) if residual is not None else None
     y = torch.empty_like(x, memory_format=fmt)
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cdt = _acc_dtype(x.dtype)
     if training:
         k = x[0, :, 0, 0].to(cdt).contiguous()
         part = torch.empty((2, _grid(geo)[0], geo[1]), dtype=cdt, device=x.device)
@@ -159,36 +164,37 @@ def batch_norm_act(x, weight, bias, residual, running_mean, running_var, trainin
 
 
 def batch_norm_act_backward(grad_y, x, weight, bias, residual, mean, var, training, eps, relu, output_mask):
+    """(grad_x, grad_residual, grad_weight, grad_bias); those output_mask does not ask for are 0-element
+    tensors, as from the C++ op."""
     x, fmt, geo = _geometry(x)
     g = grad_y.contiguous(memory_format=fmt)
     r = residual.contiguous(memory_format=fmt) if residual is not None else None
-    want_gr = r is not None and (output_mask[0] or output_mask[1])
-    gx = torch.empty_like(x, memory_format=fmt) if output_mask[0] else None
-    gr = torch.empty_like(x, memory_format=fmt) if want_gr else None
     c = geo[1]
-    if x.numel() == 0:
-        zeros = x.new_zeros(c)
-        return gx, gr if output_mask[1] else None, zeros if output_mask[2] else None, \
-            zeros.clone() if output_mask[3] else None
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    scale, shift, inv = _coefficients(mean, var, weight, bias, eps, x.dtype)
-    mean_c = mean.to(cdt).contiguous()
-    part = torch.empty((2, _grid(geo)[0], c), dtype=cdt, device=x.device)
-    rr = r if r is not None else x
-    _bwd_sums_kernel[_grid(geo)](g, x, rr, scale, shift, mean_c, gr if gr is not None else x, part, *geo,
-                                 HAS_R=r is not None, RELU=relu, WRITE_GR=gr is not None, BP=BLOCK_P, BC=BLOCK_C)
-    s = part.double().sum(1)
-    sg, sgx = s[0], s[1]
-    gw = (sgx * inv).to(x.dtype) if output_mask[2] else None
-    gb = sg.to(x.dtype) if output_mask[3] else None
-    if gx is not None:
-        w = weight.double() if weight is not None else torch.ones_like(inv)
-        m = float(geo[0])
-        ca = (w * inv).to(cdt)
-        cb = (-w * inv ** 3 * sgx / m if training else torch.zeros_like(inv)).to(cdt)
-        cd = (-w * inv * sg / m if training else torch.zeros_like(inv)).to(cdt)
-        # with a residual, gr already holds gz: read it (RELU off, no residual) instead of recomputing it
-        src, has_r, act = (gr, False, False) if gr is not None else (g, False, relu)
-        _bwd_apply_kernel[_grid(geo)](src, x, x, scale, shift, mean_c, ca, cb, cd, gx, *geo, HAS_R=has_r,
-                                      RELU=act, BP=BLOCK_P, BC=BLOCK_C)
-    return gx, gr if output_mask[1] else None, gw, gb
+    gx = torch.empty_like(x, memory_format=fmt) if output_mask[0] else x.new_empty(0)
+    # grad_residual is dL/dz, which grad_x reads back when there is a residual
+    gr = torch.empty_like(x, memory_format=fmt) if r is not None and (output_mask[0] or output_mask[1]) else None
+    gw = x.new_zeros(c) if output_mask[2] else x.new_empty(0)
+    gb = x.new_zeros(c) if output_mask[3] else x.new_empty(0)
+    if x.numel() > 0:
+        cdt = _acc_dtype(x.dtype)
+        scale, shift, inv = _coefficients(mean, var, weight, bias, eps, x.dtype)
+        mean_c = mean.to(cdt).contiguous()
+        part = torch.empty((2, _grid(geo)[0], c), dtype=cdt, device=x.device)
+        _bwd_sums_kernel[_grid(geo)](g, x, r if r is not None else x, scale, shift, mean_c,
+                                     gr if gr is not None else x, part, *geo, HAS_R=r is not None, RELU=relu,
+                                     WRITE_GR=gr is not None, BP=BLOCK_P, BC=BLOCK_C)
+        sg, sgx = part.double().sum(1)
+        if output_mask[2]:
+            gw = (sgx * inv).to(x.dtype)
+        if output_mask[3]:
+            gb = sg.to(x.dtype)
+        if output_mask[0]:
+            w = weight.double() if weight is not None else torch.ones_like(inv)
+            m = float(geo[0])
+            ca = (w * inv).to(cdt)
+            cb = (-w * inv ** 3 * sgx / m if training else torch.zeros_like(inv)).to(cdt)
+            cd = (-w * inv * sg / m if training else torch.zeros_like(inv)).to(cdt)
+            src, act = (gr, False) if gr is not None else (g, relu)
+            _bwd_apply_kernel[_grid(geo)](src, x, scale, shift, mean_c, ca, cb, cd, gx, *geo, RELU=act,
+                                          BP=BLOCK_P, BC=BLOCK_C)
+    return gx, gr if output_mask[1] else x.new_empty(0), gw, gb
