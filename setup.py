@@ -1,5 +1,8 @@
 """Builds shufflekern._C: the C++ CPU kernels always, the CUDA kernels when asked or found.
 
+The CUDA kernels' source is also always built by the host C++ compiler (csrc/emu/<op>.cpp includes
+csrc/cuda/<op>.cu): the emulated backend runs it on CPU tensors, no CUDA toolkit needed.
+
 SHUFFLEKERN_CUDA=auto (default) builds CUDA when torch is a CUDA build and nvcc is found (no GPU is
 needed to compile); =1 requires it and fails with a clear message; =0 skips it.
 TORCH_CUDA_ARCH_LIST picks the CUDA archs (default here: "8.0;9.0").
@@ -98,6 +101,8 @@ def extension():
     sources += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))
                       if not p.endswith("dispatch.cpp"))
     sources += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "autograd", "*.cpp")))
+    # The CUDA kernels under the emulator (sk.backend("emulated")): plain C++, with the cxx flags.
+    sources += sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", "emu", "*.cpp")))
     sources += isa_wrappers()
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function",
            "-Wno-unknown-pragmas"]

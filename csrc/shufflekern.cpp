@@ -1,12 +1,14 @@
 // Operator schemas (defined once, here) and the Python module shufflekern._C.
 //
-// Kernels register themselves per backend: csrc/cpu/<op>.cpp (CPU) and csrc/cuda/<op>.cu (CUDA).  The
+// Kernels register themselves per backend: csrc/cpu/<op>.cpp (CPU) and csrc/cuda/<op>.cu (CUDA; the same
+// source built by the host compiler, csrc/emu/<op>.cpp, fills the emulated backend's op table).  The
 // Triton twins (<op>_triton) are defined from Python in shufflekern/ops.py because their kernels are
 // Python functions.  Fake kernels and autograd formulas live in shufflekern/ops.py.
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include "cpu/dispatch.h"
+#include "emu/registry.h"
 
 TORCH_LIBRARY(shufflekern, m) {
   // channel_shuffle: torch.channel_shuffle(x, groups) for 4-D x in either memory format.
@@ -58,6 +60,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("runtime_cpu_isa", [] { return std::string(shufflekern::cpu::isa_name(shufflekern::cpu::runtime_isa())); },
         "CPU ISA variant the kernels dispatch to on this machine");
   m.def("cuda_archs", &cuda_archs, "CUDA architectures the CUDA kernels were compiled for ('' if none)");
+  m.def("emu_set_enabled", &shufflekern::emurt::set_enabled,
+        "Route CPU-tensor calls of the ops with CUDA kernels through the emulator (sk.backend('emulated'))");
+  m.def("emu_enabled", &shufflekern::emurt::enabled, "Whether the emulated backend is on");
+  m.def(
+      "emu_ops",
+      [] {
+        std::vector<std::string> names;
+        for (const auto& kv : shufflekern::emurt::op_table()) names.push_back(kv.first);
+        return names;
+      },
+      "Names of the ops with emulated (CUDA) kernels");
+  m.def("emu_launches", &shufflekern::emurt::launch_counts, "{kernel name: emulated launches so far}");
   m.attr("with_cuda") =
 #ifdef SK_WITH_CUDA
       true;

@@ -1,7 +1,7 @@
 """Argument checks shared by the functional wrappers, the fake kernels and the Triton launchers.
 
 Each message names the argument and what was expected.  The C++ entry points check the same
-conditions again (csrc/cpu/checks.h), so direct torch.ops.shufflekern.* calls are safe too.
+conditions again (csrc/checks.h), so direct torch.ops.shufflekern.* calls are safe too.
 """
 import math
 

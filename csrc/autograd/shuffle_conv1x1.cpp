@@ -6,7 +6,7 @@
 #include <torch/library.h>
 
 #include "autograd/common.h"
-#include "cpu/checks.h"
+#include "checks.h"
 
 namespace shufflekern::autograd {
 namespace {

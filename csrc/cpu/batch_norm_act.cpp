@@ -3,7 +3,8 @@
 #include <torch/library.h>
 
 #include "cpu/batch_norm_act_kernel.h"
-#include "cpu/checks.h"
+#include "checks.h"
+#include "emu/route.h"
 
 namespace shufflekern::cpu {
 
@@ -134,9 +135,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
 
 }  // namespace
 
+// Routed although there is no CUDA kernel yet: under sk.backend("emulated") a call fails loudly (no emulated
+// kernel for the op) instead of silently running this CPU kernel; once a .cu registers one, it runs.
 TORCH_LIBRARY_IMPL(shufflekern, CPU, m) {
-  m.impl("batch_norm_act", &forward_cpu);
-  m.impl("batch_norm_act_backward", &backward_cpu);
+  m.impl("batch_norm_act", SK_ROUTED("batch_norm_act", forward_cpu));
+  m.impl("batch_norm_act_backward", SK_ROUTED("batch_norm_act_backward", backward_cpu));
 }
 
 }  // namespace shufflekern::cpu

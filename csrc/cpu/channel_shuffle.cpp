@@ -3,7 +3,8 @@
 #include <torch/library.h>
 
 #include "cpu/channel_shuffle_kernel.h"
-#include "cpu/checks.h"
+#include "checks.h"
+#include "emu/route.h"
 
 namespace shufflekern::cpu {
 
@@ -24,6 +25,9 @@ at::Tensor channel_shuffle_cpu(const at::Tensor& x, int64_t groups) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(shufflekern, CPU, m) { m.impl("channel_shuffle", &channel_shuffle_cpu); }
+// Routed: under sk.backend("emulated") the CUDA kernels run instead, in the emulator (csrc/emu/route.h).
+TORCH_LIBRARY_IMPL(shufflekern, CPU, m) {
+  m.impl("channel_shuffle", SK_ROUTED("channel_shuffle", channel_shuffle_cpu));
+}
 
 }  // namespace shufflekern::cpu

@@ -8,8 +8,9 @@
 #include <sys/mman.h>
 #endif
 
-#include "cpu/kd_loss_checks.h"
+#include "kd_loss_checks.h"
 #include "cpu/kd_loss_kernel.h"
+#include "emu/route.h"
 
 namespace shufflekern::cpu {
 
@@ -98,6 +99,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(shufflekern, CPU, m) { m.impl("kd_loss_forward", &kd_loss_forward_cpu); }
+// Routed: under sk.backend("emulated") the CUDA kernel runs instead, in the emulator (csrc/emu/route.h).
+TORCH_LIBRARY_IMPL(shufflekern, CPU, m) {
+  m.impl("kd_loss_forward", SK_ROUTED("kd_loss_forward", kd_loss_forward_cpu));
+}
 
 }  // namespace shufflekern::cpu

@@ -9,9 +9,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "cpu/checks.h"
+#include "checks.h"
 #include "cpu/shuffle_conv1x1_kernel.h"
 #include "shuffle_conv1x1.h"
+#include "emu/route.h"
 
 namespace shufflekern::cpu {
 
@@ -218,10 +219,11 @@ at::Tensor shuffle_conv1x1_grad_weight_cpu(const at::Tensor& grad_out, const at:
 
 }  // namespace
 
+// Routed: under sk.backend("emulated") the CUDA kernels run instead, in the emulator (csrc/emu/route.h).
 TORCH_LIBRARY_IMPL(shufflekern, CPU, m) {
-  m.impl("shuffle_conv1x1", &shuffle_conv1x1_cpu);
-  m.impl("shuffle_conv1x1_grad_input", &shuffle_conv1x1_grad_input_cpu);
-  m.impl("shuffle_conv1x1_grad_weight", &shuffle_conv1x1_grad_weight_cpu);
+  m.impl("shuffle_conv1x1", SK_ROUTED("shuffle_conv1x1", shuffle_conv1x1_cpu));
+  m.impl("shuffle_conv1x1_grad_input", SK_ROUTED("shuffle_conv1x1_grad_input", shuffle_conv1x1_grad_input_cpu));
+  m.impl("shuffle_conv1x1_grad_weight", SK_ROUTED("shuffle_conv1x1_grad_weight", shuffle_conv1x1_grad_weight_cpu));
 }
 
 }  // namespace shufflekern::cpu

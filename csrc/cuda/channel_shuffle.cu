@@ -1,14 +1,15 @@
 // CUDA entry point and kernels of shufflekern::channel_shuffle.  The index math is the CPU's
-// (csrc/channel_shuffle.h), so the CPU tests exercise it.
+// (csrc/channel_shuffle.h), so the CPU tests exercise it.  Written against csrc/cuda/runtime.h: nvcc builds
+// it for CUDA tensors, csrc/emu/channel_shuffle.cpp runs the same source under the emulator.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+
+#include <algorithm>
 
 #include "channel_shuffle.h"
-#include "cpu/checks.h"
+#include "checks.h"
+#include "cuda/runtime.h"
 
-namespace shufflekern::cuda {
+namespace shufflekern::SK_DEV_NS {
 namespace {
 
 // Grid-stride copy of elements moved as unsigned integers of their width (bit-exact for every dtype);
@@ -32,14 +33,13 @@ void launch(const at::Tensor& in, at::Tensor& out, int64_t c, int64_t inner, int
   const int64_t total = in.numel();
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535 * 8);
-  _channel_shuffle_kernel<T><<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      static_cast<const T*>(in.data_ptr()), static_cast<T*>(out.data_ptr()), total, c, inner, groups);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  SK_LAUNCH((_channel_shuffle_kernel<T>), dim3(static_cast<unsigned>(blocks)), dim3(threads), 0,
+            SK_RT::dptr<T>(in), SK_RT::dptr<T>(out), total, c, inner, groups);
 }
 
 at::Tensor channel_shuffle_cuda(const at::Tensor& x, int64_t groups) {
   check_channel_shuffle_args(x, groups);
-  c10::cuda::CUDAGuard guard(x.device());
+  SK_RT::Guard guard(x.device());
   const auto fmt = format_of(x);
   const at::Tensor in = x.contiguous(fmt);
   at::Tensor out = at::empty_like(in, in.options().memory_format(fmt));
@@ -59,6 +59,6 @@ at::Tensor channel_shuffle_cuda(const at::Tensor& x, int64_t groups) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(shufflekern, CUDA, m) { m.impl("channel_shuffle", &channel_shuffle_cuda); }
+SK_DEVICE_IMPL(m) { m.impl("channel_shuffle", &channel_shuffle_cuda); }
 
-}  // namespace shufflekern::cuda
+}  // namespace shufflekern::SK_DEV_NS

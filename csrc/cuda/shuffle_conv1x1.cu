@@ -8,17 +8,20 @@
 //   gx[p, src(k, j)]     = sum_m gy[p, k*Mg + m] * W[k*Mg + m, j]      (each x channel written once)
 //   gW[k*Mg + m, j]      = sum_p gy[p, k*Mg + m] * x[p, src(k, j)]     (pixels split over blockIdx.y,
 //                                                                      float/double atomics)
+//
+// Written against csrc/cuda/runtime.h: nvcc builds it for CUDA tensors, csrc/emu/shuffle_conv1x1.cpp runs the
+// same source under the emulator.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
-#include "cpu/checks.h"
+#include <algorithm>
+
+#include "checks.h"
+#include "cuda/runtime.h"
 #include "shuffle_conv1x1.h"
 
-namespace shufflekern::cuda {
+namespace shufflekern::SK_DEV_NS {
 namespace {
 
 constexpr int kTile = 16;
@@ -42,8 +45,8 @@ template <typename T, typename Acc>
 __global__ void _shuffle_conv1x1_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w,
                                             const T* __restrict__ bias, T* __restrict__ y, Dims d, Layout lx,
                                             Layout ly) {
-  __shared__ Acc a_tile[kTile][kTile + 1];  // [pixel][j]
-  __shared__ Acc b_tile[kTile][kTile + 1];  // [j][m]
+  SK_SHARED(Acc, a_tile, [kTile][kTile + 1]);  // [pixel][j]
+  SK_SHARED(Acc, b_tile, [kTile][kTile + 1]);  // [j][m]
   const int64_t k = blockIdx.z;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t p = blockIdx.x * int64_t(kTile) + ty;
@@ -71,8 +74,8 @@ __global__ void _shuffle_conv1x1_fwd_kernel(const T* __restrict__ x, const T* __
 template <typename T, typename Acc>
 __global__ void _shuffle_conv1x1_grad_input_kernel(const T* __restrict__ gy, const T* __restrict__ w,
                                                    T* __restrict__ gx, Dims d, Layout lg, Layout lx) {
-  __shared__ Acc a_tile[kTile][kTile + 1];  // [pixel][m]
-  __shared__ Acc b_tile[kTile][kTile + 1];  // [m][j]
+  SK_SHARED(Acc, a_tile, [kTile][kTile + 1]);  // [pixel][m]
+  SK_SHARED(Acc, b_tile, [kTile][kTile + 1]);  // [m][j]
   const int64_t k = blockIdx.z;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t p = blockIdx.x * int64_t(kTile) + ty;
@@ -99,8 +102,8 @@ template <typename T, typename Acc>
 __global__ void _shuffle_conv1x1_grad_weight_kernel(const T* __restrict__ gy, const T* __restrict__ x,
                                                     Acc* __restrict__ gw, Dims d, Layout lg, Layout lx,
                                                     int64_t j_tiles, int64_t chunk) {
-  __shared__ Acc a_tile[kTile][kTile + 1];  // [m][pixel]
-  __shared__ Acc b_tile[kTile][kTile + 1];  // [pixel][j]
+  SK_SHARED(Acc, a_tile, [kTile][kTile + 1]);  // [m][pixel]
+  SK_SHARED(Acc, b_tile, [kTile][kTile + 1]);  // [pixel][j]
   const int64_t k = blockIdx.z;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t m0 = (blockIdx.x / j_tiles) * kTile;
@@ -137,7 +140,7 @@ void check_grid(int64_t groups, int64_t y_blocks) {
 at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                 int64_t groups, int64_t shuffle_groups) {
   check_shuffle_conv1x1_args(x, weight, bias, groups, shuffle_groups);
-  c10::cuda::CUDAGuard guard(x.device());
+  SK_RT::Guard guard(x.device());
   const auto fmt = format_of(x);
   const at::Tensor in = x.contiguous(fmt);
   const at::Tensor w = weight.contiguous();
@@ -151,11 +154,9 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
   check_grid(groups, grid.y);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    _shuffle_conv1x1_fwd_kernel<scalar_t, acc_t><<<grid, dim3(kTile, kTile), 0, at::cuda::getCurrentCUDAStream()>>>(
-        in.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-        b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), d, layout_of(in),
-        layout_of(out));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    SK_LAUNCH((_shuffle_conv1x1_fwd_kernel<scalar_t, acc_t>), grid, dim3(kTile, kTile), 0,
+              SK_RT::dptr<scalar_t>(in), SK_RT::dptr<scalar_t>(w), b.defined() ? SK_RT::dptr<scalar_t>(b) : nullptr,
+              SK_RT::dptr<scalar_t>(out), d, layout_of(in), layout_of(out));
   });
   return out;
 }
@@ -163,7 +164,7 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
 at::Tensor shuffle_conv1x1_grad_input_cuda(const at::Tensor& grad_out, const at::Tensor& weight, int64_t groups,
                                            int64_t shuffle_groups) {
   check_shuffle_conv1x1_grad_input_args(grad_out, weight, groups, shuffle_groups);
-  c10::cuda::CUDAGuard guard(grad_out.device());
+  SK_RT::Guard guard(grad_out.device());
   const auto fmt = format_of(grad_out);
   const at::Tensor gy = grad_out.contiguous(fmt);
   const at::Tensor w = weight.contiguous();
@@ -177,11 +178,9 @@ at::Tensor shuffle_conv1x1_grad_input_cuda(const at::Tensor& grad_out, const at:
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "shuffle_conv1x1_grad_input_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    _shuffle_conv1x1_grad_input_kernel<scalar_t, acc_t>
-        <<<grid, dim3(kTile, kTile), 0, at::cuda::getCurrentCUDAStream()>>>(
-            gy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), gx.mutable_data_ptr<scalar_t>(), d,
-            layout_of(gy), layout_of(gx));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    SK_LAUNCH((_shuffle_conv1x1_grad_input_kernel<scalar_t, acc_t>), grid, dim3(kTile, kTile), 0,
+              SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(w), SK_RT::dptr<scalar_t>(gx), d, layout_of(gy),
+              layout_of(gx));
   });
   return gx;
 }
@@ -189,7 +188,7 @@ at::Tensor shuffle_conv1x1_grad_input_cuda(const at::Tensor& grad_out, const at:
 at::Tensor shuffle_conv1x1_grad_weight_cuda(const at::Tensor& grad_out, const at::Tensor& x, int64_t groups,
                                             int64_t shuffle_groups) {
   check_shuffle_conv1x1_grad_weight_args(grad_out, x, groups, shuffle_groups);
-  c10::cuda::CUDAGuard guard(x.device());
+  SK_RT::Guard guard(x.device());
   const auto fmt = format_of(x);
   const at::Tensor xc = x.contiguous(fmt);
   const at::Tensor gy = grad_out.contiguous(fmt);
@@ -201,7 +200,7 @@ at::Tensor shuffle_conv1x1_grad_weight_cuda(const at::Tensor& grad_out, const at
   const int64_t j_tiles = (d.cg + kTile - 1) / kTile;
   const int64_t tiles = ((d.mg + kTile - 1) / kTile) * j_tiles;
   // Enough pixel slices to fill the GPU (~4 blocks an SM), each at least 16 tiles of pixels long.
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = SK_RT::sm_count();
   const int64_t want = std::max<int64_t>(1, 4 * sms / std::max<int64_t>(1, tiles * groups));
   const int64_t slices = std::min<int64_t>({want, (d.pixels + 16 * kTile - 1) / (16 * kTile), kMaxGridY});
   const int64_t chunk = (d.pixels + slices - 1) / slices;
@@ -211,21 +210,19 @@ at::Tensor shuffle_conv1x1_grad_weight_cuda(const at::Tensor& grad_out, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_grad_weight_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    _shuffle_conv1x1_grad_weight_kernel<scalar_t, acc_t>
-        <<<grid, dim3(kTile, kTile), 0, at::cuda::getCurrentCUDAStream()>>>(
-            gy.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(), acc.mutable_data_ptr<acc_t>(), d,
-            layout_of(gy), layout_of(xc), j_tiles, chunk);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    SK_LAUNCH((_shuffle_conv1x1_grad_weight_kernel<scalar_t, acc_t>), grid, dim3(kTile, kTile), 0,
+              SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<acc_t>(acc), d, layout_of(gy),
+              layout_of(xc), j_tiles, chunk);
   });
   return acc.to(x.scalar_type());
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(shufflekern, CUDA, m) {
+SK_DEVICE_IMPL(m) {
   m.impl("shuffle_conv1x1", &shuffle_conv1x1_cuda);
   m.impl("shuffle_conv1x1_grad_input", &shuffle_conv1x1_grad_input_cuda);
   m.impl("shuffle_conv1x1_grad_weight", &shuffle_conv1x1_grad_weight_cuda);
 }
 
-}  // namespace shufflekern::cuda
+}  // namespace shufflekern::SK_DEV_NS

@@ -1,6 +1,7 @@
-// Argument checks shared by the CPU and CUDA op entry points.  The Python wrappers check the same
-// things first with friendlier messages; these guard direct torch.ops.shufflekern.* calls so that no
-// input can make a kernel read or write out of bounds.
+// Argument checks shared by the CPU and CUDA op entry points (csrc/cpu/<op>.cpp, csrc/cuda/<op>.cu and so
+// the emulated build of the .cu).  Host-only, plain ATen: no backend's headers.  The Python wrappers check
+// the same things first with friendlier messages; these guard direct torch.ops.shufflekern.* calls so that
+// no input can make a kernel read or write out of bounds.
 #pragma once
 #include <ATen/ATen.h>
 

@@ -1,5 +1,7 @@
-// Argument checks of the distillation loss shared by the CPU and CUDA entry points.  The Python
-// wrappers check the same things first; these guard direct torch.ops.shufflekern.* calls.
+// Argument checks of the distillation loss shared by the CPU and CUDA entry points (and the emulated build
+// of the .cu).  Host-only, plain ATen.  The Python wrappers check the same things first; these guard
+// direct torch.ops.shufflekern.* calls.  Target values are checked where the kernels read them: by the CPU
+// entry point on the host, by a device-side assertion in the CUDA kernel (no host sync).
 #pragma once
 #include <cmath>
 #include <optional>
