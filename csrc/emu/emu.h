@@ -193,6 +193,14 @@ struct Fiber {
 
 struct Launch;
 
+// One global load or store of one thread (the memory-traffic model, enabled by set_traffic).
+struct Access {
+  uintptr_t addr;
+  const void* site;  // where in the kernel (return address of the recording call)
+  uint32_t bytes;
+  bool store;
+};
+
 // Everything one OS thread needs to run blocks: fibers and their stacks, the shared-memory arena, the
 // scheduler's context.  Kept across launches (stacks and arena are mapped once).
 struct Executor {
@@ -207,6 +215,7 @@ struct Executor {
   dim3 block_dim, grid_dim;
   std::vector<char> altstack = std::vector<char>(64 * 1024);
   bool altstack_set = false;
+  std::vector<std::vector<Access>> logs;  // per thread of the block, since its warp's last sync point
 };
 
 inline Executor& executor() {
@@ -238,7 +247,40 @@ struct Launch {
   volatile bool in_kernel = false;
   void* fault_addr = nullptr;
   int fault_sig = 0;
+  bool traffic = false;
+  uint64_t blocks_run = 0;
+  // memory-traffic model: bytes the threads asked for, 32-byte sectors the warps' accesses touched
+  uint64_t load_bytes = 0, store_bytes = 0, load_sectors = 0, store_sectors = 0;
 };
+
+// Per-launch memory traffic (set_traffic(true) records it; traffic_log() hands it over and clears it).
+struct Traffic {
+  std::string kernel;
+  uint64_t blocks, blocks_run, load_bytes, store_bytes, load_sectors, store_sectors;
+};
+
+struct TrafficState {
+  std::mutex m;
+  bool on = false;
+  uint64_t sample_blocks = 0;  // 0: run every block
+  std::vector<Traffic> log;
+};
+inline TrafficState& traffic_state() {
+  static TrafficState s;
+  return s;
+}
+// Record every launch's traffic from now on.  sample_blocks > 0 runs only that many blocks of a launch,
+// evenly spread, and scales the counts up (for the traffic report of large cases; outputs are then
+// incomplete).
+inline void set_traffic(bool on, uint64_t sample_blocks = 0) {
+  std::lock_guard<std::mutex> g(traffic_state().m);
+  traffic_state().on = on;
+  traffic_state().sample_blocks = sample_blocks;
+}
+inline std::vector<Traffic> traffic_log() {
+  std::lock_guard<std::mutex> g(traffic_state().m);
+  return std::move(traffic_state().log);
+}
 
 // Buffers declared for the next launch on this OS thread (emu_torch.h's dptr).
 inline std::vector<std::pair<char*, size_t>>& pending_buffers() {
@@ -378,6 +420,166 @@ inline uint64_t warp_collective(const char* file, int line, WarpOp op, unsigned 
   return f.result;
 }
 
+// ---- the memory-traffic model -------------------------------------------------------------------------
+// A warp's accesses are grouped as a GPU's load/store unit sees them: the j-th execution of one access site
+// by each lane of the warp (lanes on the same path) is one request, and the request moves every distinct
+// 32-byte sector its lanes touch.  Accesses are collected per lane between the warp's sync points and
+// grouped when all the lanes concerned reach one (a barrier, a warp collective, the end of the block).
+__attribute__((noinline)) inline void record_access(const void* p, uint32_t bytes, bool store) {
+  Executor& ex = executor();
+  if (ex.launch == nullptr || !ex.launch->traffic || ex.cur == nullptr) return;
+  ex.logs[ex.cur->linear].push_back(Access{reinterpret_cast<uintptr_t>(p), __builtin_return_address(0), bytes, store});
+}
+
+// Groups and counts the logs of the threads [lo, hi) whose bit is set in `lanes`, then clears them.
+inline void flush_traffic(Executor& ex, Launch& L, int lo, int hi, unsigned lanes = 0xFFFFFFFFu) {
+  if (!L.traffic) return;
+  struct Key {
+    const void* site;
+    uint32_t nth;
+    bool store;
+    uint64_t sector;
+    bool operator<(const Key& o) const {
+      return std::tie(site, nth, store, sector) < std::tie(o.site, o.nth, o.store, o.sector);
+    }
+    bool operator==(const Key& o) const {
+      return site == o.site && nth == o.nth && store == o.store && sector == o.sector;
+    }
+  };
+  static thread_local std::vector<Key> keys;
+  static thread_local std::vector<std::pair<const void*, uint32_t>> seen;
+  keys.clear();
+  for (int t = lo; t < hi; ++t) {
+    if (!(lanes >> (t - lo) & 1u)) continue;
+    std::vector<Access>& log = ex.logs[t];
+    seen.clear();
+    for (const Access& a : log) {
+      uint32_t nth = 0;
+      for (auto& s : seen) {
+        if (s.first == a.site) {
+          nth = ++s.second;
+          break;
+        }
+      }
+      if (nth == 0) seen.emplace_back(a.site, 0);
+      (a.store ? L.store_bytes : L.load_bytes) += a.bytes;
+      for (uint64_t sec = a.addr / 32; sec <= (a.addr + a.bytes - 1) / 32; ++sec) keys.push_back(Key{a.site, nth, a.store, sec});
+    }
+    log.clear();
+  }
+  std::sort(keys.begin(), keys.end());
+  for (size_t i = 0; i < keys.size(); ++i)
+    if (i == 0 || !(keys[i] == keys[i - 1])) (keys[i].store ? L.store_sectors : L.load_sectors) += 1;
+}
+
+inline void flush_warps(Executor& ex, Launch& L, int n) {
+  for (int lo = 0; lo < n; lo += kWarpSize) flush_traffic(ex, L, lo, std::min(n, lo + kWarpSize));
+}
+
+// ---- global pointers with a traffic record ----------------------------------------------------------------
+// A kernel parameter declared SK_GLOBAL(T) (csrc/cuda/runtime.h) is a T* __restrict__ under nvcc and a
+// gptr<T> here: a pointer whose element accesses are recorded for the memory-traffic model.  Raw pointer
+// parameters still work (checked by the guard pages), but their traffic is not counted.
+#define SK_EMU_AI inline __attribute__((always_inline))
+
+template <typename T>
+class gptr;
+
+template <typename T>
+class gref {
+ public:
+  using value_type = std::remove_const_t<T>;
+  SK_EMU_AI explicit gref(T* p) : p_(p) {}
+  SK_EMU_AI value_type load() const {
+    record_access(p_, sizeof(T), false);
+    return *p_;
+  }
+  template <typename U, typename = std::enable_if_t<std::is_convertible_v<value_type, U> || std::is_constructible_v<U, value_type>>>
+  SK_EMU_AI operator U() const {
+    return static_cast<U>(load());
+  }
+  template <typename U>
+  SK_EMU_AI const gref& operator=(const U& v) const {
+    static_assert(!std::is_const_v<T>, "store through a pointer to const");
+    record_access(p_, sizeof(T), true);
+    *p_ = static_cast<value_type>(v);
+    return *this;
+  }
+  SK_EMU_AI const gref& operator=(const gref& o) const { return *this = o.load(); }
+  template <typename U>
+  SK_EMU_AI const gref& operator+=(const U& v) const { return *this = load() + v; }
+  template <typename U>
+  SK_EMU_AI const gref& operator-=(const U& v) const { return *this = load() - v; }
+  template <typename U>
+  SK_EMU_AI const gref& operator*=(const U& v) const { return *this = load() * v; }
+  SK_EMU_AI gptr<T> operator&() const { return gptr<T>(p_); }
+  SK_EMU_AI value_type operator-() const { return -load(); }
+
+ private:
+  T* p_;
+};
+
+#define SK_EMU_GREF_OP(op)                                                                         \
+  template <typename T, typename U, typename = std::enable_if_t<!std::is_base_of_v<gref<T>, U>>> \
+  SK_EMU_AI auto operator op(const gref<T>& a, const U& b) { return a.load() op b; }              \
+  template <typename T, typename U, typename = std::enable_if_t<!std::is_base_of_v<gref<T>, U>>> \
+  SK_EMU_AI auto operator op(const U& a, const gref<T>& b) { return a op b.load(); }              \
+  template <typename T, typename U>                                                               \
+  SK_EMU_AI auto operator op(const gref<T>& a, const gref<U>& b) { return a.load() op b.load(); }
+SK_EMU_GREF_OP(+)
+SK_EMU_GREF_OP(-)
+SK_EMU_GREF_OP(*)
+SK_EMU_GREF_OP(/)
+SK_EMU_GREF_OP(<)
+SK_EMU_GREF_OP(>)
+SK_EMU_GREF_OP(<=)
+SK_EMU_GREF_OP(>=)
+SK_EMU_GREF_OP(==)
+SK_EMU_GREF_OP(!=)
+#undef SK_EMU_GREF_OP
+
+template <typename T>
+class gptr {
+ public:
+  using element_type = T;
+  SK_EMU_AI gptr() = default;
+  SK_EMU_AI gptr(std::nullptr_t) {}
+  SK_EMU_AI explicit gptr(T* p) : p_(p) {}
+  template <typename U, typename = std::enable_if_t<std::is_convertible_v<U*, T*>>>
+  SK_EMU_AI gptr(const gptr<U>& o) : p_(o.get()) {}
+  SK_EMU_AI T* get() const { return p_; }
+  SK_EMU_AI explicit operator bool() const { return p_ != nullptr; }
+  SK_EMU_AI gref<T> operator*() const { return gref<T>(p_); }
+  SK_EMU_AI gref<T> operator[](int64_t i) const { return gref<T>(p_ + i); }
+  SK_EMU_AI gptr operator+(int64_t i) const { return gptr(p_ + i); }
+  SK_EMU_AI gptr operator-(int64_t i) const { return gptr(p_ - i); }
+  SK_EMU_AI int64_t operator-(const gptr& o) const { return p_ - o.p_; }
+  SK_EMU_AI gptr& operator+=(int64_t i) {
+    p_ += i;
+    return *this;
+  }
+  SK_EMU_AI gptr& operator++() {
+    ++p_;
+    return *this;
+  }
+  SK_EMU_AI bool operator==(const gptr& o) const { return p_ == o.p_; }
+  SK_EMU_AI bool operator!=(const gptr& o) const { return p_ != o.p_; }
+
+ private:
+  T* p_ = nullptr;
+};
+
+// reinterpret_cast of a global pointer (vector loads: vcast<const float4>(p)).
+template <typename V, typename T>
+SK_EMU_AI gptr<V> vcast(gptr<T> p) {
+  return gptr<V>(reinterpret_cast<V*>(p.get()));
+}
+
+template <typename T>
+struct is_gptr : std::false_type {};
+template <typename T>
+struct is_gptr<gptr<T>> : std::true_type {};
+
 // ---- the scheduler ---------------------------------------------------------------------------------------
 inline void fiber_entry();
 
@@ -429,6 +631,7 @@ struct BlockRun {
           }
         }
         if (!complete) continue;
+        flush_traffic(ex, L, lo, hi, named);
         if (!complete_group(lo, named)) return false;
         any = true;
       }
@@ -511,6 +714,7 @@ struct BlockRun {
                 " threads wait there but " + std::to_string(done) + " have exited";
       return false;
     }
+    flush_warps(ex, L, n);
     int count = 0, all = 1, anyp = 0;
     for (int i = 0; i < n; ++i) {
       count += ex.fibers[i].bar_pred;
@@ -535,6 +739,8 @@ struct BlockRun {
     order.assign(n, 0);
     rng.seed(L.seed * 0x9E3779B97F4A7C15ull + block_linear);
     if (ex.fibers.size() < size_t(n)) ex.fibers.resize(n);
+    if (ex.logs.size() < size_t(n)) ex.logs.resize(n);
+    for (int i = 0; i < n; ++i) ex.logs[i].clear();
     while (ex.stacks.size() < size_t(n)) ex.stacks.emplace_back(kStackBytes);
     // Poison shared memory: what the last block wrote, and the dynamic part.
     std::memset(ex.shared.base, kPoison, std::max(ex.shared_dirty, L.shared_top));
@@ -566,7 +772,10 @@ struct BlockRun {
         if (!L.error.empty()) return;
       }
       for (int i = 0; i < n; ++i) live |= ex.fibers[i].wait != Wait::kDone;
-      if (!live) return;
+      if (!live) {
+        flush_warps(ex, L, n);
+        return;
+      }
       if (resolve_warps()) continue;
       if (!L.error.empty()) return;
       if (resolve_barrier()) continue;
@@ -752,7 +961,10 @@ inline void map_buffers(Launch& L) {
 
 template <typename P, typename A>
 inline P translate(Launch& L, int index, A&& a) {
-  if constexpr (std::is_pointer_v<P>) {
+  if constexpr (is_gptr<P>::value) {
+    using E = typename P::element_type;
+    return P(translate<E*>(L, index, static_cast<E*>(a)));
+  } else if constexpr (std::is_pointer_v<P>) {
     const char* p = reinterpret_cast<const char*>(static_cast<P>(a));
     if (p == nullptr) return nullptr;
     for (Buffer& b : L.buffers) {
@@ -800,8 +1012,15 @@ inline void run_grid(Launch& L) {
     L.error = describe_fault(L, who);
     return;
   }
-  for (uint64_t b = 0; b < blocks; ++b) {
+  uint64_t sample = 0;
+  if (L.traffic) {
+    std::lock_guard<std::mutex> g(traffic_state().m);
+    sample = traffic_state().sample_blocks;
+  }
+  const uint64_t step = sample > 0 && blocks > sample ? blocks / sample : 1;
+  for (uint64_t b = 0; b < blocks; b += step) {
     ex.block_idx = uint3{unsigned(b % L.grid.x), unsigned(b / L.grid.x % L.grid.y), unsigned(b / (uint64_t(L.grid.x) * L.grid.y))};
+    ++L.blocks_run;
     L.in_kernel = true;
     run.run(b);
     L.in_kernel = false;
@@ -819,6 +1038,10 @@ void launch(const char* kernel_expr, const char* file, int line, void (*kernel)(
   L.grid = grid;
   L.block = block;
   L.smem = smem;
+  {
+    std::lock_guard<std::mutex> g(traffic_state().m);
+    L.traffic = traffic_state().on;
+  }
   try {
     check_config(L);
     parse_schedule(L);
@@ -857,6 +1080,11 @@ void launch(const char* kernel_expr, const char* file, int line, void (*kernel)(
   ex.cur = nullptr;
   unmap_buffers(L);
   if (!L.error.empty()) throw Error(L.error + " [schedule " + L.schedule + "]");
+  if (L.traffic) {
+    std::lock_guard<std::mutex> g(traffic_state().m);
+    traffic_state().log.push_back(Traffic{L.name, uint64_t(grid.x) * grid.y * grid.z, L.blocks_run, L.load_bytes,
+                                          L.store_bytes, L.load_sectors, L.store_sectors});
+  }
 }
 
 // ---- atomics -----------------------------------------------------------------------------------------------
@@ -973,4 +1201,12 @@ inline T atomicCAS(T* p, T compare, T v) {
   static_assert(std::is_integral_v<T>, "atomicCAS takes int, unsigned or unsigned long long");
   __atomic_compare_exchange(p, &compare, &v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
   return compare;
+}
+
+// Atomics through a recorded global pointer (SK_GLOBAL parameters): one load and one store of the element.
+template <typename T, typename V>
+inline T atomicAdd(::sk_emu::gptr<T> p, V v) {
+  ::sk_emu::record_access(p.get(), sizeof(T), false);
+  ::sk_emu::record_access(p.get(), sizeof(T), true);
+  return atomicAdd(p.get(), static_cast<T>(v));
 }
