@@ -197,13 +197,32 @@ def test_v2_fused_matches_eager(train, fmt):
 def test_v1_fused_state_dict_is_canonical():
     fused = randomize_bn(shufflenet_v1(3, 0.5, 10, fused=True, small_input=True)).eval()
     unit = fused.stage3[1]
-    # Internally conv2 / bn2 are stored in the unshuffled order, so the state_dict differs from the tensors.
-    assert not torch.equal(unit.state_dict()["bn2.running_mean"], unit.bn2.running_mean)
+    # The tensors themselves are canonical: no state_dict hooks translate them.
+    assert torch.equal(unit.state_dict()["bn2.running_mean"], unit.bn2.running_mean)
+    assert not unit._state_dict_hooks and not unit._load_state_dict_pre_hooks
     eager = shufflenet_v1(3, 0.5, 10, fused=False, small_input=True).eval()
     eager.load_state_dict(fused.state_dict())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), eager(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("groups", [1, 3, 8])
+def test_v1_fused_and_eager_named_parameters_are_equal(groups):
+    """Per-channel tools (the pruner, an EMA, inspection) see the same channels in both forms; after a
+    training step too (running statistics scattered back into the canonical order)."""
+    torch.manual_seed(0)
+    eager = randomize_bn(shufflenet_v1(groups, 0.5, 10, fused=False, small_input=True)).double()
+    fused = sk.fuse(eager)
+    for m in (eager, fused):
+        m.train()(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    pe, pf = dict(eager.named_parameters()), dict(fused.named_parameters())
+    assert pe.keys() == pf.keys()
+    for k in pe:
+        assert torch.equal(pe[k], pf[k]), k
+    be, bf = dict(eager.named_buffers()), dict(fused.named_buffers())
+    for k in be:
+        torch.testing.assert_close(bf[k], be[k], rtol=1e-12, atol=1e-12, msg=k)
 
 
 # ---- the fused forward runs no shuffle ------------------------------------------------------------------

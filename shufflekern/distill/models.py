@@ -97,11 +97,12 @@ def is_student_name(name):
     return name in _STUDENTS
 
 
-def build_model(name, num_classes, *, width_mult=1.0, groups=3, fused=True, small_input=True):
+def build_model(name, num_classes, *, width_mult=1.0, groups=3, fused=True, small_input=True, mid_channels=None):
     """Build a registered model by name.
 
-    `width_mult`, `groups`, `fused` and `small_input` apply to the ShuffleNet students
-    (`sk.models.shufflenet_v1/_v2`); the ResNets take only `num_classes`.
+    `width_mult`, `groups`, `fused`, `small_input` and `mid_channels` (per-unit branch widths of a pruned
+    student) apply to the ShuffleNet students (`sk.models.shufflenet_v1/_v2`); the ResNets take only
+    `num_classes`.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
@@ -115,9 +116,9 @@ def build_model(name, num_classes, *, width_mult=1.0, groups=3, fused=True, smal
             raise ValueError(f"model {name!r} needs shufflekern.models, which is not available: {e}") from e
         if name == "shufflenet_v1":
             return skm.shufflenet_v1(groups=groups, width_mult=width_mult, num_classes=num_classes,
-                                     fused=fused, small_input=small_input)
+                                     fused=fused, small_input=small_input, mid_channels=mid_channels)
         return skm.shufflenet_v2(width_mult=width_mult, num_classes=num_classes, fused=fused,
-                                 small_input=small_input)
+                                 small_input=small_input, mid_channels=mid_channels)
     raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
 
 

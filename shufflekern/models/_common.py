@@ -93,9 +93,14 @@ def _bn_op(bn, x, residual):
     return None
 
 
-def bn_act(bn, x, residual=None, relu=True):
+def bn_act(bn, x, residual=None, relu=True, perm=None, inv=None):
     """`relu(bn(x) + residual)` (no `+ residual` when it is None, no ReLU when relu=False), with nn.BatchNorm2d's
     semantics (batch statistics and running-statistics update in training, running statistics in eval).
+
+    perm / inv: x's channels are `bn`'s channels in the order `perm` (x channel j is bn channel perm[j];
+    inv is perm's inverse).  The fused V1 unit runs BatchNorms on unshuffled activations while the module
+    keeps its parameters in the canonical (eager) order: the few per-channel parameters are gathered on
+    the fly and the running statistics scattered back.
 
     One shufflekern::batch_norm_act call where there is a kernel for it (see _bn_op; fewer passes over
     memory than BatchNorm, add and ReLU one after the other: csrc/cpu/vec/batch_norm_act.cpp).  Otherwise,
@@ -104,7 +109,11 @@ def bn_act(bn, x, residual=None, relu=True):
     # Exact types only: a BatchNorm2d subclass (e.g. the trainer's DistBatchNorm2d) has its own forward.
     op = _bn_op(bn, x, residual) if type(bn) in (nn.BatchNorm2d, BatchNormReLU2d) else None
     if op is None:
-        y = nn.BatchNorm2d.forward(bn, x) if type(bn) is BatchNormReLU2d else bn(x)
+        if perm is not None and not isinstance(bn, nn.Identity):
+            # Rare path (odd dtype, a BatchNorm subclass): run the module on x in its own channel order.
+            y = bn_act(bn, x.index_select(1, inv), relu=False).index_select(1, perm)
+        else:
+            y = nn.BatchNorm2d.forward(bn, x) if type(bn) is BatchNormReLU2d else bn(x)
         if residual is not None:
             y = y.add_(residual)
         return y.relu_() if relu else y
@@ -115,11 +124,17 @@ def bn_act(bn, x, residual=None, relu=True):
     update = bn.training and bn.running_mean is not None
     if update and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
+
+    def take(t):
+        return t if t is None or perm is None else t.index_select(0, perm)
+
     y, mean, var = op(
-        x, bn.weight, bn.bias, residual, None if training else bn.running_mean,
-        None if training else bn.running_var, training, bn.eps, relu)
+        x, take(bn.weight), take(bn.bias), residual, None if training else take(bn.running_mean),
+        None if training else take(bn.running_var), training, bn.eps, relu)
     if update:
         f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        if perm is not None:
+            mean, var = mean.index_select(0, inv), var.index_select(0, inv)
         with torch.no_grad():
             bn.running_mean.mul_(1 - f).add_(mean, alpha=f)
             bn.running_var.mul_(1 - f).add_(var, alpha=f * n / (n - 1))

@@ -22,8 +22,15 @@ unit runs conv2/bn2 on the unshuffled channels and folds P into conv3:
     conv3(P u) = shuffle_conv1x1(u, conv3.weight, groups=g, shuffle_groups=g).
 In stage 2's first unit conv1 is dense, so P is folded into conv1's output rows (and bn1) instead, for
 free.  The grouped conv1 of the other units runs on shuffle_conv1x1 too (shuffle_groups=1: no shuffle),
-and every BatchNorm [+ residual] [+ ReLU] on batch_norm_act (models._common.bn_act).  State dicts stay in the eager (canonical) channel order: hooks permute on save and load, so eager
-and fused models exchange state_dicts directly.
+and every BatchNorm [+ residual] [+ ReLU] on batch_norm_act (models._common.bn_act).
+
+Parameters stay in the eager (canonical) channel order: the fused unit gathers the few permuted
+per-channel tensors (a depthwise kernel, BatchNorm parameters and statistics: O(mid) values) on the fly
+in its forward and scatters the running-statistics update back.  So `named_parameters()`, `state_dict()`
+and every per-channel tool (the pruner, an EMA, inspection) see the same channels in both forms.
+
+Bottleneck width: out/4 by default; `mid` (per unit, `mid_channels` for the whole net) overrides it, e.g.
+for a model pruned by `shufflekern.compress`.  It must be divisible by the groups.
 """
 import torch
 import torch.nn.functional as F
@@ -61,7 +68,7 @@ def v1_channels(groups, width_mult):
     return stem, [out2, 2 * out2, 4 * out2]
 
 
-def _unit_dims(in_channels, out_channels, groups, stride, group_first):
+def _unit_dims(in_channels, out_channels, groups, stride, group_first, mid=None):
     """(first conv groups, bottleneck, residual-branch channels); raises ValueError on a bad shape."""
     if stride not in (1, 2):
         raise ValueError(f"ShuffleV1Unit: stride must be 1 or 2, got {stride!r}")
@@ -70,15 +77,18 @@ def _unit_dims(in_channels, out_channels, groups, stride, group_first):
     if stride == 1 and in_channels != out_channels:
         raise ValueError(f"ShuffleV1Unit: a stride-1 unit needs in_channels == out_channels, "
                          f"got {in_channels} and {out_channels}")
-    if out_channels % 4:
-        raise ValueError(f"ShuffleV1Unit: out_channels ({out_channels}) must be divisible by 4 (bottleneck = out/4)")
-    mid = out_channels // 4
+    if mid is None:
+        if out_channels % 4:
+            raise ValueError(f"ShuffleV1Unit: out_channels ({out_channels}) must be divisible by 4 (bottleneck = out/4)")
+        mid = out_channels // 4
+    elif isinstance(mid, bool) or not isinstance(mid, int) or mid < 1:
+        raise ValueError(f"ShuffleV1Unit: mid must be a positive int or None, got {mid!r}")
     branch = out_channels - in_channels if stride == 2 else out_channels
     g1 = groups if group_first else 1
     if branch <= 0:
         raise ValueError(f"ShuffleV1Unit: a stride-2 unit needs out_channels > in_channels, "
                          f"got {in_channels} -> {out_channels}")
-    for name, c, g in (("in_channels", in_channels, g1), ("bottleneck out_channels/4", mid, groups),
+    for name, c, g in (("in_channels", in_channels, g1), ("bottleneck (mid)", mid, groups),
                        ("out_channels - in_channels" if stride == 2 else "out_channels", branch, groups)):
         if c % g:
             raise ValueError(f"ShuffleV1Unit: {name} ({c}) must be divisible by groups ({g})")
@@ -88,11 +98,11 @@ def _unit_dims(in_channels, out_channels, groups, stride, group_first):
 class ShuffleV1Unit(nn.Module):
     """Eager ShuffleNet V1 unit (plain torch ops only; what `sk.unfuse` returns)."""
 
-    def __init__(self, in_channels, out_channels, groups, stride, group_first=True):
+    def __init__(self, in_channels, out_channels, groups, stride, group_first=True, mid=None):
         super().__init__()
-        g1, mid, branch = _unit_dims(in_channels, out_channels, groups, stride, group_first)
+        g1, mid, branch = _unit_dims(in_channels, out_channels, groups, stride, group_first, mid)
         self.in_channels, self.out_channels, self.groups, self.stride = in_channels, out_channels, groups, stride
-        self.group_first = group_first
+        self.group_first, self.mid = group_first, mid
         self.conv1 = nn.Conv2d(in_channels, mid, 1, groups=g1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
@@ -110,7 +120,8 @@ class ShuffleV1Unit(nn.Module):
         return torch.cat((F.avg_pool2d(x, 3, 2, 1), F.relu(y)), 1)
 
     def extra_repr(self):
-        return f"{self.in_channels}, {self.out_channels}, groups={self.groups}, stride={self.stride}"
+        s = f"{self.in_channels}, {self.out_channels}, groups={self.groups}, stride={self.stride}"
+        return s + (f", mid={self.mid}" if self.mid != self.out_channels // 4 else "")
 
 
 class FusedShuffleV1Unit(nn.Module):
@@ -119,12 +130,12 @@ class FusedShuffleV1Unit(nn.Module):
     `bn1`/`bn2`/`bn3` become nn.Identity (and the convs get a bias) when `sk.fuse` folds BatchNorm in
     eval mode."""
 
-    def __init__(self, in_channels, out_channels, groups, stride, group_first=True):
+    def __init__(self, in_channels, out_channels, groups, stride, group_first=True, mid=None):
         super().__init__()
         from .. import nn as sknn
-        g1, mid, branch = _unit_dims(in_channels, out_channels, groups, stride, group_first)
+        g1, mid, branch = _unit_dims(in_channels, out_channels, groups, stride, group_first, mid)
         self.in_channels, self.out_channels, self.groups, self.stride = in_channels, out_channels, groups, stride
-        self.group_first = group_first
+        self.group_first, self.mid = group_first, mid
         # The grouped first pointwise conv runs on the same grouped-GEMM kernel with no shuffle
         # (shuffle_groups=1): in training it is faster than oneDNN's grouped conv backward here.
         self.conv1 = (sknn.ShuffleConv1x1(in_channels, mid, groups=g1, shuffle_groups=1, bias=False) if g1 > 1
@@ -134,24 +145,36 @@ class FusedShuffleV1Unit(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid)
         if groups > 1 and group_first:
             self.conv3 = sknn.ShuffleConv1x1(mid, branch, groups=groups, shuffle_groups=groups, bias=False)
-            # internal = canonical[inverse(P)]; canonical = internal[P]
-            self._permuted, self._load_inverse = ("conv2", "bn2"), True
+            # conv2/bn2 run on the unshuffled u = s[:, P^-1] (s = shuffle(u) = u[:, P]): internal = canonical[P^-1]
+            self.permuted = "conv2"
+            perm = inverse_index(shuffle_index(mid, groups))
         else:
             self.conv3 = nn.Conv2d(mid, branch, 1, groups=groups, bias=False)
             # dense conv1 emits the shuffled channels: internal = canonical[P]
-            self._permuted, self._load_inverse = (("conv1", "bn1") if groups > 1 else ()), False
+            self.permuted = "conv1" if groups > 1 else None
+            perm = shuffle_index(mid, groups)
         self.bn3 = nn.BatchNorm2d(branch)
-        self.register_state_dict_post_hook(_save_canonical)
-        self.register_load_state_dict_pre_hook(_load_canonical)
+        # Index buffers, not state: x channel j of the permuted conv/bn is its canonical channel perm[j].
+        self.register_buffer("perm", perm, persistent=False)
+        self.register_buffer("perm_inv", inverse_index(perm), persistent=False)
 
-    def _index(self, device, load):
-        p = shuffle_index(self.out_channels // 4, self.groups, device)
-        return inverse_index(p) if load == self._load_inverse else p
+    def _conv(self, i, x):
+        conv = getattr(self, f"conv{i}")
+        if self.permuted != f"conv{i}":
+            return conv(x)
+        w, b = conv.weight.index_select(0, self.perm), conv.bias
+        return F.conv2d(x, w, None if b is None else b.index_select(0, self.perm), conv.stride, conv.padding,
+                        conv.dilation, conv.groups)
+
+    def _bn(self, i, x, **kw):
+        if self.permuted == f"conv{i}":
+            kw.update(perm=self.perm, inv=self.perm_inv)
+        return bn_act(getattr(self, f"bn{i}"), x, **kw)
 
     def forward(self, x):
         # BatchNorm, residual add and ReLU run as one op each time (bn_act).
-        y = bn_act(self.bn1, self.conv1(x))
-        y = bn_act(self.bn2, self.conv2(y), relu=False)
+        y = self._bn(1, self._conv(1, x))
+        y = self._bn(2, self._conv(2, y), relu=False)
         if self.stride == 1:
             return bn_act(self.bn3, self.conv3(y), residual=x)
         y = bn_act(self.bn3, self.conv3(y))
@@ -162,29 +185,9 @@ class FusedShuffleV1Unit(nn.Module):
     extra_repr = ShuffleV1Unit.extra_repr
 
 
-_PER_CHANNEL = ("weight", "bias", "running_mean", "running_var")
-
-
-def _permute_entries(module, state_dict, prefix, load):
-    for name in module._permuted:
-        for field in _PER_CHANNEL:
-            key = f"{prefix}{name}.{field}"
-            if key in state_dict:
-                t = state_dict[key]
-                state_dict[key] = t[module._index(t.device, load)]
-
-
-def _save_canonical(module, state_dict, prefix, local_metadata):
-    _permute_entries(module, state_dict, prefix, load=False)
-
-
-def _load_canonical(module, state_dict, prefix, *args):
-    _permute_entries(module, state_dict, prefix, load=True)
-
-
 def convert_unit(unit, cls):
     """A `cls` unit (eager or fused) with the weights, structure (folded BN or not) and mode of `unit`."""
-    new = cls(unit.in_channels, unit.out_channels, unit.groups, unit.stride, unit.group_first)
+    new = cls(unit.in_channels, unit.out_channels, unit.groups, unit.stride, unit.group_first, unit.mid)
     for i in (1, 2, 3):
         if not is_bn(getattr(unit, f"bn{i}")):
             setattr(new, f"bn{i}", nn.Identity())
@@ -199,19 +202,21 @@ def convert_unit(unit, cls):
 class ShuffleNetV1(nn.Module):
     """ShuffleNet V1.  Module names: conv1 (stem Sequential), maxpool, stage2-4 (Sequentials of units), fc."""
 
-    def __init__(self, groups=3, width_mult=1.0, num_classes=1000, small_input=False):
+    def __init__(self, groups=3, width_mult=1.0, num_classes=1000, small_input=False, mid_channels=None):
         super().__init__()
         stem, outs = v1_channels(groups, width_mult)
+        mids = _check_mids(mid_channels, sum(REPEATS), "shufflenet_v1")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"shufflenet_v1: num_classes must be a positive int, got {num_classes!r}")
         self.groups, self.width_mult = groups, width_mult
         self.conv1 = nn.Sequential(nn.Conv2d(3, stem, 3, 1 if small_input else 2, 1, bias=False),
                                    nn.BatchNorm2d(stem), nn.ReLU(inplace=True))
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
-        c = stem
+        c, k = stem, 0
         for s, (out, repeats) in enumerate(zip(outs, REPEATS)):
             units = [ShuffleV1Unit(c if i == 0 else out, out, groups, 2 if i == 0 else 1,
-                                   group_first=not (s == 0 and i == 0)) for i in range(repeats)]
+                                   group_first=not (s == 0 and i == 0), mid=mids[k + i]) for i in range(repeats)]
+            k += repeats
             setattr(self, f"stage{s + 2}", nn.Sequential(*units))
             c = out
         # Bias-free classifier, as in the released models (the published counts include no fc bias).
@@ -228,10 +233,22 @@ class ShuffleNetV1(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def shufflenet_v1(groups=3, width_mult=1.0, num_classes=1000, fused=True, small_input=False):
+def _check_mids(mid_channels, n, who):
+    """mid_channels: None (the default widths) or one positive int (or None) per unit."""
+    if mid_channels is None:
+        return [None] * n
+    mids = list(mid_channels)
+    if len(mids) != n or not all(m is None or (isinstance(m, int) and not isinstance(m, bool) and m > 0)
+                                 for m in mids):
+        raise ValueError(f"{who}: mid_channels must be None or {n} positive ints (one per unit), got {mid_channels!r}")
+    return mids
+
+
+def shufflenet_v1(groups=3, width_mult=1.0, num_classes=1000, fused=True, small_input=False, mid_channels=None):
     """ShuffleNet V1 g x width_mult.  `fused=True` runs the shuffles on shufflekern's fused ops (same
-    state_dict as the eager model); `small_input=True` uses a stride-1 stem without max-pool (32x32)."""
-    model = ShuffleNetV1(groups, width_mult, num_classes, small_input)
+    parameters and state_dict as the eager model); `small_input=True` uses a stride-1 stem without
+    max-pool (32x32); `mid_channels`: per-unit bottleneck widths (16 ints; a pruned model's)."""
+    model = ShuffleNetV1(groups, width_mult, num_classes, small_input, mid_channels)
     if fused:
         from ..fuse import fuse
         model = fuse(model, fold_bn=False)

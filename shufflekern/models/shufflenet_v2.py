@@ -8,6 +8,10 @@ one copy (the concatenation's own) with the shuffle folded into its indexing.  F
 the same interleave runs on the NHWC view, so the result stays channels_last.  Between units the
 activation travels as its two channel halves (see FusedInvertedResidual), which removes the copy of the
 half-channel input of every stride-1 unit too.
+
+Branch width: the mid channels of branch2 (1x1 conv -> BN -> ReLU -> depthwise -> BN -> 1x1 conv) never
+cross the concat + shuffle, so they may differ from oup/2: `mid` per unit (`mid_channels` for the whole
+net) sets them, e.g. for a model pruned by `shufflekern.compress`.
 """
 import torch
 from torch import nn
@@ -28,7 +32,7 @@ def _dw(c, stride):
 class InvertedResidual(nn.Module):
     """torchvision's ShuffleNetV2 unit (same submodules, same maths); plain torch ops."""
 
-    def __init__(self, inp, oup, stride):
+    def __init__(self, inp, oup, stride, mid=None):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride!r}")
@@ -38,6 +42,10 @@ class InvertedResidual(nn.Module):
         bf = oup // 2
         if stride == 1 and inp != 2 * bf:
             raise ValueError(f"InvertedResidual: a stride-1 unit needs inp == oup, got {inp} and {oup}")
+        if mid is None:
+            mid = bf
+        elif isinstance(mid, bool) or not isinstance(mid, int) or mid < 1:
+            raise ValueError(f"InvertedResidual: mid must be a positive int or None, got {mid!r}")
         if stride > 1:
             self.branch1 = nn.Sequential(_dw(inp, stride), nn.BatchNorm2d(inp),
                                          nn.Conv2d(inp, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf),
@@ -45,9 +53,9 @@ class InvertedResidual(nn.Module):
         else:
             self.branch1 = nn.Sequential()
         self.branch2 = nn.Sequential(
-            nn.Conv2d(inp if stride > 1 else bf, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True),
-            _dw(bf, stride), nn.BatchNorm2d(bf),
-            nn.Conv2d(bf, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
+            nn.Conv2d(inp if stride > 1 else bf, mid, 1, 1, 0, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            _dw(mid, stride), nn.BatchNorm2d(mid),
+            nn.Conv2d(mid, bf, 1, 1, 0, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
 
     def forward(self, x):
         if self.stride == 1:
@@ -152,7 +160,8 @@ class FusedInvertedResidual(InvertedResidual):
 def convert_unit(unit, cls):
     """A `cls` unit with the weights, structure (folded BN or not) and mode of `unit` (ours or torchvision's)."""
     inp = unit.branch2[0].in_channels * (1 if unit.stride > 1 else 2)
-    new = cls(inp, 2 * unit.branch2[0].out_channels, unit.stride)
+    mid, bf = unit.branch2[0].out_channels, unit.branch2[5].out_channels
+    new = cls(inp, 2 * bf, unit.stride, mid if mid != bf else None)
     for name in ("branch1", "branch2"):
         src, dst = getattr(unit, name), getattr(new, name)
         for i, m in enumerate(src):
@@ -169,20 +178,23 @@ def convert_unit(unit, cls):
 class ShuffleNetV2(nn.Module):
     """torchvision.models.ShuffleNetV2's layout: conv1, maxpool, stage2-4, conv5, fc."""
 
-    def __init__(self, width_mult=1.0, num_classes=1000, small_input=False):
+    def __init__(self, width_mult=1.0, num_classes=1000, small_input=False, mid_channels=None):
         super().__init__()
+        from .shufflenet_v1 import _check_mids
+        mids = _check_mids(mid_channels, sum(REPEATS), "shufflenet_v2")
         if isinstance(width_mult, bool) or width_mult not in V2_CHANNELS:
             raise ValueError(f"shufflenet_v2: width_mult must be one of {tuple(V2_CHANNELS)}, got {width_mult!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"shufflenet_v2: num_classes must be a positive int, got {num_classes!r}")
         chans = V2_CHANNELS[width_mult]
         self.width_mult = width_mult
-        c = chans[0]
+        c, k = chans[0], 0
         self.conv1 = nn.Sequential(nn.Conv2d(3, c, 3, 1 if small_input else 2, 1, bias=False),
                                    nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         for s, (out, repeats) in enumerate(zip(chans[1:4], REPEATS)):
-            units = [InvertedResidual(c, out, 2)] + [InvertedResidual(out, out, 1) for _ in range(repeats - 1)]
+            units = [InvertedResidual(c if i == 0 else out, out, 2 if i == 0 else 1, mids[k + i]) for i in range(repeats)]
+            k += repeats
             setattr(self, f"stage{s + 2}", nn.Sequential(*units))
             c = out
         self.conv5 = nn.Sequential(nn.Conv2d(c, chans[-1], 1, 1, 0, bias=False),
@@ -195,10 +207,11 @@ class ShuffleNetV2(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def shufflenet_v2(width_mult=1.0, num_classes=1000, fused=True, small_input=False):
+def shufflenet_v2(width_mult=1.0, num_classes=1000, fused=True, small_input=False, mid_channels=None):
     """ShuffleNet V2 width_mult x with torchvision's names (loads its state_dicts).  `fused=True` runs the
-    units without shuffle copies; `small_input=True` uses a stride-1 stem without max-pool (32x32)."""
-    model = ShuffleNetV2(width_mult, num_classes, small_input)
+    units without shuffle copies; `small_input=True` uses a stride-1 stem without max-pool (32x32);
+    `mid_channels`: per-unit branch widths (16 ints; a pruned model's)."""
+    model = ShuffleNetV2(width_mult, num_classes, small_input, mid_channels)
     if fused:
         from ..fuse import fuse
         model = fuse(model, fold_bn=False)
