@@ -12,9 +12,10 @@ from ._info import info
 from .functional import *  # noqa: F401,F403
 from .functional import __all__ as _functional_all
 from . import nn  # noqa: E402
+from . import testing  # noqa: E402
 from . import models  # noqa: E402
 from .fuse import fuse, unfuse  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = list(_functional_all) + ["backend", "get_backend", "set_backend", "info", "nn",
-                                  "models", "fuse", "unfuse"]
+                                  "models", "fuse", "unfuse", "testing"]

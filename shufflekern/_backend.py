@@ -1,9 +1,15 @@
 """Backend selection: which kernel family runs an op.
 
-"auto"   CPU tensors run the C++ CPU kernels; CUDA tensors run the C++/CUDA kernels if they were compiled,
-         else the Triton kernels.
-"cuda"   the C++ kernels (CPU or CUDA by the tensor's device); fails if the CUDA kernels were not built.
-"triton" the Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (the interpreter).
+"auto"     CPU tensors run the C++ CPU kernels; CUDA tensors run the C++/CUDA kernels if they were
+           compiled, else the Triton kernels.
+"native"   the compiled C++ kernels (CPU or CUDA by the tensor's device); fails if the CUDA kernels were not
+           built.  "cuda" is accepted as another name of it.
+"triton"   the Triton kernels: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (the interpreter).
+"emulated" the C++/CUDA kernels on CPU tensors, run by the project's emulator of the CUDA execution model
+           (csrc/emu/; slow, for tests: this is how CI runs the CUDA kernels).  An op without a CUDA kernel
+           raises, as does a non-CPU tensor.  Entering it switches the compiled ops' CPU registrations to the
+           emulator (_C.emu_set_enabled), so direct torch.ops.shufflekern.* calls and the backward ops run
+           there too.
 
 The choice is process-wide (not per thread): `with sk.backend("triton"): ...`, sk.set_backend(name) or
 the environment variable SHUFFLEKERN_BACKEND.  A forced backend that cannot run an input raises; "auto"
@@ -17,7 +23,8 @@ import torch
 
 from . import _C
 
-BACKENDS = ("auto", "cuda", "triton")
+BACKENDS = ("auto", "native", "cuda", "triton", "emulated")
+NATIVE_NAMES = ("native", "cuda")
 
 # Read once: TRITON_INTERPRET must be set before Triton kernels are defined, so a later change of the
 # environment would not take effect anyway.
@@ -31,7 +38,13 @@ def _check_name(name):
     return name
 
 
-_state = {"backend": _check_name(os.environ.get("SHUFFLEKERN_BACKEND", "auto").lower() or "auto")}
+_state = {"backend": "auto"}
+
+
+def _apply(name):
+    """Make `name` the backend; the C++ side's emulator switch follows it."""
+    _state["backend"] = name
+    _C.emu_set_enabled(name == "emulated")
 
 
 def get_backend() -> str:
@@ -39,18 +52,21 @@ def get_backend() -> str:
 
 
 def set_backend(name: str) -> None:
-    _state["backend"] = _check_name(name)
+    _apply(_check_name(name))
 
 
 @contextlib.contextmanager
 def backend(name: str):
-    """Run the ops in this block on backend `name` ("auto", "cuda" or "triton")."""
+    """Run the ops in this block on backend `name` ("auto", "native" (alias "cuda"), "triton" or "emulated")."""
     previous = _state["backend"]
-    _state["backend"] = _check_name(name)
+    _apply(_check_name(name))
     try:
         yield
     finally:
-        _state["backend"] = previous
+        _apply(previous)
+
+
+_apply(_check_name(os.environ.get("SHUFFLEKERN_BACKEND", "auto").lower() or "auto"))
 
 
 def triton_unusable_reason(device_type: str):
@@ -73,6 +89,21 @@ def native_unusable_reason(device_type: str):
     return f"no shufflekern kernels for {device_type} tensors"
 
 
+def emulated_ops():
+    """Names of the ops that have C++/CUDA kernels, i.e. that the emulated backend can run."""
+    return tuple(_C.emu_ops())
+
+
+def emulated_unusable_reason(op: str, device_type: str):
+    """None if the emulated backend can run `op` on tensors of this device type, else why not."""
+    if device_type != "cpu":
+        return (f"the emulated backend runs the CUDA kernels on CPU tensors only (the emulator executes them on "
+                f"the host), got {device_type} tensors")
+    if op not in emulated_ops():
+        return f"{op} has no C++/CUDA kernel yet, so there is nothing to emulate"
+    return None
+
+
 _cpu_native = {}
 
 
@@ -90,6 +121,11 @@ def select(op: str, device: torch.device):
 
 
 def _select(op, name, dev):
+    if name == "emulated":
+        why = emulated_unusable_reason(op, dev)
+        if why is not None:
+            raise RuntimeError(f"shufflekern.{op}: backend 'emulated' cannot run it: {why}")
+        return getattr(torch.ops.shufflekern, op)  # its CPU registration routes to the emulator
     if name == "triton":
         why = triton_unusable_reason(dev)
         if why is not None:

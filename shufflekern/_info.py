@@ -24,11 +24,15 @@ def info() -> dict:
     usable["cuda (Triton)"] = ("yes" if cuda_ok else "no GPU present") if why is None else f"no: {why}"
     why = _backend.triton_unusable_reason("cpu")
     usable["cpu (Triton interpreter)"] = "yes (TRITON_INTERPRET=1)" if why is None else f"no: {why}"
+    ops = _backend.emulated_ops()
+    usable["cpu (emulated C++/CUDA)"] = (f"yes, slow (sk.backend('emulated')): {', '.join(ops)}" if ops
+                                          else "no: no op has a C++/CUDA kernel")
     # The fused models' BatchNorm [+ residual] + ReLU op: C++ on CPU, the Triton twin on CUDA, else eager.
     usable["bn_act (fused models)"] = (
         "CPU: C++ kernel (float32/float64); CUDA: Triton kernel" + ("" if triton_unusable_reason_cuda is None
                                                                   else " (unusable here: eager)")
-        + "; other dtypes/devices: torch's BatchNorm + add + ReLU (eager)")
+        + "; other dtypes/devices: torch's BatchNorm + add + ReLU (eager); under 'emulated': raises (no CUDA kernel "
+        "yet)")
     return {
         "shufflekern": _version("shufflekern") or "source tree",
         "python": platform.python_version(),
@@ -43,6 +47,7 @@ def info() -> dict:
         "compiled_cuda": bool(_C.with_cuda),
         "cuda_archs": _C.cuda_archs() or None,
         "backend": _backend.get_backend(),
+        "emulated_ops": list(_backend.emulated_ops()),
         "usable_backends": usable,
     }
 

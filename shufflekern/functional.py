@@ -68,7 +68,10 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Optional[Ten
     target holds class indices of shape `s.shape[:-1]` (int64 or int32).  A row whose target is
     `ignore_index` counts in neither term (and is 0 under `none`); `batchmean` and the CE part of `mean`
     divide by the counted rows, the KL part of `mean` by counted rows × C.  If every row is ignored the
-    loss is 0.  A target outside [0, C) that is not ignore_index raises ValueError.
+    loss is 0.  A target outside [0, C) that is not ignore_index raises: ValueError for CPU tensors (checked
+    on the host); for CUDA tensors (and under sk.backend("emulated")) the kernel checks it without a host
+    sync, as a device-side assertion: a RuntimeError naming it, which on a real GPU also leaves the CUDA
+    context unusable (PyTorch's usual device-assert behaviour; the Triton backend checks on the host).
     """
     if target is None:
         raise TypeError("kd_loss: target must be a tensor of class indices; use sk.kd_kl_div for the KL term alone")

@@ -49,7 +49,7 @@ template <typename F>
 F* lookup(const char* name) {
   const auto it = op_table().find(name);
   TORCH_CHECK(it != op_table().end(), "shufflekern: backend 'emulated' has no kernel for ", name,
-              " (the op has no CUDA kernel)");
+              ": the op has no CUDA kernel yet, so there is nothing to emulate");
   TORCH_CHECK(*it->second.type == typeid(F*), "shufflekern: emulated kernel of ", name,
               " was registered with another signature");
   return reinterpret_cast<F*>(it->second.fn);
