@@ -226,7 +226,7 @@ def test_train_writes_metrics_checkpoints_and_curves(tmp_path):
     csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("epoch,train_loss,") and len(csv_lines) == 3
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ck = torch.load(tmp_path / "last.pt", weights_only=False)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch"} <= set(ck) and ck["epoch"] == 2
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     model, meta2 = load_checkpoint_model(str(tmp_path / "best.pt"))
@@ -349,6 +349,31 @@ def _main(capsys, *args):
     return code, out.out + out.err
 
 
+class _RunsCode:
+    """Unpickling this calls os.system: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_loaders_refuse_a_checkpoint_that_would_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "shufflekern-distill-1", "meta": {"arch": "resnet8_tiny", "num_classes": 10},
+                "model": {}, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(ValueError, match=r"refusing to load .*evil\.pt.*could run code.*(posix|os)\.system"):
+        load_checkpoint_model(str(path))
+    assert not marker.exists()
+    t = Trainer(build_model("resnet8_tiny", 10), _tiny_data(), epochs=1, batch_size=32, progress=False,
+                log=lambda m: None)
+    with pytest.raises(ValueError, match="refusing to load"):
+        t._load(str(path))
+    assert not marker.exists()
+
+
 def test_python_m_shufflekern_dispatches_train_and_distill():
     for cmd in ("train", "distill"):
         r = _cli(cmd, "--help", timeout=120)
@@ -419,8 +444,8 @@ def test_cli_sigkill_and_resume_equals_uninterrupted(tmp_path):
     ref = json.loads((tmp_path / "ref" / "metrics.json").read_text())
     res = json.loads((out / "metrics.json").read_text())
     assert _strip(res["history"]) == _strip(ref["history"])
-    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=False)["model"]
-    b = torch.load(out / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["model"]
+    b = torch.load(out / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -450,8 +475,8 @@ def test_ddp_two_processes_match_single_process(tmp_path, capsys):
     for h1, h2 in zip(one["history"], two["history"]):
         assert np.isclose(h1["train_loss"], h2["train_loss"], rtol=1e-4), (h1, h2)
         assert abs(h1["val_acc"] - h2["val_acc"]) <= 100 / 64 + 1e-9       # at most one image flips
-    a = torch.load(tmp_path / "single" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "single" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     for part in ("model", "hint"):
         for k in a[part]:
             if a[part][k].is_floating_point():

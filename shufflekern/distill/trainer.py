@@ -18,6 +18,7 @@ training step as one process with the same global batch (up to float summation o
 """
 import math
 import os
+import pickle
 import random
 import time
 
@@ -32,7 +33,7 @@ from .losses import HintLoss, fused_available, kd_loss_eager, kd_loss_fused
 from .models import feature_stages
 from .report import atomic_torch_save, write_metrics
 
-__all__ = ["Trainer", "NonFiniteLossError", "load_checkpoint_model", "CHECKPOINT_FORMAT"]
+__all__ = ["Trainer", "NonFiniteLossError", "load_checkpoint", "load_checkpoint_model", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "shufflekern-distill-1"
 
@@ -86,7 +87,11 @@ class _Student(nn.Module):
 
 
 def _rng_state():
-    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    # numpy's state as (name, keys as an int64 tensor, pos, has_gauss, cached_gaussian): plain data, so the
+    # checkpoint loads with torch.load(weights_only=True) (an ndarray would need numpy's unpickler).
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    s = {"torch": torch.get_rng_state(), "python": random.getstate(),
+         "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
     if torch.cuda.is_available():
         s["cuda"] = torch.cuda.get_rng_state_all()
     return s
@@ -94,21 +99,41 @@ def _rng_state():
 
 def _set_rng_state(s):
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(s["python"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def load_checkpoint_model(path, build=None, map_location="cpu"):
-    """Rebuild the model stored in a trainer checkpoint (e.g. a teacher for `distill --teacher`)."""
+def load_checkpoint(path, map_location="cpu"):
+    """torch.load(path, weights_only=True): a checkpoint is data (tensors, numbers, strings, containers),
+    never code.  A file whose pickle names anything else (a function to call on load, a class) is refused
+    with ValueError before any of it runs."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist (train one with "
                                 "`python -m shufflekern train --out DIR`, then pass DIR/best.pt)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # weights_only names the global (a function or class) it would have had to import: a refusal.
+        # Anything else (an unknown opcode, ...) is a file that is not a pickle at all.
+        first = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported class" in ln), None)
+        if first is None:
+            raise ValueError(f"{path!r} is not a readable checkpoint: {lines[-1] if lines else e}") from None
+        raise ValueError(
+            f"refusing to load {path!r}: it holds objects other than tensors and plain data, which could run "
+            f"code on load (torch.load weights_only=True said: {first}). shufflekern checkpoints are data "
+            "only; only a file from an older shufflekern or from elsewhere has such objects") from None
     except Exception as e:
         raise ValueError(f"{path!r} is not a readable checkpoint: {e}") from e
+
+
+def load_checkpoint_model(path, build=None, map_location="cpu"):
+    """Rebuild the model stored in a trainer checkpoint (e.g. a teacher for `distill --teacher`).
+    Loads with weights_only=True (see load_checkpoint)."""
+    ckpt = load_checkpoint(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or not ckpt.get("meta"):
         raise ValueError(f"{path!r} is not a shufflekern trainer checkpoint (expected format "
                          f"{CHECKPOINT_FORMAT!r} with model metadata)")
@@ -295,8 +320,8 @@ class Trainer:
         write_metrics(self.out_dir, self.metrics())
 
     def _load(self, path):
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a shufflekern trainer checkpoint")
         if ckpt.get("epochs") != self.epochs:
             raise ValueError(f"resume: {path} was written by a run of {ckpt.get('epochs')} epochs, this "
