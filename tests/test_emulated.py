@@ -177,6 +177,11 @@ def test_kd_loss_all_rows_ignored_is_zero():
         loss = sk.kd_loss(s, s.detach() * 2, torch.full((4,), -100), alpha=0.5)
         loss.backward()
     assert loss.item() == 0.0 and torch.equal(s.grad, torch.zeros_like(s))
+    with sk.backend(EMU):  # no rows: nothing is launched, the reductions still hold
+        empty = tkd.logits((0, 5))
+        assert sk.kd_kl_div(empty, empty, reduction="none").shape == (0,)
+        assert sk.kd_kl_div(empty, empty, reduction="sum").item() == 0.0
+        assert sk.channel_shuffle(torch.randn(0, 6, 2, 2), 3).shape == (0, 6, 2, 2)
 
 
 @pytest.mark.parametrize("layout", ["3d", "transposed", "class_sliced", "row_sliced", "expanded_teacher"])
