@@ -1,4 +1,4 @@
-"""python -m shufflekern {info,bench,train,distill}"""
+"""python -m shufflekern {info,bench,train,distill,prune,quantize}"""
 import argparse
 import sys
 
@@ -12,12 +12,18 @@ def main(argv=None):
                    add_help=False)
     sub.add_parser("train", help="train a teacher or a vanilla student", add_help=False)
     sub.add_parser("distill", help="distil a teacher into a student", add_help=False)
-    if argv and argv[0] in ("bench", "train", "distill"):
+    sub.add_parser("prune", help="shuffle-aware structured pruning of a student (+ KD fine-tune)", add_help=False)
+    sub.add_parser("quantize", help="INT8 PT2E quantization via torchao (+ latency, size)", add_help=False)
+    if argv and argv[0] in ("bench", "train", "distill", "prune", "quantize"):
         cmd, rest = argv[0], argv[1:]
         if cmd == "bench":
             from ._bench_cli import main as run
         elif cmd == "train":
             from .distill.cli import train_main as run
+        elif cmd == "prune":
+            from .compress.cli import prune_main as run
+        elif cmd == "quantize":
+            from .compress.cli import quantize_main as run
         else:
             from .distill.cli import distill_main as run
         return run(rest)

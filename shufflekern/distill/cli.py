@@ -78,7 +78,7 @@ def _check(p, args):
             p.error(f"--{name.replace('_', '-')} must be >= 2, got {v}")
     if args.data == "digits" and args.data_dir is not None:
         p.error("--data-dir is not used with --data digits (embedded); pick --data cifar10/cifar100/imagefolder")
-    if args.width_mult <= 0:
+    if getattr(args, "width_mult", 1.0) <= 0:
         p.error(f"--width-mult must be > 0, got {args.width_mult}")
 
 
