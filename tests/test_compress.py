@@ -283,5 +283,6 @@ def test_cli_quantize_end_to_end(trained_student, tmp_path, capsys):
               "latency_int8_bs1_ms", "size_int8_mb", "size_fp32_mb"):
         assert js[k] > 0, k
     assert abs(js["acc_int8"] - js["acc_fp32"]) <= 2.0
-    assert js["size_int8_mb"] < 0.5 * js["size_fp32_mb"]
+    # the tensors shrink ~4x; the .pt2 file also holds the serialised graph (size_int8_mb counts it all)
+    assert js["tensors_int8_mb"] < 0.35 * js["tensors_fp32_mb"]
     assert sorted(os.listdir(out)) == ["metrics.json", "model_int8.pt2"]

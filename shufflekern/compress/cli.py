@@ -250,6 +250,8 @@ def quantize_main(argv=None):
     calib = [torch.stack([data.train[i][0] for i in order[s:s + 32]]) for s in range(0, len(order), 32)]
     qmodel = Q.quantize_int8(model, calib, xb)
     ep = Q.export_program(qmodel, xb)
+    int8_tensor_bytes = sum(t.numel() * t.element_size() for t in list(ep.state_dict.values())
+                            + list(ep.constants.values()) if isinstance(t, torch.Tensor))
     buf = io.BytesIO()
     torch.export.save(ep, buf)
     int8_bytes = buf.getvalue()
@@ -285,6 +287,8 @@ def quantize_main(argv=None):
         "latency_bs16_ms": lat16, "latency_batch": BATCH,
         "speedup_int8_vs_fp32": lat16["fp32_loaded"] / lat16["int8"],
         "size_fp32_mb": _state_mb(eager), "size_int8_mb": len(int8_bytes) / 2 ** 20,
+        "tensors_fp32_mb": sum(t.numel() * t.element_size() for t in eager.state_dict().values()) / 2 ** 20,
+        "tensors_int8_mb": int8_tensor_bytes / 2 ** 20,
         "params": measure.count_params(eager), "mflops": measure.count_mflops(eager, x1.shape),
         "calib_images": len(order), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
