@@ -1,5 +1,7 @@
 # make bench: set up .venv, build, run the main job (python -m shufflekern bench)
 # make test:  set up .venv, build, run the whole test suite (what .ci/run does)
+# make gpu-check: on a machine with a CUDA GPU: CUDA build, the CUDA tests with sync debug mode "error",
+#             the bench on the device -> bench/results/gpu_check.md (scripts/gpu_check.py; --dry-run needs no GPU)
 PYTHON3 ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -13,7 +15,7 @@ export MAX_JOBS ?= 2
 
 STAMP := $(VENV)/.shufflekern-deps
 
-.PHONY: all build test test-all bench bench-full info clean
+.PHONY: all build test test-all bench bench-full info clean gpu-check triton-aot
 
 all: build
 
@@ -40,6 +42,14 @@ bench: build
 
 bench-full: build
 	$(PY) -m shufflekern bench --full
+
+# The build is a step of the script (with SHUFFLEKERN_CUDA=1 and this GPU's arch), so only the venv here.
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Every Triton kernel variant the package launches, compiled for sm_80 and sm_90 (no GPU needed).
+triton-aot: $(STAMP)
+	$(PY) -m shufflekern.triton.aot
 
 info: build
 	$(PY) -m shufflekern info

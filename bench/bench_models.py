@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 
 import shufflekern as sk
-from harness import compiled, measure
+from harness import DEVICE, compiled, measure
 
 CL = torch.channels_last
 MODELS = {
@@ -34,7 +34,7 @@ def build(name, provider, train):
     if provider == "shufflekern":
         model = sk.fuse(model)
     fmt = torch.contiguous_format if provider == "eager" else CL
-    return model.to(memory_format=fmt), fmt
+    return model.to(DEVICE, memory_format=fmt), fmt
 
 
 def is_default(name, batch, train, provider):
@@ -53,7 +53,7 @@ def test_model(benchmark, name, batch, train, provider):
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
     fwd = compiled(f"{name}-{train}-{batch}", model) if provider == "compile" else model
     if train:
-        target = torch.randint(0, 1000, (batch,))
+        target = torch.randint(0, 1000, (batch,), device=DEVICE)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
         def fn(inp):

@@ -14,6 +14,8 @@ import time
 import torch
 
 MODES = ("fwd", "bwd", "fwd+bwd")
+# `python -m shufflekern bench --device cuda` puts every case's inputs (and the models) on that device.
+DEVICE = torch.device(os.environ.get("SHUFFLEKERN_BENCH_DEVICE", "cpu"))
 _compiled = {}
 _warmed = set()
 
@@ -132,6 +134,7 @@ def measure(benchmark, *, op, provider, mode, shape, dtype, fn, inputs, layout="
     scale = float(os.environ.get("SHUFFLEKERN_BENCH_BUDGET_SCALE", "1"))
     budget_s *= scale
     min_rounds = max(3, round(min_rounds * scale))
+    inputs = [t.to(DEVICE) for t in inputs]  # keeps each tensor's memory format
     device = inputs[0].device
     target, setup = _callables(mode, fn, inputs, grad_inputs)
 

@@ -48,7 +48,20 @@ def main(argv):
     ap.add_argument("--passes", type=int, default=3,
                     help="run every case this many times, in alternating order, each with 1/passes of the time "
                          "budget; the report takes the median over the passes (default 3)")
+    ap.add_argument("--device", default="cpu",
+                    help="device of the inputs (and models): cpu (default) or cuda[:N]; every provider runs there")
     a = ap.parse_args(argv)
+    try:
+        device = torch.device(a.device)
+    except RuntimeError as e:
+        sys.exit(f"shufflekern bench: bad --device {a.device!r}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("shufflekern bench: --device cuda but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        sys.exit(f"shufflekern bench: --device must be cpu or cuda[:N], got {a.device!r}")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    os.environ["SHUFFLEKERN_BENCH_DEVICE"] = str(device)
     if not os.path.isdir(BENCH):
         sys.exit(f"shufflekern bench: the benchmark cases live in the source tree ({BENCH} not found); "
                  "run it from a clone of the repository")
@@ -93,6 +106,8 @@ def main(argv):
         tv = ""
     versions = f"shufflekern {__version__} torch {torch.__version__}{tv} threads {torch.get_num_threads()}"
     versions += f" passes {a.passes}"
+    if device.type == "cuda":
+        versions += f" device {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     text, csv_path, pngs = report.render(json_paths, out, versions)
     print(text)
     print(f"{len(failed)} failed; {time.time() - t0:.0f} s; results: {csv_path}; plots: {', '.join(pngs)}")
