@@ -130,9 +130,11 @@ def main(argv=None):
         int8[k] = (compile_int8(prog, xb), compile_int8(prog, x1))
     fns16 = {k: (lambda m=m: m(xb)) for k, m in models.items()}
     fns16["student (torch.compile)"] = lambda: compiled(xb)
-    fns16["student unfused (eager NCHW)"] = (lambda m=sk.unfuse(student).eval(): m(xb))
+    unfused = sk.unfuse(student).eval()
+    fns16["student unfused (eager NCHW)"] = lambda: unfused(xb)
     fns1 = {k: (lambda m=m: m(x1)) for k, m in models.items()}
     fns1["student (torch.compile)"] = lambda: compiled(x1)
+    fns1["student unfused (eager NCHW)"] = lambda: unfused(x1)
     for k, (c16, c1) in int8.items():
         fns16[k], fns1[k] = (lambda c=c16: c(xb)), (lambda c=c1: c(x1))
     lat16 = interleaved_latency(fns16, rounds=args.rounds)
@@ -173,12 +175,12 @@ def main(argv=None):
               "quantize_seed0": q0, "threads": args.threads, "seconds": time.perf_counter() - t_start,
               "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "cpu": _cpu_name()}
-    md = _markdown(result, args, p0, q0)
     os.makedirs(os.path.dirname(os.path.abspath(args.md)), exist_ok=True)
-    with open(args.md, "w") as f:
-        f.write(md)
     with open(os.path.splitext(args.md)[0] + ".json", "w") as f:
         json.dump(result, f, indent=2)
+    md = _markdown(result, args, p0, q0)
+    with open(args.md, "w") as f:
+        f.write(md)
     print(md)
 
 
