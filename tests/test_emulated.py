@@ -313,6 +313,121 @@ def test_batch_norm_act_fused_bn_relu_matches_eager(dtype, layout):
     torch.testing.assert_close(bn.running_var, ref.running_var, **tol)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("relu", [False, True], ids=["id", "relu"])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("shape", [(2, 5, 3, 7), (3, 33, 1, 1), (2, 40, 9, 11), (1, 3, 40, 40)], ids=str)
+@pytest.mark.parametrize("layout", tsc.FORMATS)
+def test_batch_norm_act_fp64_matches_eager(layout, shape, residual, relu, training):
+    """fp64 forward (y, batch statistics) and every gradient against the eager composition; odd channel
+    counts, 1x1 images, more positions than one block's chunk; a channel slice (non-contiguous) input."""
+    import test_batch_norm_act as tbn
+    x, w, b, r, rm, rv = tbn.make(shape, torch.float64, tsc.FORMATS[layout], residual, noncontig=shape[1] == 33)
+    g = torch.randn(shape, dtype=torch.float64)
+    xs, ws, bs, rs = tbn.leaves(x, w, b, r)
+    xe, we, be, re_ = tbn.leaves(x, w, b, r)
+    with sk.backend(EMU):
+        y, mean, var = torch.ops.shufflekern.batch_norm_act(xs, ws, bs, rs, rm, rv, training, 1e-5, relu)
+        got = tbn.grads_of(y, [xs, ws, bs, rs], g)
+    _, ye = tbn.eager(xe, we, be, re_, rm, rv, training, relu)
+    want = tbn.grads_of(ye, [xe, we, be, re_], g)
+    torch.testing.assert_close(y, ye, rtol=1e-9, atol=1e-11)
+    if training:
+        torch.testing.assert_close(mean, x.mean((0, 2, 3)), rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False), rtol=1e-9, atol=1e-11)
+    for a, e in zip(got, want):
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", tsc.FORMATS)
+def test_batch_norm_act_low_precision_flash_rule(dtype, layout):
+    """Reduced precision against an fp64 reference: our error at most 2x eager PyTorch's own error in the
+    same dtype (fp32 where CPU eager has no kernel), plus a small absolute term; y with a residual and ReLU,
+    the input gradient without the ReLU (whose mask flips where z rounds across 0, differently in each
+    implementation: test_batch_norm_act compares masked gradients in fp32)."""
+    import test_batch_norm_act as tbn
+    x, w, b, r, rm, rv = tbn.make((4, 24, 9, 7), dtype, tsc.FORMATS[layout], True)
+    g = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+
+    def run(args, emulated, relu):
+        leaves = tbn.leaves(*args)
+        with sk.backend(EMU if emulated else "native"):
+            if emulated:
+                y = torch.ops.shufflekern.batch_norm_act(*leaves, None, None, True, 1e-5, relu)[0]
+            else:
+                _, y = tbn.eager(*leaves, None, None, True, relu)
+            return y, tbn.grads_of(y, leaves, g.to(y.dtype))[0]
+
+    def eager_low(relu):
+        try:
+            return run((x, w, b, r), False, relu)
+        except RuntimeError:  # no CPU kernel in this dtype
+            return run([t.float() for t in (x, w, b, r)], False, relu)
+    slack = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+    for relu, which in ((True, 0), (False, 1)):
+        want = run([t.double() for t in (x, w, b, r)], False, relu)[which]
+        ours, theirs = run((x, w, b, r), True, relu)[which], eager_low(relu)[which]
+        assert ours.dtype == dtype
+        err = (ours.double() - want).abs().max().item()
+        eager_err = (theirs.double() - want).abs().max().item()
+        assert err <= 2 * eager_err + slack * max(1.0, want.abs().max().item()), (relu, err, eager_err)
+
+
+def test_batch_norm_act_models_train_step_matches_native():
+    """A fused ShuffleNetV1 unit stack in training mode on the emulated kernels (batch_norm_act,
+    shuffle_conv1x1, channel_shuffle) against the native CPU kernels: outputs and gradients."""
+    torch.manual_seed(0)
+    m = sk.models.shufflenet_v1(groups=3, width_mult=0.5, num_classes=10, fused=True, small_input=True).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    outs = []
+    for name in ("native", EMU):
+        m.zero_grad()
+        with sk.backend(name):
+            y = m(x)
+            y.square().sum().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in m.parameters()]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-9, atol=1e-10)
+    for a, e in zip(outs[1][1], outs[0][1]):
+        torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_kd_loss_streamed_rows(dtype):
+    """Rows too large for the kernel's shared-memory budget are streamed from global memory twice; one
+    such row per block, with a misaligned row start (C odd) and a strided (non-contiguous) teacher."""
+    C = 20483 if dtype == torch.float32 else 10243
+    s, tw = tkd.logits((3, C), dtype), tkd.logits((6, C), dtype, seed=1)
+    y = torch.tensor([0, C - 1, -100])
+
+    def go(name):
+        ss, tt = s.clone().requires_grad_(), tw.clone().requires_grad_()
+        with sk.backend(name):
+            loss = sk.kd_loss(ss, tt[::2], y, temperature=2.0, alpha=0.7)  # teacher rows 2C apart
+            loss.backward()
+        return loss.detach(), ss.grad, tt.grad
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for g_, w_ in zip(go(EMU), go("native")):
+        torch.testing.assert_close(g_, w_, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("rows,C", [(300, 10), (7, 1000), (5, 3)])
+def test_kd_loss_strided_rows_cached(rows, C):
+    """Rows that fit the shared-memory cache but are not one contiguous span (row-sliced student)."""
+    sw, t = tkd.logits((2 * rows, C)), tkd.logits((rows, C), seed=1)
+    y = torch.arange(rows) % C
+
+    def go(name):
+        ss, tt = sw.clone().requires_grad_(), t.clone().requires_grad_()
+        with sk.backend(name):
+            loss = sk.kd_loss(ss[1::2], tt, y, temperature=3.0, alpha=0.5)
+            loss.backward()
+        return loss.detach(), ss.grad, tt.grad
+    for g_, w_ in zip(go(EMU), go("native")):
+        torch.testing.assert_close(g_, w_, rtol=2e-5, atol=2e-6)
+
+
 # ---- schedules: results must not depend on the order of a block's threads between barriers -------------
 
 GRAD_WEIGHT = 7  # index of the shuffle_conv1x1 weight gradient in _run_all's list

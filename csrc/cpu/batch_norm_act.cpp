@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "cpu/batch_norm_act_kernel.h"
+#include "batch_norm_act.h"
 #include "checks.h"
 #include "emu/route.h"
 
@@ -13,36 +14,13 @@ SK_DEFINE_KERNEL_TABLE(batch_norm_act_backward_table, BnActFn);
 
 namespace {
 
-constexpr const char* kOp = "batch_norm_act";
+using namespace ::shufflekern::bn_checks;
 
-// A [C] parameter of x's dtype and device, or undefined.
-at::Tensor channel_param(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
-  if (!t.has_value() || !t->defined()) return at::Tensor();
-  check_same(kOp, name, *t, "x", x);
-  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(1), kOp, ": ", name, " must be 1-D of length C = ",
-                    x.size(1), ", got shape ", t->sizes());
-  return t->contiguous();
-}
-
-void check_x(const at::Tensor& x, bool training) {
-  TORCH_CHECK_VALUE(x.dim() == 4, kOp, ": x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, kOp,
-                   ": the CPU kernel takes float32 or float64 x, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.size(1) > 0, kOp, ": x must have at least one channel");
-  TORCH_CHECK_VALUE(!training || x.numel() > 0, kOp,
-                    ": training needs at least one value per channel, got x of shape ", x.sizes());
-}
-
-at::Tensor like_x(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x, at::MemoryFormat fmt) {
-  if (!t.has_value() || !t->defined()) return at::Tensor();
-  check_same(kOp, name, *t, "x", x);
-  TORCH_CHECK_VALUE(t->sizes() == x.sizes(), kOp, ": ", name, " must have the shape of x ", x.sizes(), ", got ",
-                    t->sizes());
-  return t->contiguous(fmt);
-}
+bool cpu_dtype(const at::Tensor& x) { return x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble; }
+constexpr const char* kCpuDtypes = "the CPU kernel takes float32 or float64 x";
 
 BnActArgs base_args(const at::Tensor& x, bool channels_last, bool training, double eps, bool relu) {
-  TORCH_CHECK_VALUE(eps >= 0, kOp, ": eps must be non-negative, got ", eps);
+  check_eps(eps);
   BnActArgs a{};
   a.dtype = x.scalar_type() == at::kDouble ? kBnDouble : kBnFloat;
   a.channels_last = channels_last;
@@ -61,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     const at::Tensor& x_in, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& running_mean,
     const std::optional<at::Tensor>& running_var, bool training, double eps, bool relu) {
-  check_x(x_in, training);
+  check_x(x_in, training, cpu_dtype(x_in), kCpuDtypes);
   const auto fmt = format_of(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   const at::Tensor w = channel_param(weight, "weight", x), b = channel_param(bias, "bias", x);
@@ -72,9 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(
   at::Tensor var = at::empty({training ? x.size(1) : 0}, x.options());
   at::Tensor rm, rv;
   if (!training) {
-    TORCH_CHECK_VALUE(running_mean.has_value() && running_mean->defined() && running_var.has_value() &&
-                          running_var->defined(),
-                      kOp, ": evaluation (training=False) needs running_mean and running_var");
+    check_running(running_mean, running_var);
     rm = channel_param(running_mean, "running_mean", x);
     rv = channel_param(running_var, "running_var", x);
   }
@@ -97,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual, const at::Tensor& mean_in,
     const at::Tensor& var_in, bool training, double eps, bool relu, std::array<bool, 4> mask) {
-  check_x(x_in, training);
+  check_x(x_in, training, cpu_dtype(x_in), kCpuDtypes);
   const auto fmt = format_of(x_in);
   const at::Tensor x = x_in.contiguous(fmt);
   const at::Tensor g = like_x(grad_y, "grad_y", x, fmt);

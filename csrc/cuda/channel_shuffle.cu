@@ -15,7 +15,7 @@ namespace {
 // Grid-stride copy of elements moved as unsigned integers of their width (bit-exact for every dtype);
 // `inner` is the run that moves as a unit: H*W in NCHW, 1 in channels_last.
 template <typename T>
-__global__ void _channel_shuffle_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t total,
+__global__ void _channel_shuffle_kernel(SK_GLOBAL(const T) in, SK_GLOBAL(T) out, int64_t total,
                                         int64_t c, int64_t inner, int64_t groups) {
   const int64_t cpg = c / groups;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;

@@ -1,8 +1,17 @@
 // CUDA entry point and kernel of shufflekern::kd_loss_forward.  The numerics (online statistics, their
 // merge, the loss and gradient formulas) are csrc/kd_loss.h's, shared with the CPU kernel.
 //
-// One block per row: every thread keeps online (max, sum) states of its strided classes, the block
-// merges them in shared memory, thread 0 finishes the row, then the block writes the gradients.
+// A block takes R consecutive rows and gives each a group of G threads (G * R <= 256; G = 2 .. 256, the
+// smallest power of two with at most 8 classes a thread), the layout of PyTorch's persistent softmax
+// generalised down to tiny rows (10 classes: 128 rows a block) and up to a block a row:
+//  - cached (the block's rows of s and t fit the shared-memory budget): the block copies its rows into
+//    shared memory with 16-byte vector loads over the whole contiguous span (an unaligned head and tail
+//    element by element), so every warp request is whole sectors whatever C is; each group reduces its row
+//    from shared memory (online max / sum, warp shuffles, shared memory across the warps of a group), writes
+//    the gradients back into the same slots, and the block stores them as one span with vector stores.
+//    Global memory is read once and written once.
+//  - streamed (one row does not fit, e.g. 32000 fp32 classes): R = 1, the block streams its row twice
+//    from global memory (statistics, then gradients), with the same vector loads.
 //
 // Target values are checked on the device (SK_KERNEL_ASSERT), not by the host: a host check would read the
 // target back and synchronise every call.  A bad target is therefore PyTorch's usual device-side assert
@@ -12,6 +21,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
+#include <cstring>
+
 #include "cuda/runtime.h"
 #include "kd_loss.h"
 #include "kd_loss_checks.h"
@@ -20,77 +31,199 @@ namespace shufflekern::SK_DEV_NS {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kCacheBudget = 160 * 1024;  // bytes of shared memory for cached rows (opt-in above 48 KiB)
+constexpr int kVecBytes = 16;
+
+// Copies n elements between global and shared memory with all the block's threads: element by element up to
+// the first 16-byte boundary of the global side, 16-byte vectors, then the tail.
+template <typename T, typename G>
+__device__ void span_load(T* dst, G src, int64_t n) {
+  constexpr int V = kVecBytes / sizeof(T);
+  const int64_t mis = (SK_ADDR(src) % kVecBytes) / sizeof(T);
+  const int64_t head = mis == 0 ? 0 : (V - mis < n ? V - mis : n);
+  const int64_t vecs = (n - head) / V;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (int64_t i = tid; i < head; i += nt) dst[i] = src[i];
+  auto body = SK_VCAST(const uint4, src + head);
+  for (int64_t v = tid; v < vecs; v += nt) {
+    const uint4 u = body[v];
+    T e[V];
+    memcpy(e, &u, sizeof(u));  // not a pointer cast: that would break C++'s aliasing rules
+#pragma unroll
+    for (int k = 0; k < V; ++k) dst[head + v * V + k] = e[k];
+  }
+  for (int64_t i = head + vecs * V + tid; i < n; i += nt) dst[i] = src[i];
+}
+
+template <typename T, typename G>
+__device__ void span_store(G dst, const T* src, int64_t n) {
+  constexpr int V = kVecBytes / sizeof(T);
+  const int64_t mis = (SK_ADDR(dst) % kVecBytes) / sizeof(T);
+  const int64_t head = mis == 0 ? 0 : (V - mis < n ? V - mis : n);
+  const int64_t vecs = (n - head) / V;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (int64_t i = tid; i < head; i += nt) dst[i] = src[i];
+  auto body = SK_VCAST(uint4, dst + head);
+  for (int64_t v = tid; v < vecs; v += nt) {
+    T e[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) e[k] = src[head + v * V + k];
+    uint4 u;
+    memcpy(&u, e, sizeof(u));
+    body[v] = u;
+  }
+  for (int64_t i = head + vecs * V + tid; i < n; i += nt) dst[i] = src[i];
+}
+
+template <typename acc_t>
+__device__ __forceinline__ KdStream<acc_t> shfl_xor_stream(KdStream<acc_t> v, int o, int width) {
+  return KdStream<acc_t>{__shfl_xor_sync(0xFFFFFFFFu, v.m, o, width), __shfl_xor_sync(0xFFFFFFFFu, v.z, o, width),
+                         __shfl_xor_sync(0xFFFFFFFFu, v.a, o, width)};
+}
+
+// Merges the three streams over the group of G threads; every thread of the group ends with the row's.
+// kd_merge is symmetric, so the butterfly gives every lane the same bits.
+template <typename acc_t>
+__device__ void group_reduce(KdStream<acc_t> (&st)[3], int G, KdStream<acc_t> (*red)[3]) {
+  const int w = G < 32 ? G : 32;
+  for (int o = w / 2; o > 0; o /= 2) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) st[k] = kd_merge(st[k], shfl_xor_stream(st[k], o, w));
+  }
+  if (G <= 32) return;
+  const int tid = threadIdx.x, warp = tid / 32, warps = G / 32, first = (tid / G) * warps;
+  if (tid % 32 == 0) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) red[warp][k] = st[k];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    st[k] = red[first][k];
+    for (int i = 1; i < warps; ++i) st[k] = kd_merge(st[k], red[first + i][k]);
+  }
+}
 
 template <typename scalar_t, typename acc_t>
-__global__ void _kd_loss_kernel(const scalar_t* __restrict__ s_base, const scalar_t* __restrict__ t_base,
-                                int64_t s_stride, int64_t t_stride, const int64_t* __restrict__ target,
-                                const int64_t* __restrict__ counted, scalar_t* __restrict__ gs,
-                                scalar_t* __restrict__ gt, acc_t* __restrict__ row_loss, int64_t rows,
-                                int64_t C, acc_t temperature, acc_t alpha, int64_t ignore_index,
-                                int64_t reduction, bool ce, bool ce_sep) {
-  SK_SHARED(KdStream<acc_t>, sh_x, [kThreads]);
-  SK_SHARED(KdStream<acc_t>, sh_y, [kThreads]);
-  SK_SHARED(KdStream<acc_t>, sh_1, [kThreads]);
-  SK_SHARED(KdRowGrad<acc_t>, sh_g, [1]);
-  const int64_t row = blockIdx.x;
-  const int tid = threadIdx.x;
-  const scalar_t* s = s_base + row * s_stride;
-  const scalar_t* t = t_base + row * t_stride;
-  scalar_t* gs_row = gs ? gs + row * C : nullptr;
-  scalar_t* gt_row = gt ? gt + row * C : nullptr;
-  int64_t tgt = -1;
-  if (target != nullptr) {
-    tgt = target[row];
-    SK_KERNEL_ASSERT(tgt == ignore_index || (tgt >= 0 && tgt < C));
-    if (tgt == ignore_index) {  // uniform over the block: counts in neither term
-      if (tid == 0) row_loss[row] = acc_t(0);
-      for (int64_t j = tid; j < C; j += blockDim.x) {
-        if (gs_row) gs_row[j] = scalar_t(0);
-        if (gt_row) gt_row[j] = scalar_t(0);
+struct KdRowArgs {
+  int64_t C, rows, s_stride, t_stride, ignore_index, reduction;
+  acc_t temperature, alpha;
+  bool ce, ce_sep, want_gs, want_gt;
+};
+
+// Adds one class to the three streams.
+template <typename acc_t>
+__device__ __forceinline__ void kd_add(KdStream<acc_t> (&st)[3], acc_t sv, acc_t tv, acc_t inv_t, bool ce_sep) {
+  const acc_t xv = sv * inv_t, yv = tv * inv_t;
+  kd_online_add(st[0], xv, acc_t(0));
+  kd_online_add(st[1], yv, yv - xv);
+  if (ce_sep) kd_online_add(st[2], sv, acc_t(0));
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void _kd_loss_kernel(SK_GLOBAL(const scalar_t) s_base, SK_GLOBAL(const scalar_t) t_base,
+                                SK_GLOBAL(const int64_t) target, SK_GLOBAL(const int64_t) counted,
+                                SK_GLOBAL(scalar_t) gs_base, SK_GLOBAL(scalar_t) gt_base, SK_GLOBAL(acc_t) row_loss,
+                                KdRowArgs<scalar_t, acc_t> a, int G, int R, bool cached) {
+  SK_SHARED(KdStream<acc_t>, red, [kThreads / 32][3]);
+  SK_DYNAMIC_SHARED(scalar_t, cache);
+  const int tid = threadIdx.x, grp = tid / G, lane = tid % G;
+  const int64_t r0 = int64_t(blockIdx.x) * R;
+  const int64_t nrows = a.rows - r0 < R ? a.rows - r0 : R;
+  const int64_t row = r0 + grp;
+  const bool live = grp < nrows;
+  const int64_t C = a.C;
+  scalar_t* cs = cache;                // [R, C] student rows, then their gradients
+  scalar_t* ct = cache + int64_t(R) * C;  // [R, C] teacher rows, then their gradients
+  if (cached) {
+    if (a.s_stride == C && a.t_stride == C) {
+      span_load(cs, s_base + r0 * C, nrows * C);
+      span_load(ct, t_base + r0 * C, nrows * C);
+    } else {
+      for (int64_t r = 0; r < nrows; ++r) {
+        span_load(cs + r * C, s_base + (r0 + r) * a.s_stride, C);
+        span_load(ct + r * C, t_base + (r0 + r) * a.t_stride, C);
       }
-      return;
-    }
-  }
-  const acc_t inv_t = acc_t(1) / temperature;
-  KdStream<acc_t> x = kd_stream_empty<acc_t>(), y = kd_stream_empty<acc_t>(), s1 = kd_stream_empty<acc_t>();
-  for (int64_t j = tid; j < C; j += blockDim.x) {
-    const acc_t sv = static_cast<acc_t>(s[j]), tv = static_cast<acc_t>(t[j]);
-    const acc_t xv = sv * inv_t, yv = tv * inv_t;
-    kd_online_add(x, xv, acc_t(0));
-    kd_online_add(y, yv, yv - xv);
-    if (ce_sep) kd_online_add(s1, sv, acc_t(0));
-  }
-  sh_x[tid] = x;
-  sh_y[tid] = y;
-  sh_1[tid] = s1;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-    if (tid < stride) {
-      sh_x[tid] = kd_merge(sh_x[tid], sh_x[tid + stride]);
-      sh_y[tid] = kd_merge(sh_y[tid], sh_y[tid + stride]);
-      if (ce_sep) sh_1[tid] = kd_merge(sh_1[tid], sh_1[tid + stride]);
     }
     __syncthreads();
   }
-  if (tid == 0) {
-    KdRowStats<acc_t> st{sh_x[0], sh_y[0], ce_sep ? sh_1[0] : sh_x[0]};
-    if (ce && !ce_sep) st.s1 = st.x;  // T = 1: the CE softmax is q
-    const bool ok = tgt >= 0 && tgt < C;  // else the assert above fired; never read out of bounds
-    const acc_t s_tgt = ce ? (ok ? static_cast<acc_t>(s[tgt]) : acc_t(NAN)) : acc_t(0);
-    const KdScales<acc_t> sc = kd_scales<acc_t>(reduction, counted ? *counted : rows, C);
-    KdRowGrad<acc_t> g;
-    row_loss[row] = kd_row_finish<acc_t>(st, ce, s_tgt, temperature, alpha, sc, &g);
-    sh_g[0] = g;
+  int64_t tgt = -1;
+  if (live && target) {
+    tgt = target[row];
+    SK_KERNEL_ASSERT(tgt == a.ignore_index || (tgt >= 0 && tgt < C));
   }
-  if (gs_row == nullptr && gt_row == nullptr) return;
-  __syncthreads();
-  const KdRowGrad<acc_t> g = sh_g[0];
-  for (int64_t j = tid; j < C; j += blockDim.x) {
-    const acc_t sv = static_cast<acc_t>(s[j]), tv = static_cast<acc_t>(t[j]);
+  const bool ignored = live && target && tgt == a.ignore_index;
+  const bool ok = tgt >= 0 && tgt < C;
+  const acc_t inv_t = acc_t(1) / a.temperature;
+  auto s_row = s_base + (live ? row : 0) * a.s_stride;
+  auto t_row = t_base + (live ? row : 0) * a.t_stride;
+  const scalar_t* cs_row = cs + int64_t(grp) * C;
+  const scalar_t* ct_row = ct + int64_t(grp) * C;
+  // The target's student logit, read before group_reduce synchronises the group: after it, other threads
+  // overwrite the cached row with gradients.
+  const acc_t s_tgt = live && !ignored && a.ce && ok ? (cached ? acc_t(cs_row[tgt]) : acc_t(s_row[tgt])) : acc_t(0);
+  KdStream<acc_t> st[3] = {kd_stream_empty<acc_t>(), kd_stream_empty<acc_t>(), kd_stream_empty<acc_t>()};
+  if (live && !ignored) {
+    if (cached) {
+      for (int64_t j = lane; j < C; j += G) kd_add(st, acc_t(cs_row[j]), acc_t(ct_row[j]), inv_t, a.ce_sep);
+    } else {
+      for (int64_t j = lane; j < C; j += G) kd_add(st, acc_t(s_row[j]), acc_t(t_row[j]), inv_t, a.ce_sep);
+    }
+  }
+  group_reduce(st, G, red);
+  KdRowGrad<acc_t> g{};
+  acc_t loss = acc_t(0);
+  if (live && !ignored) {
+    const KdScales<acc_t> sc = kd_scales<acc_t>(a.reduction, counted ? int64_t(counted[0]) : a.rows, C);
+    const KdRowStats<acc_t> rs{st[0], st[1], a.ce_sep ? st[2] : st[0]};  // T = 1: the CE softmax is q
+    loss = kd_row_finish<acc_t>(rs, a.ce, s_tgt, a.temperature, a.alpha, sc, &g);
+  }
+  if (live && lane == 0) row_loss[row] = loss;
+  if (!a.want_gs && !a.want_gt) return;
+  if (cached) {
+    // Gradients into the row's own slots (each element read, then overwritten, by the same thread).
+    if (live) {
+      scalar_t* ws = cs + int64_t(grp) * C;
+      scalar_t* wt = ct + int64_t(grp) * C;
+      for (int64_t j = lane; j < C; j += G) {
+        const acc_t sv = acc_t(ws[j]), tv = acc_t(wt[j]);
+        const acc_t xv = sv * inv_t, yv = tv * inv_t;
+        ws[j] = ignored ? scalar_t(0) : scalar_t(kd_grad_student(g, sv, xv, yv, j == tgt));
+        wt[j] = ignored ? scalar_t(0) : scalar_t(kd_grad_teacher(g, xv, yv));
+      }
+    }
+    __syncthreads();
+    if (a.want_gs) span_store(gs_base + r0 * C, cs, nrows * C);
+    if (a.want_gt) span_store(gt_base + r0 * C, ct, nrows * C);
+    return;
+  }
+  if (!live) return;
+  auto gs_row = gs_base + row * C;
+  auto gt_row = gt_base + row * C;
+  for (int64_t j = lane; j < C; j += G) {
+    const acc_t sv = acc_t(s_row[j]), tv = acc_t(t_row[j]);
     const acc_t xv = sv * inv_t, yv = tv * inv_t;
-    if (gs_row) gs_row[j] = static_cast<scalar_t>(kd_grad_student(g, sv, xv, yv, j == tgt));
-    if (gt_row) gt_row[j] = static_cast<scalar_t>(kd_grad_teacher(g, xv, yv));
+    if (a.want_gs) gs_row[j] = ignored ? scalar_t(0) : scalar_t(kd_grad_student(g, sv, xv, yv, j == tgt));
+    if (a.want_gt) gt_row[j] = ignored ? scalar_t(0) : scalar_t(kd_grad_teacher(g, xv, yv));
   }
+}
+
+// Launch shape: G threads a row (a power of two, at most 8 classes a thread, 2 .. 256), R rows a block, and
+// whether the block's rows fit the shared-memory budget.
+struct KdShape {
+  int G, R;
+  bool cached;
+  size_t smem;
+};
+
+KdShape kd_shape(int64_t C, int64_t esize) {
+  int G = 2;
+  while (G < kThreads && int64_t(G) * 8 < C) G *= 2;
+  int R = kThreads / G;
+  while (R > 1 && 2 * int64_t(R) * C * esize > kCacheBudget) R /= 2;
+  const int64_t bytes = 2 * int64_t(R) * C * esize;
+  const bool cached = bytes <= kCacheBudget;
+  return KdShape{G, R, cached, cached ? size_t(bytes) : size_t(0)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cuda(
@@ -113,15 +246,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cuda(
   at::Tensor gt = at::empty(grad_teacher ? teacher.sizes() : at::IntArrayRef{0}, teacher.options());
   const bool ce = target.has_value() && alpha != 1.0;
   if (rows > 0) {
+    const KdShape sh = kd_shape(classes, student.element_size());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, student.scalar_type(), "kd_loss_forward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      SK_LAUNCH((_kd_loss_kernel<scalar_t, acc_t>), dim3(static_cast<unsigned>(rows)), dim3(kThreads), 0,
-                SK_RT::dptr<scalar_t>(s), SK_RT::dptr<scalar_t>(t), s.stride(0), t.stride(0),
+      const KdRowArgs<scalar_t, acc_t> args{classes, rows, s.stride(0), t.stride(0), ignore_index, reduction,
+                                            acc_t(temperature), acc_t(alpha), ce, ce && temperature != 1.0,
+                                            grad_student, grad_teacher};
+      SK_LAUNCH((_kd_loss_kernel<scalar_t, acc_t>), dim3(static_cast<unsigned>((rows + sh.R - 1) / sh.R)),
+                dim3(sh.G * sh.R), sh.smem, SK_RT::dptr<scalar_t>(s), SK_RT::dptr<scalar_t>(t),
                 tgt.defined() ? SK_RT::dptr<int64_t>(tgt) : nullptr,
                 counted.defined() ? SK_RT::dptr<int64_t>(counted) : nullptr,
                 grad_student ? SK_RT::dptr<scalar_t>(gs) : nullptr, grad_teacher ? SK_RT::dptr<scalar_t>(gt) : nullptr,
-                SK_RT::dptr<acc_t>(row_loss), rows, classes, acc_t(temperature), acc_t(alpha), ignore_index,
-                reduction, ce, ce && temperature != 1.0);
+                SK_RT::dptr<acc_t>(row_loss), args, sh.G, sh.R, sh.cached);
     });
   }
   return {kd_reduce_rows(row_loss, student, reduction), gs, gt};

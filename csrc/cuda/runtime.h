@@ -17,6 +17,11 @@
 //   SK_RT::dptr<T>(tensor)          a tensor's data pointer for a kernel argument.  Under emulation it also
 //                                   declares the tensor's storage to the next launch (bounds of the buffers the
 //                                   kernel may touch); every pointer argument of a launch must come from it.
+//   SK_GLOBAL(T) p                  a kernel parameter pointing to global memory: T* __restrict__ under nvcc,
+//                                   a pointer whose accesses the emulator's memory-traffic model records
+//                                   otherwise (index it, add to it, take &p[i] for atomics; local copies `auto`)
+//   SK_VCAST(V, p)                  reinterpret_cast<V*>(p) of such a pointer (vector loads: SK_VCAST(const float4, p))
+//   SK_ADDR(p)                      its address as uintptr_t (alignment tests)
 //   SK_RT::Guard g(device)          device guard;  SK_RT::sm_count()  multiprocessors of the current device
 //                                   (the emulator models an H100 SXM: 132)
 //   SK_DEVICE_IMPL(m) { m.impl("op", &fn); }   registration: TORCH_LIBRARY_IMPL(shufflekern, CUDA, m) under
@@ -38,6 +43,9 @@
 #define SK_DEV_NS cuda
 #define SK_RT ::shufflekern::cudart
 #define SK_SHARED(T, name, dims) __shared__ T name dims
+#define SK_GLOBAL(T) T* __restrict__
+#define SK_VCAST(V, p) reinterpret_cast<V*>(p)
+#define SK_ADDR(p) reinterpret_cast<uintptr_t>(p)
 #define SK_DYNAMIC_SHARED(T, name)                         \
   extern __shared__ __align__(16) unsigned char sk_dynamic_smem_[]; \
   T* name = reinterpret_cast<T*>(sk_dynamic_smem_)
@@ -58,6 +66,8 @@ inline T* dptr(const at::Tensor& t) {
 template <typename... P, typename... A>
 inline void launch(const char* /*name*/, const char* /*file*/, int /*line*/, void (*kernel)(P...), dim3 grid,
                    dim3 block, size_t smem, A&&... args) {
+  // More than 48 KiB of dynamic shared memory is an opt-in, per kernel.
+  if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<grid, block, smem, at::cuda::getCurrentCUDAStream()>>>(std::forward<A>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -70,6 +80,9 @@ inline void launch(const char* /*name*/, const char* /*file*/, int /*line*/, voi
 
 #define SK_DEV_NS emu
 #define SK_RT ::shufflekern::emurt
+#define SK_GLOBAL(T) ::sk_emu::gptr<T>
+#define SK_VCAST(V, p) ::sk_emu::vcast<V>(p)
+#define SK_ADDR(p) reinterpret_cast<uintptr_t>((p).get())
 
 #endif
 

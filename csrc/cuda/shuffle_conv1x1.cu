@@ -1,7 +1,8 @@
 // CUDA entry points and kernels of shufflekern::shuffle_conv1x1 and its backward ops.
 //
 // Straightforward shared-memory tiled GEMMs (TILE x TILE outputs a block, one a thread, K in TILE steps,
-// accumulation in at::opmath_type: float for half/bf16).  Pixels p = n*H*W + hw are GEMM rows; element
+// accumulation in at::opmath_type: float for half/bf16), threadIdx.x along the dimension that is contiguous
+// in memory (pixels in NCHW, channels in channels_last) for the activation loads and stores.  Pixels p = n*H*W + hw are GEMM rows; element
 // (n, c, hw) lives at n*s_n + c*s_c + hw*s_hw, which covers NCHW and channels_last.  The shuffle is the
 // gather of x's channels through sconv_src_channel (csrc/shuffle_conv1x1.h, exercised by the CPU tests):
 //   y[p, k*Mg + m]       = sum_j x[p, src(k, j)] * W[k*Mg + m, j] (+ b)
@@ -42,27 +43,30 @@ struct Dims {
 };
 
 template <typename T, typename Acc>
-__global__ void _shuffle_conv1x1_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w,
-                                            const T* __restrict__ bias, T* __restrict__ y, Dims d, Layout lx,
+__global__ void _shuffle_conv1x1_fwd_kernel(SK_GLOBAL(const T) x, SK_GLOBAL(const T) w,
+                                            SK_GLOBAL(const T) bias, SK_GLOBAL(T) y, Dims d, Layout lx,
                                             Layout ly) {
   SK_SHARED(Acc, a_tile, [kTile][kTile + 1]);  // [pixel][j]
   SK_SHARED(Acc, b_tile, [kTile][kTile + 1]);  // [j][m]
   const int64_t k = blockIdx.z;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t p = blockIdx.x * int64_t(kTile) + ty;
-  const int64_t m = blockIdx.y * int64_t(kTile) + tx;
+  // Thread roles: threadIdx.x runs along the dimension that is contiguous in memory (pixels in NCHW,
+  // channels in channels_last), so that a warp's loads and stores cover whole sectors.
+  const bool pfast = lx.s_hw == 1;
+  const int pi = pfast ? threadIdx.x : threadIdx.y, ci = pfast ? threadIdx.y : threadIdx.x;
+  const int64_t p = blockIdx.x * int64_t(kTile) + pi;
+  const int64_t m = blockIdx.y * int64_t(kTile) + ci;
   const int64_t p_off = p < d.pixels ? lx.pixel(p) : 0;
   Acc acc = Acc(0);
   for (int64_t j0 = 0; j0 < d.cg; j0 += kTile) {
-    const int64_t ja = j0 + tx;
-    a_tile[ty][tx] = (p < d.pixels && ja < d.cg)
+    const int64_t ja = j0 + ci;
+    a_tile[pi][ci] = (p < d.pixels && ja < d.cg)
                          ? Acc(x[p_off + sconv_src_channel(k, ja, d.cg, d.sg, d.cs) * lx.s_c])
                          : Acc(0);
-    const int64_t jb = j0 + ty;
-    b_tile[ty][tx] = (jb < d.cg && m < d.mg) ? Acc(w[(k * d.mg + m) * d.cg + jb]) : Acc(0);
+    const int64_t jb = j0 + pi;
+    b_tile[pi][ci] = (jb < d.cg && m < d.mg) ? Acc(w[(k * d.mg + m) * d.cg + jb]) : Acc(0);
     __syncthreads();
 #pragma unroll
-    for (int t = 0; t < kTile; ++t) acc += a_tile[ty][t] * b_tile[t][tx];
+    for (int t = 0; t < kTile; ++t) acc += a_tile[pi][t] * b_tile[t][ci];
     __syncthreads();
   }
   if (p < d.pixels && m < d.mg) {
@@ -72,24 +76,25 @@ __global__ void _shuffle_conv1x1_fwd_kernel(const T* __restrict__ x, const T* __
 }
 
 template <typename T, typename Acc>
-__global__ void _shuffle_conv1x1_grad_input_kernel(const T* __restrict__ gy, const T* __restrict__ w,
-                                                   T* __restrict__ gx, Dims d, Layout lg, Layout lx) {
+__global__ void _shuffle_conv1x1_grad_input_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) w,
+                                                   SK_GLOBAL(T) gx, Dims d, Layout lg, Layout lx) {
   SK_SHARED(Acc, a_tile, [kTile][kTile + 1]);  // [pixel][m]
   SK_SHARED(Acc, b_tile, [kTile][kTile + 1]);  // [m][j]
   const int64_t k = blockIdx.z;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t p = blockIdx.x * int64_t(kTile) + ty;
-  const int64_t j = blockIdx.y * int64_t(kTile) + tx;
+  const bool pfast = lg.s_hw == 1;  // thread roles as in the forward
+  const int pi = pfast ? threadIdx.x : threadIdx.y, ci = pfast ? threadIdx.y : threadIdx.x;
+  const int64_t p = blockIdx.x * int64_t(kTile) + pi;
+  const int64_t j = blockIdx.y * int64_t(kTile) + ci;
   const int64_t p_off = p < d.pixels ? lg.pixel(p) : 0;
   Acc acc = Acc(0);
   for (int64_t m0 = 0; m0 < d.mg; m0 += kTile) {
-    const int64_t ma = m0 + tx;
-    a_tile[ty][tx] = (p < d.pixels && ma < d.mg) ? Acc(gy[p_off + (k * d.mg + ma) * lg.s_c]) : Acc(0);
-    const int64_t mb = m0 + ty;
-    b_tile[ty][tx] = (mb < d.mg && j < d.cg) ? Acc(w[(k * d.mg + mb) * d.cg + j]) : Acc(0);
+    const int64_t ma = m0 + ci;
+    a_tile[pi][ci] = (p < d.pixels && ma < d.mg) ? Acc(gy[p_off + (k * d.mg + ma) * lg.s_c]) : Acc(0);
+    const int64_t mb = m0 + pi;
+    b_tile[pi][ci] = (mb < d.mg && j < d.cg) ? Acc(w[(k * d.mg + mb) * d.cg + j]) : Acc(0);
     __syncthreads();
 #pragma unroll
-    for (int t = 0; t < kTile; ++t) acc += a_tile[ty][t] * b_tile[t][tx];
+    for (int t = 0; t < kTile; ++t) acc += a_tile[pi][t] * b_tile[t][ci];
     __syncthreads();
   }
   if (p < d.pixels && j < d.cg) {
@@ -99,8 +104,8 @@ __global__ void _shuffle_conv1x1_grad_input_kernel(const T* __restrict__ gy, con
 
 // blockIdx.x: (m tile, j tile); blockIdx.y: a slice of `chunk` pixels; blockIdx.z: group.
 template <typename T, typename Acc>
-__global__ void _shuffle_conv1x1_grad_weight_kernel(const T* __restrict__ gy, const T* __restrict__ x,
-                                                    Acc* __restrict__ gw, Dims d, Layout lg, Layout lx,
+__global__ void _shuffle_conv1x1_grad_weight_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x,
+                                                    SK_GLOBAL(Acc) gw, Dims d, Layout lg, Layout lx,
                                                     int64_t j_tiles, int64_t chunk) {
   SK_SHARED(Acc, a_tile, [kTile][kTile + 1]);  // [m][pixel]
   SK_SHARED(Acc, b_tile, [kTile][kTile + 1]);  // [pixel][j]
@@ -110,15 +115,17 @@ __global__ void _shuffle_conv1x1_grad_weight_kernel(const T* __restrict__ gy, co
   const int64_t j0 = (blockIdx.x % j_tiles) * kTile;
   const int64_t p_begin = blockIdx.y * chunk;
   const int64_t p_end = d.pixels < p_begin + chunk ? d.pixels : p_begin + chunk;
-  const int64_t jb = j0 + tx;
+  // Loads: threadIdx.x along the contiguous dimension (pixels in NCHW, channels in channels_last).
+  const bool pfast = lx.s_hw == 1;
+  const int pl = pfast ? tx : ty, cl = pfast ? ty : tx;
+  const int64_t jb = j0 + cl;
   const int64_t src = jb < d.cg ? sconv_src_channel(k, jb, d.cg, d.sg, d.cs) : 0;
   Acc acc = Acc(0);
   for (int64_t p0 = p_begin; p0 < p_end; p0 += kTile) {
-    // a_tile[m][pixel]: thread (ty, tx) loads m = m0 + ty, pixel p0 + tx.
-    const int64_t pa = p0 + tx, ma = m0 + ty;
-    a_tile[ty][tx] = (pa < p_end && ma < d.mg) ? Acc(gy[lg.pixel(pa) + (k * d.mg + ma) * lg.s_c]) : Acc(0);
-    const int64_t pb = p0 + ty;
-    b_tile[ty][tx] = (pb < p_end && jb < d.cg) ? Acc(x[lx.pixel(pb) + src * lx.s_c]) : Acc(0);
+    // a_tile[m][pixel] and b_tile[pixel][j]: the thread loads pixel p0 + pl, channel m0 + cl / j0 + cl.
+    const int64_t pa = p0 + pl, ma = m0 + cl;
+    a_tile[cl][pl] = (pa < p_end && ma < d.mg) ? Acc(gy[lg.pixel(pa) + (k * d.mg + ma) * lg.s_c]) : Acc(0);
+    b_tile[pl][cl] = (pa < p_end && jb < d.cg) ? Acc(x[lx.pixel(pa) + src * lx.s_c]) : Acc(0);
     __syncthreads();
 #pragma unroll
     for (int t = 0; t < kTile; ++t) acc += a_tile[ty][t] * b_tile[t][tx];

@@ -16,6 +16,7 @@
 #include <map>
 #include <string>
 #include <typeinfo>
+#include <vector>
 
 namespace shufflekern::emurt {
 
@@ -58,6 +59,12 @@ F* lookup(const char* name) {
 // {kernel name: launches so far} of every emulated kernel (sk.testing.emulated_launches()).  Defined once, in
 // an emulator TU (it needs emu.h); declared here so that csrc/shufflekern.cpp reaches it without emu.h.
 std::map<std::string, int64_t> launch_counts();
+
+// The emulator's memory-traffic model (csrc/emu/emu.h): record every launch from now on (sample_blocks > 0:
+// run only that many blocks of a launch, evenly spread, and scale up), and hand over what was recorded:
+// one {"kernel", "blocks", "blocks_run", "load_bytes", "store_bytes", "load_sectors", "store_sectors"} a launch.
+void set_traffic(bool on, int64_t sample_blocks);
+std::vector<std::map<std::string, std::string>> traffic_log();
 
 // Names of the ops with emulated (CUDA) kernels.
 inline std::string op_names() {

@@ -19,6 +19,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include "batch_norm_act.h"
 #include "cpu/batch_norm_act_kernel.h"
 #include "cpu/dispatch.h"
 #include "cpu/scratch.h"
@@ -49,12 +50,11 @@ struct Coefficients {
     const T* w = static_cast<const T*>(a.weight);
     const T* b = static_cast<const T*>(a.bias);
     for (int64_t c = 0; c < a.c; ++c) {
-      const double inv = 1.0 / std::sqrt(static_cast<double>(var[c]) + a.eps);
-      const double wc = w ? static_cast<double>(w[c]) : 1.0;
-      const double bc = b ? static_cast<double>(b[c]) : 0.0;
-      scale[c] = static_cast<T>(wc * inv);
-      shift[c] = static_cast<T>(bc - static_cast<double>(mean[c]) * wc * inv);
-      invstd[c] = inv;
+      const BnCoef k = bn_coefficients(static_cast<double>(mean[c]), static_cast<double>(var[c]),
+                                       w ? static_cast<double>(w[c]) : 1.0, b ? static_cast<double>(b[c]) : 0.0, a.eps);
+      scale[c] = static_cast<T>(k.scale);
+      shift[c] = static_cast<T>(k.shift);
+      invstd[c] = k.invstd;
     }
   }
 };
@@ -266,17 +266,18 @@ void backward_t(const BnActArgs& a) {
     for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_weight)[c] = static_cast<T>(sgx[c] * coef.invstd[c]);
   }
   if (gx == nullptr) return;
-  // grad_x = A gz + B (x - mean) + D; training: A = w inv, B = -w inv^3 sgx / M, D = -A sg / M; eval: A only.
+  // grad_x = A gz + B (x - mean) + D (csrc/batch_norm_act.h).
   Scratch kb(sizeof(T) * 3 * C, "batch_norm_act");
   T* ca = kb.as<T>();
   T* cbv = ca + C;
   T* cd = cbv + C;
   const double m = static_cast<double>(a.n * a.hw);
   for (int64_t c = 0; c < C; ++c) {
-    const double wc = w ? static_cast<double>(w[c]) : 1.0, inv = coef.invstd[c];
-    ca[c] = static_cast<T>(wc * inv);
-    cbv[c] = static_cast<T>(a.training ? -wc * inv * inv * inv * sgx[c] / m : 0.0);
-    cd[c] = static_cast<T>(a.training ? -wc * inv * sg[c] / m : 0.0);
+    const BnGradCoef k = bn_grad_coefficients(w ? static_cast<double>(w[c]) : 1.0, coef.invstd[c], sg[c], sgx[c], m,
+                                              a.training);
+    ca[c] = static_cast<T>(k.a);
+    cbv[c] = static_cast<T>(k.b);
+    cd[c] = static_cast<T>(k.d);
   }
   for_each_vector<T>(a, [&](int64_t pos, int64_t c, int64_t cnt) {
     const V gz = gr != nullptr ? V::loadu(gr + pos, cnt) : grad_z(pos, c, cnt);
