@@ -72,6 +72,10 @@ PYBIND11_MODULE(_C, m) {
       },
       "Names of the ops with emulated (CUDA) kernels");
   m.def("emu_launches", &shufflekern::emurt::launch_counts, "{kernel name: emulated launches so far}");
+  m.def("emu_set_traffic", &shufflekern::emurt::set_traffic, pybind11::arg("on"), pybind11::arg("sample_blocks") = 0,
+        "Record the modeled memory traffic of every emulated launch (sample_blocks > 0: run that many blocks)");
+  m.def("emu_traffic_log", &shufflekern::emurt::traffic_log,
+        "The traffic recorded since the last call: one dict of strings a launch");
   m.attr("with_cuda") =
 #ifdef SK_WITH_CUDA
       true;
