@@ -218,6 +218,7 @@ def test_cli_prune_bad_input_writes_nothing(tmp_path, capsys, extra, match):
 @pytest.fixture(scope="module")
 def trained_student(tmp_path_factory):
     """A ShuffleNetV2 0.5x student trained on digits for a few seconds (a trainer checkpoint)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data = load_data("digits", seed=0, limit_train=768)
@@ -226,6 +227,7 @@ def trained_student(tmp_path_factory):
     out = tmp_path_factory.mktemp("student")
     Trainer(shufflenet_v2(0.5, 10, small_input=True), data, epochs=4, batch_size=32, lr=0.05, out_dir=str(out),
             progress=False, meta=meta, log=lambda m: None).fit()
+    torch.set_num_threads(threads)  # (a leaked thread count changes which kernels later test files see)
     return str(out / "best.pt"), data
 
 
