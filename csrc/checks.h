@@ -21,7 +21,7 @@ inline void check_channel_shuffle_args(const at::Tensor& x, int64_t groups) {
                     ") must be divisible by groups (", groups, ")");
 }
 
-// shuffle_conv1x1 (issue 4): y = conv2d(channel_shuffle(x, shuffle_groups), weight, bias, groups=groups).
+// shuffle_conv1x1: y = conv2d(channel_shuffle(x, shuffle_groups), weight, bias, groups=groups).
 inline void check_shuffle_conv1x1_groups(const char* op, int64_t c_in, int64_t groups, int64_t shuffle_groups) {
   TORCH_CHECK_VALUE(groups > 0, op, ": groups must be positive, got ", groups);
   TORCH_CHECK_VALUE(shuffle_groups > 0, op, ": shuffle_groups must be positive, got ", shuffle_groups);

@@ -1,44 +1,59 @@
 // Operator schemas (defined once, here) and the Python module shufflekern._C.
 //
-// Kernels register themselves per backend: csrc/cpu/<op>.cpp (CPU) and csrc/cuda/<op>.cu (CUDA; the same
-// source built by the host compiler, csrc/emu/<op>.cpp, fills the emulated backend's op table).  The
-// Triton twins (<op>_triton) are defined from Python in shufflekern/ops.py because their kernels are
-// Python functions.  Fake kernels and autograd formulas live in shufflekern/ops.py.
+// Every op is declared twice with one schema: shufflekern::<op>, the compiled kernels (csrc/cpu/<op>.cpp for
+// CPU, csrc/cuda/<op>.cu for CUDA; the same .cu built by the host compiler, csrc/emu/<op>.cpp, fills the
+// emulated backend's op table), and its Triton twin shufflekern::<op>_triton, whose CPU and CUDA kernels are
+// the Python launchers of shufflekern/triton/<op>.py (registered in shufflekern/ops.py).  One C++ autograd
+// kernel per op serves both families (csrc/autograd/<op>.cpp): the backward of a twin calls the twin's
+// backward ops.  Fake kernels: shufflekern/ops.py.  Exact semantics: docs/semantics.md.
 #include <torch/extension.h>
 #include <torch/library.h>
+
+#include <string>
 
 #include "cpu/dispatch.h"
 #include "emu/registry.h"
 
+namespace {
+
+// shufflekern::<name><rest> and shufflekern::<name>_triton<rest>.
+void def_family(torch::Library& m, const std::string& name, const std::string& rest) {
+  for (const char* family : {"", "_triton"}) m.def((name + family + rest).c_str());
+}
+
+}  // namespace
+
 TORCH_LIBRARY(shufflekern, m) {
   // channel_shuffle: torch.channel_shuffle(x, groups) for 4-D x in either memory format.
-  m.def("channel_shuffle(Tensor x, int groups) -> Tensor");
+  def_family(m, "channel_shuffle", "(Tensor x, int groups) -> Tensor");
 
-  // shuffle_conv1x1 (issue 4): conv2d(channel_shuffle(x, shuffle_groups), weight, bias, groups=groups) with a
+  // shuffle_conv1x1: conv2d(channel_shuffle(x, shuffle_groups), weight, bias, groups=groups) with a
   // [C_out, C_in/groups, 1, 1] weight; output in x's memory format.  The backward ops give grad of x (in
   // grad_out's memory format) and of the weight; grad of the bias is grad_out.sum((0, 2, 3)).
-  m.def("shuffle_conv1x1(Tensor x, Tensor weight, Tensor? bias, int groups, int shuffle_groups) -> Tensor");
-  m.def("shuffle_conv1x1_grad_input(Tensor grad_out, Tensor weight, int groups, int shuffle_groups) -> Tensor");
-  m.def("shuffle_conv1x1_grad_weight(Tensor grad_out, Tensor x, int groups, int shuffle_groups) -> Tensor");
+  def_family(m, "shuffle_conv1x1", "(Tensor x, Tensor weight, Tensor? bias, int groups, int shuffle_groups) -> Tensor");
+  def_family(m, "shuffle_conv1x1_grad_input", "(Tensor grad_out, Tensor weight, int groups, int shuffle_groups) -> Tensor");
+  def_family(m, "shuffle_conv1x1_grad_weight", "(Tensor grad_out, Tensor x, int groups, int shuffle_groups) -> Tensor");
 
-  // kd loss (issue 3): one op for sk.kd_kl_div (alpha = 1, no target) and sk.kd_loss.  Returns the loss
-  // and, when asked, the gradients of the loss w.r.t. the logits (computed in the same pass; 0-element
-  // tensors when not asked), which the autograd formula scales by grad_output.
+  // kd_loss_forward: one op for sk.kd_kl_div (alpha = 1, no target) and sk.kd_loss.  Returns the loss and,
+  // when asked, the gradients of the loss w.r.t. the logits (computed in the same pass; 0-element tensors
+  // when not asked), which the autograd formula scales by grad_output.
   // reduction: 0 none, 1 mean, 2 sum, 3 batchmean.
-  // batch_norm_act (issue 5, used by the fused models): y = relu(batch_norm(x) [+ residual]) (relu=False: no
-  // ReLU) in one op; training=True normalises with the batch statistics, training=False with running_mean
-  // and running_var.  Returns y and, in training, the batch mean and biased variance (the caller updates
-  // the running statistics; 0-element tensors in evaluation).  C++ kernel: CPU (float32, float64); Triton
-  // twin: CUDA (and CPU under TRITON_INTERPRET=1).  The backward returns the gradients of x, residual,
-  // weight, bias (output_mask says which; the others are 0-element tensors).
-  m.def("batch_norm_act(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, Tensor? running_mean, "
-        "Tensor? running_var, bool training, float eps, bool relu) -> (Tensor, Tensor, Tensor)");
-  m.def("batch_norm_act_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, "
-        "Tensor mean, Tensor var, bool training, float eps, bool relu, bool[4] output_mask) "
-        "-> (Tensor, Tensor, Tensor, Tensor)");
+  def_family(m, "kd_loss_forward",
+             "(Tensor student, Tensor teacher, Tensor? target, float temperature, float alpha, int ignore_index, "
+             "int reduction, bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
 
-  m.def("kd_loss_forward(Tensor student, Tensor teacher, Tensor? target, float temperature, float alpha, "
-        "int ignore_index, int reduction, bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  // batch_norm_act (the fused models' BatchNorm [+ residual] + ReLU): y = relu(batch_norm(x) [+ residual])
+  // (relu=False: no ReLU) in one op; training=True normalises with the batch statistics, training=False with
+  // running_mean and running_var.  Returns y and, in training, the batch mean and biased variance (the caller
+  // updates the running statistics; 0-element tensors in evaluation).  The backward returns the gradients of
+  // x, residual, weight, bias (output_mask says which; the others are 0-element tensors).  Which dtypes each
+  // backend takes: shufflekern/_backend.py.
+  def_family(m, "batch_norm_act",
+             "(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, Tensor? running_mean, Tensor? running_var, "
+             "bool training, float eps, bool relu) -> (Tensor, Tensor, Tensor)");
+  def_family(m, "batch_norm_act_backward",
+             "(Tensor grad_y, Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, Tensor mean, Tensor var, "
+             "bool training, float eps, bool relu, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

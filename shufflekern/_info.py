@@ -20,19 +20,16 @@ def info() -> dict:
     usable = {"cpu": f"C++ kernels ({_C.runtime_cpu_isa()})"}
     why = _backend.native_unusable_reason("cuda")
     usable["cuda (C++/CUDA)"] = ("yes" if cuda_ok else "compiled, but no GPU present") if why is None else f"no: {why}"
-    why = triton_unusable_reason_cuda = _backend.triton_unusable_reason("cuda")
+    why = _backend.triton_unusable_reason("cuda")
     usable["cuda (Triton)"] = ("yes" if cuda_ok else "no GPU present") if why is None else f"no: {why}"
     why = _backend.triton_unusable_reason("cpu")
     usable["cpu (Triton interpreter)"] = "yes (TRITON_INTERPRET=1)" if why is None else f"no: {why}"
     ops = _backend.emulated_ops()
     usable["cpu (emulated C++/CUDA)"] = (f"yes, slow (sk.backend('emulated')): {', '.join(ops)}" if ops
                                           else "no: no op has a C++/CUDA kernel")
-    # The fused models' BatchNorm [+ residual] + ReLU op: C++ on CPU, the Triton twin on CUDA, else eager.
-    usable["bn_act (fused models)"] = (
-        "CPU: C++ kernel (float32/float64); CUDA: Triton kernel" + ("" if triton_unusable_reason_cuda is None
-                                                                  else " (unusable here: eager)")
-        + "; other dtypes/devices: torch's BatchNorm + add + ReLU (eager); under 'emulated': raises (no CUDA kernel "
-        "yet)")
+    # The fused models' BatchNorm [+ residual] + ReLU: the op where the policy finds a backend, else eager.
+    usable["bn_act (fused models)"] = ("shufflekern::batch_norm_act where a backend takes the input (see "
+                                       "op_dtypes); otherwise torch's BatchNorm + add + ReLU (eager)")
     return {
         "shufflekern": _version("shufflekern") or "source tree",
         "python": platform.python_version(),
@@ -49,7 +46,15 @@ def info() -> dict:
         "backend": _backend.get_backend(),
         "emulated_ops": list(_backend.emulated_ops()),
         "usable_backends": usable,
+        "op_dtypes": _op_dtypes(),
     }
+
+
+def _op_dtypes() -> dict:
+    """{op: "native cpu: ...; native cuda / emulated: ...; triton: ..."}: what each kernel family takes."""
+    names = _backend.describe
+    return {op: f"native cpu: {names(s.cpu)}; native cuda, emulated: {names(s.cuda)}; triton: {names(s.triton)}"
+            for op, s in ((op, _backend.OPS[op]) for op in _backend.forward_ops())}
 
 
 def format_info(d: dict) -> str:

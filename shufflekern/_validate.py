@@ -1,16 +1,22 @@
-"""Argument checks shared by the functional wrappers, the fake kernels and the Triton launchers.
+"""Argument checks of each op, on the Python side: one function per op schema, `check_<op>(<the op's
+arguments>)`, called by the functional wrappers (first, so that users get these messages), by the fake
+kernels and by the Triton twins' entry (both registered in shufflekern/ops.py).
 
-Each message names the argument and what was expected.  The C++ entry points check the same
-conditions again (csrc/checks.h), so direct torch.ops.shufflekern.* calls are safe too.
+Each message names the argument and what was expected.  The compiled kernels' entry points check the same
+conditions in C++ (csrc/checks.h, csrc/kd_loss_checks.h, csrc/batch_norm_act.h; shared by the CPU and CUDA
+entry points), so direct torch.ops.shufflekern.* calls are safe too.  The two languages each state the
+checks once: the fake kernels must run on symbolic shapes, which the C++ checks cannot read.  Which dtypes
+a backend takes is not checked here but in the backend policy (shufflekern/_backend.py).
 """
 import math
 
 import torch
 from torch._prims_common import suggest_memory_format
 
-__all__ = ["suggest_memory_format", "check_tensor", "check_int", "check_channel_shuffle", "check_shuffle_conv1x1",
-           "check_shuffle_conv1x1_grad_input", "check_shuffle_conv1x1_grad_weight", "check_kd",
-           "check_kd_target_range", "check_kd_op", "check_batch_norm_act", "KD_REDUCTIONS"]
+__all__ = ["suggest_memory_format", "check_tensor", "check_int", "check_number", "check_channel_shuffle",
+           "check_shuffle_conv1x1", "check_shuffle_conv1x1_grad_input", "check_shuffle_conv1x1_grad_weight",
+           "check_kd", "check_kd_target_range", "check_kd_loss_forward", "check_batch_norm_act",
+           "check_batch_norm_act_backward", "kd_reduction_code", "KD_REDUCTIONS"]
 
 
 def check_tensor(op, name, t, dims=None):
@@ -27,6 +33,10 @@ def check_int(op, name, v, minimum=None):
     if minimum is not None and v < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {v}")
 
+
+# --------------------------------------------------------------------------------------------------
+# channel_shuffle and shuffle_conv1x1
+# --------------------------------------------------------------------------------------------------
 
 def check_channel_shuffle(x, groups, op="channel_shuffle"):
     check_tensor(op, "x", x, 4)
@@ -72,23 +82,28 @@ def check_shuffle_conv1x1(x, weight, bias, groups, shuffle_groups, op="shuffle_c
                              f"{tuple(bias.shape)}")
 
 
-def check_shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups, op="shuffle_conv1x1_grad_input"):
-    check_tensor(op, "grad_out", grad_out, 4)
-    check_tensor(op, "weight", weight, 4)
+def _check_shuffle_conv1x1_backward(op, grad_out, name, t, groups, shuffle_groups):
+    """Both backward ops: grad_out and t (the weight, or x) 4-D, then shuffle_conv1x1's checks on the
+    forward arguments they imply."""
+    for n, v in (("grad_out", grad_out), (name, t)):
+        check_tensor(op, n, v, 4)
     check_int(op, "groups", groups, 1)
-    x_like = grad_out.new_empty((0, weight.shape[1] * groups, 1, 1))
-    check_shuffle_conv1x1(x_like, weight, None, groups, shuffle_groups, op=op)
+    if name == "weight":
+        x, w = grad_out.new_empty((0, t.shape[1] * groups, 1, 1)), t
+    else:
+        x, w = t, t.new_empty((grad_out.shape[1], t.shape[1] // groups, 1, 1))
+    check_shuffle_conv1x1(x, w, None, groups, shuffle_groups, op=op)
+
+
+def check_shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups, op="shuffle_conv1x1_grad_input"):
+    _check_shuffle_conv1x1_backward(op, grad_out, "weight", weight, groups, shuffle_groups)
     if grad_out.shape[1] != weight.shape[0]:
         raise ValueError(f"{op}: grad_out must have C_out = weight.shape[0] = {weight.shape[0]} channels, got "
                          f"{grad_out.shape[1]}")
 
 
 def check_shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups, op="shuffle_conv1x1_grad_weight"):
-    check_tensor(op, "grad_out", grad_out, 4)
-    check_tensor(op, "x", x, 4)
-    check_int(op, "groups", groups, 1)
-    w_like = x.new_empty((grad_out.shape[1], x.shape[1] // groups, 1, 1))
-    check_shuffle_conv1x1(x, w_like, None, groups, shuffle_groups, op=op)
+    _check_shuffle_conv1x1_backward(op, grad_out, "x", x, groups, shuffle_groups)
     if grad_out.dtype != x.dtype or grad_out.device != x.device:
         raise TypeError(f"{op}: grad_out must have the dtype and device of x ({x.dtype}, {x.device}), got "
                         f"{grad_out.dtype}, {grad_out.device}")
@@ -97,15 +112,14 @@ def check_shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups, op="s
         raise ValueError(f"{op}: grad_out must be [N, C_out, H, W] with N, H, W of x {tuple(x.shape)}, got "
                          f"{tuple(grad_out.shape)}")
 
-# --------------------------------------------------------------------------------------------------
-# kd_kl_div / kd_loss
-# --------------------------------------------------------------------------------------------------
-KD_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
-_KD_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
+# --------------------------------------------------------------------------------------------------
+# batch_norm_act
+# --------------------------------------------------------------------------------------------------
 
-def check_batch_norm_act(x, weight, bias, residual, running_mean, running_var, training, op="batch_norm_act"):
-    """The checks of the C++ entry (csrc/cpu/batch_norm_act.cpp) that do not depend on the backend."""
+def check_batch_norm_act(x, weight, bias, residual, running_mean, running_var, training, eps=1e-5, relu=True,
+                         op="batch_norm_act"):
+    """The checks of the C++ entry points (csrc/batch_norm_act.h) that do not depend on the backend."""
     check_tensor(op, "x", x, 4)
     if training and x.numel() == 0:
         raise ValueError(f"{op}: training needs at least one value per channel, got x of shape {tuple(x.shape)}")
@@ -116,6 +130,27 @@ def check_batch_norm_act(x, weight, bias, residual, running_mean, running_var, t
         raise ValueError(f"{op}: residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
     if not training and (running_mean is None or running_var is None):
         raise ValueError(f"{op}: evaluation (training=False) needs running_mean and running_var")
+    if not eps >= 0:
+        raise ValueError(f"{op}: eps must be non-negative, got {eps}")
+
+
+def check_batch_norm_act_backward(grad_y, x, weight, bias, residual, mean, var, training, eps, relu, output_mask,
+                                  op="batch_norm_act_backward"):
+    """The forward's checks (mean and var in place of the running statistics), and grad_y, mean, var shapes."""
+    check_batch_norm_act(x, weight, bias, residual, mean, var, False, eps, relu, op=op)
+    check_tensor(op, "grad_y", grad_y)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{op}: grad_y must have the shape of x {tuple(x.shape)}, got {tuple(grad_y.shape)}")
+    for name, t in (("mean", mean), ("var", var)):
+        if t.dim() != 1 or t.shape[0] != x.shape[1]:
+            raise ValueError(f"{op}: {name} must be 1-D of length C = {x.shape[1]}, got shape {tuple(t.shape)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# kd_kl_div / kd_loss
+# --------------------------------------------------------------------------------------------------
+KD_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2, "batchmean": 3}
+_KD_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def check_number(op, name, v):
@@ -179,11 +214,11 @@ def check_kd_target_range(target, classes, ignore_index, op="kd_loss"):
                          f"or ignore_index ({ignore_index})")
 
 
-def check_kd_op(student, teacher, target, temperature, alpha, ignore_index, reduction_code,
-                op="kd_loss_forward"):
-    """check_kd for the op's own arguments (reduction as its integer code)."""
+def check_kd_loss_forward(student, teacher, target, temperature, alpha, ignore_index, reduction, grad_student=False,
+                          grad_teacher=False, op="kd_loss_forward"):
+    """check_kd for the op's own arguments (reduction as its integer code).  Returns (T, alpha, code)."""
     names = {v: k for k, v in KD_REDUCTIONS.items()}
-    if reduction_code not in names:
+    if reduction not in names:
         raise ValueError(f"{op}: reduction code must be 0 (none), 1 (mean), 2 (sum) or 3 (batchmean), "
-                         f"got {reduction_code!r}")
-    return check_kd(op, student, teacher, target, temperature, alpha, names[reduction_code], ignore_index)
+                         f"got {reduction!r}")
+    return check_kd(op, student, teacher, target, temperature, alpha, names[reduction], ignore_index)

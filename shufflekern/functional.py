@@ -1,10 +1,11 @@
-"""Functional API: validates arguments, picks the backend, calls the registered op."""
+"""Functional API: validates arguments (shufflekern._validate), asks the backend policy
+(shufflekern._backend) which op runs the input, calls it.  Exact semantics: docs/semantics.md."""
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from . import ops  # noqa: F401  (registers fake kernels and autograd)
+from . import ops  # noqa: F401  (registers the fake kernels, dtypes and Triton twins)
 from ._backend import select
 from ._validate import check_channel_shuffle, check_int, check_kd, check_shuffle_conv1x1
 
@@ -19,7 +20,7 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """
     if type(x) is not torch.Tensor or type(groups) is not int:
         check_channel_shuffle(x, groups)  # friendlier TypeErrors; plain calls get the C++ op's ValueErrors
-    return select("channel_shuffle", x.device)(x, groups)
+    return select("channel_shuffle", x.device, x.dtype)(x, groups)
 
 
 def shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, groups: int = 1,
@@ -28,19 +29,21 @@ def shuffle_conv1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
 
     `sg = groups if shuffle_groups is None else shuffle_groups`; weight is `[C_out, C_in/groups, 1, 1]`
     (stride 1, no padding).  The shuffle is folded into the convolution's indexing: no shuffled copy of x
-    is made.  The output keeps x's memory format (x.suggest_memory_format()).  CPU: float32, float64,
-    bfloat16; CUDA: float32, float16, bfloat16 (accumulation in float32 for the 16-bit types).
+    is made.  The output keeps x's memory format (x.suggest_memory_format()).  dtypes: CPU float32, float64,
+    bfloat16; CUDA float32, float64, float16, bfloat16 (C++/CUDA kernels; Triton: no float64); the 16-bit
+    types accumulate in float32.  Another dtype raises a TypeError naming x and what each backend takes.
     """
     check_int("shuffle_conv1x1", "groups", groups, 1)
     sg = groups if shuffle_groups is None else shuffle_groups
     check_shuffle_conv1x1(x, weight, bias, groups, sg)
-    return select("shuffle_conv1x1", x.device)(x, weight, bias, groups, sg)
+    return select("shuffle_conv1x1", x.device, x.dtype)(x, weight, bias, groups, sg)
+
 
 def _kd(op, student_logits, teacher_logits, target, temperature, alpha, reduction, ignore_index):
     temperature, alpha, code = check_kd(op, student_logits, teacher_logits, target, temperature, alpha,
                                         reduction, ignore_index)
     grad = torch.is_grad_enabled()
-    loss, _, _ = select("kd_loss_forward", student_logits.device)(
+    loss, _, _ = select("kd_loss_forward", student_logits.device, student_logits.dtype)(
         student_logits, teacher_logits, target, temperature, alpha, ignore_index, code,
         grad and student_logits.requires_grad, grad and teacher_logits.requires_grad)
     return loss

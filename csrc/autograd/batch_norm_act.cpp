@@ -1,4 +1,4 @@
-// Autograd of shufflekern::batch_norm_act: y = act(BN(x) [+ residual]).  The derivatives (through the batch
+// Autograd of shufflekern::batch_norm_act and its Triton twin: y = act(BN(x) [+ residual]).  The derivatives (through the batch
 // statistics in training, with constant statistics in evaluation) are computed by batch_norm_act_backward;
 // mean and var are outputs without a gradient.  Not twice differentiable.
 #include <torch/library.h>
@@ -17,11 +17,12 @@ using Bwd = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
 
 OptT opt(const at::Tensor& t) { return t.defined() ? OptT(t) : std::nullopt; }
 
-struct BatchNormAct : torch::autograd::Function<BatchNormAct> {
+template <typename Fam>
+struct BatchNormAct : torch::autograd::Function<BatchNormAct<Fam>> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptT& weight, const OptT& bias,
                                const OptT& residual, const OptT& running_mean, const OptT& running_var,
                                bool training, double eps, bool relu) {
-    static const auto op = op_handle<Fwd>("shufflekern::batch_norm_act");
+    static const auto op = family_op<Fwd, Fam>("batch_norm_act");
     at::Tensor y, mean, var;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -44,7 +45,7 @@ struct BatchNormAct : torch::autograd::Function<BatchNormAct> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = op_handle<Bwd>("shufflekern::batch_norm_act_backward");
+    static const auto op = family_op<Bwd, Fam>("batch_norm_act_backward");
     const auto s = ctx->get_saved_variables();
     auto needs = [&](const char* name) {
       const int64_t edge = ctx->saved_data[name].toInt();
@@ -63,15 +64,16 @@ struct BatchNormAct : torch::autograd::Function<BatchNormAct> {
   }
 };
 
+template <typename Fam>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_act_autograd(
     const at::Tensor& x, const OptT& weight, const OptT& bias, const OptT& residual, const OptT& running_mean,
     const OptT& running_var, bool training, double eps, bool relu) {
-  auto out = BatchNormAct::apply(x, weight, bias, residual, running_mean, running_var, training, eps, relu);
+  auto out = BatchNormAct<Fam>::apply(x, weight, bias, residual, running_mean, running_var, training, eps, relu);
   return {out[0], out[1], out[2]};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(shufflekern, Autograd, m) { m.impl("batch_norm_act", &batch_norm_act_autograd); }
+TORCH_LIBRARY_IMPL(shufflekern, Autograd, m) { SK_AUTOGRAD_FAMILY(m, "batch_norm_act", batch_norm_act_autograd); }
 
 }  // namespace shufflekern::autograd

@@ -1,14 +1,18 @@
 // Helpers of the C++ autograd kernels (csrc/autograd/<op>.cpp).
 //
-// The compiled ops register their derivatives here, on the Autograd dispatch key, rather than from Python
-// (torch.library.register_autograd): a Python autograd kernel costs every call a trip through the
-// interpreter (~10-20 us), as much as a whole channel shuffle of a ShuffleNet activation.  The Triton twins
-// keep their Python formulas in shufflekern/ops.py; both sides state the same derivatives.
+// Each op's derivative is written once, in C++, on the Autograd dispatch key, and serves both families of
+// the op: the compiled kernels (shufflekern::<op>) and the Triton twin (shufflekern::<op>_triton).  The
+// autograd kernel is a template on the family, so the backward of a twin calls the twin's backward ops.
+// C++ rather than torch.library.register_autograd: a Python autograd kernel costs every call a trip through
+// the interpreter (~10-20 us), as much as a whole channel shuffle of a ShuffleNet activation.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <string>
 
 namespace shufflekern::autograd {
 
@@ -22,6 +26,28 @@ template <typename Sig>
 c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
+
+// The two families of every op: the name suffix of their schemas (csrc/shufflekern.cpp).
+struct Native {
+  static constexpr const char* suffix = "";
+};
+struct Triton {
+  static constexpr const char* suffix = "_triton";
+};
+
+// The typed handle of shufflekern::<base> in family Fam.
+template <typename Sig, typename Fam>
+c10::TypedOperatorHandle<Sig> family_op(const char* base) {
+  return op_handle<Sig>((std::string("shufflekern::") + base + Fam::suffix).c_str());
+}
+
+// Registers the autograd kernel template Fn for <op> and <op>_triton:
+//   TORCH_LIBRARY_IMPL(shufflekern, Autograd, m) { SK_AUTOGRAD_FAMILY(m, "channel_shuffle", channel_shuffle_autograd); }
+#define SK_AUTOGRAD_FAMILY(m, op, Fn)                                                   \
+  do {                                                                                  \
+    (m).impl(op, &Fn<::shufflekern::autograd::Native>);                                 \
+    (m).impl(op "_triton", &Fn<::shufflekern::autograd::Triton>);                       \
+  } while (0)
 
 // True when `t` is a plain tensor computed eagerly: no torch.compile / make_fx / FakeTensor tracing is
 // looking, so a value-dependent shortcut does not get baked into a traced graph.

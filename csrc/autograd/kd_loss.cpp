@@ -1,4 +1,4 @@
-// Autograd of shufflekern::kd_loss_forward.  The op returns (loss, d loss/d student, d loss/d teacher),
+// Autograd of shufflekern::kd_loss_forward and its Triton twin.  The op returns (loss, d loss/d student, d loss/d teacher),
 // the gradients computed in the forward pass while each row is cache-hot (0-element tensors when not
 // asked for), so the backward only scales them by grad_output.
 #include <torch/library.h>
@@ -24,11 +24,12 @@ at::Tensor scale(const at::Tensor& grad, const at::Tensor& g, bool per_row) {
   return grad * (per_row ? g.unsqueeze(-1) : g);
 }
 
-struct KdLoss : torch::autograd::Function<KdLoss> {
+template <typename Fam>
+struct KdLoss : torch::autograd::Function<KdLoss<Fam>> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& student, const at::Tensor& teacher,
                                const std::optional<at::Tensor>& target, double temperature, double alpha,
                                int64_t ignore_index, int64_t reduction, bool grad_student, bool grad_teacher) {
-    static const auto op = op_handle<KdSig>("shufflekern::kd_loss_forward");
+    static const auto op = family_op<KdSig, Fam>("kd_loss_forward");
     at::Tensor loss, gs, gt;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -62,17 +63,18 @@ struct KdLoss : torch::autograd::Function<KdLoss> {
   }
 };
 
+template <typename Fam>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_autograd(
     const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& target,
     double temperature, double alpha, int64_t ignore_index, int64_t reduction, bool grad_student,
     bool grad_teacher) {
-  auto r = KdLoss::apply(student, teacher, target, temperature, alpha, ignore_index, reduction, grad_student,
+  auto r = KdLoss<Fam>::apply(student, teacher, target, temperature, alpha, ignore_index, reduction, grad_student,
                          grad_teacher);
   return {r[0], r[1], r[2]};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(shufflekern, Autograd, m) { m.impl("kd_loss_forward", &kd_loss_forward_autograd); }
+TORCH_LIBRARY_IMPL(shufflekern, Autograd, m) { SK_AUTOGRAD_FAMILY(m, "kd_loss_forward", kd_loss_forward_autograd); }
 
 }  // namespace shufflekern::autograd

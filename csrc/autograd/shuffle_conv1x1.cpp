@@ -1,4 +1,4 @@
-// Autograd of shufflekern::shuffle_conv1x1.  With P the shuffle (x' = P x) and W_bd the block-diagonal
+// Autograd of shufflekern::shuffle_conv1x1 and its Triton twin.  With P the shuffle (x' = P x) and W_bd the block-diagonal
 // weight of the groups, y = W_bd P x + b, so
 //   grad_x = P^T W_bd^T grad_y          (shuffle_conv1x1_grad_input)
 //   grad_W = grad_y (P x)^T per group   (shuffle_conv1x1_grad_weight, summed over images and pixels)
@@ -11,33 +11,37 @@
 namespace shufflekern::autograd {
 namespace {
 
+template <typename Fam>
 at::Tensor forward_op(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b, int64_t groups,
                       int64_t sg) {
-  static const auto op =
-      op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t)>(
-          "shufflekern::shuffle_conv1x1");
+  static const auto op = family_op<
+      at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, int64_t), Fam>(
+      "shuffle_conv1x1");
   return op.call(x, w, b, groups, sg);
 }
 
+template <typename Fam>
 at::Tensor grad_input_op(const at::Tensor& gy, const at::Tensor& w, int64_t groups, int64_t sg) {
-  static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>(
-      "shufflekern::shuffle_conv1x1_grad_input");
+  static const auto op =
+      family_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t), Fam>("shuffle_conv1x1_grad_input");
   return op.call(gy, w, groups, sg);
 }
 
+template <typename Fam>
 at::Tensor grad_weight_op(const at::Tensor& gy, const at::Tensor& x, int64_t groups, int64_t sg) {
-  static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>(
-      "shufflekern::shuffle_conv1x1_grad_weight");
+  static const auto op =
+      family_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t), Fam>("shuffle_conv1x1_grad_weight");
   return op.call(gy, x, groups, sg);
 }
 
-struct ShuffleConv1x1 : torch::autograd::Function<ShuffleConv1x1> {
+template <typename Fam>
+struct ShuffleConv1x1 : torch::autograd::Function<ShuffleConv1x1<Fam>> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, int64_t groups, int64_t sg) {
     at::Tensor y;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      y = forward_op(x, weight, bias, groups, sg);
+      y = forward_op<Fam>(x, weight, bias, groups, sg);
     }
     ctx->save_for_backward({x, weight});
     ctx->saved_data["groups"] = groups;
@@ -57,20 +61,21 @@ struct ShuffleConv1x1 : torch::autograd::Function<ShuffleConv1x1> {
                                                   ? at::MemoryFormat::ChannelsLast
                                                   : at::MemoryFormat::Contiguous);
     at::Tensor gx, gw, gb;
-    if (ctx->needs_input_grad(0)) gx = grad_input_op(gy, weight, groups, sg);
-    if (ctx->needs_input_grad(1)) gw = grad_weight_op(gy, x, groups, sg);
+    if (ctx->needs_input_grad(0)) gx = grad_input_op<Fam>(gy, weight, groups, sg);
+    if (ctx->needs_input_grad(1)) gw = grad_weight_op<Fam>(gy, x, groups, sg);
     if (has_bias && ctx->needs_input_grad(2)) gb = gy.sum({0, 2, 3});
     return {gx, gw, gb, at::Tensor(), at::Tensor()};
   }
 };
 
+template <typename Fam>
 at::Tensor shuffle_conv1x1_autograd(const at::Tensor& x, const at::Tensor& weight,
                                     const std::optional<at::Tensor>& bias, int64_t groups, int64_t sg) {
-  return ShuffleConv1x1::apply(x, weight, bias, groups, sg);
+  return ShuffleConv1x1<Fam>::apply(x, weight, bias, groups, sg);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(shufflekern, Autograd, m) { m.impl("shuffle_conv1x1", &shuffle_conv1x1_autograd); }
+TORCH_LIBRARY_IMPL(shufflekern, Autograd, m) { SK_AUTOGRAD_FAMILY(m, "shuffle_conv1x1", shuffle_conv1x1_autograd); }
 
 }  // namespace shufflekern::autograd

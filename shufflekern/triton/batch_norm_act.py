@@ -8,13 +8,14 @@ over tiles of BLOCK_P positions (shifted by the first position's value, as the C
 as [tiles, C] partials and added in float64 by torch: no atomics, the same result every run.  Tiles
 compute in float32 (float64 for float64 inputs).  Per-channel
 coefficients are computed by torch (float64, then the input dtype) the same way in forward and backward,
-so the backward's recomputed ReLU mask is the forward's.
+so the backward's recomputed ReLU mask is the forward's.  The launchers trust their arguments:
+shufflekern/ops.py checks them (shufflekern._validate) first.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .._validate import check_batch_norm_act, suggest_memory_format
+from .._validate import suggest_memory_format
 
 BLOCK_P, BLOCK_C = 64, 32
 
@@ -139,7 +140,6 @@ def _coefficients(mean, var, weight, bias, eps, dtype):
 
 
 def batch_norm_act(x, weight, bias, residual, running_mean, running_var, training, eps, relu):
-    check_batch_norm_act(x, weight, bias, residual, running_mean, running_var, training)
     x, fmt, geo = _geometry(x)
     r = residual.contiguous(memory_format=fmt) if residual is not None else None
     y = torch.empty_like(x, memory_format=fmt)

@@ -6,14 +6,18 @@ x channel src(c') = (c' % sg)*Cs + c' // sg, so the shuffle is only the gather o
     y[p, k*Mg + m]   = sum_j x[p, src(k*Cg + j)] * W[k*Mg + m, j]  (+ b)
     gx[p, src(k*Cg + j)] = sum_m gy[p, k*Mg + m] * W[k*Mg + m, j]
     gW[k*Mg + m, j]  = sum_p gy[p, k*Mg + m] * x[p, src(k*Cg + j)]
-All three accumulate in float32 with tl.dot.
+All three accumulate in float32 with tl.dot.  The launchers trust their arguments: shufflekern/ops.py checks
+them (shufflekern._validate) and the dtype (float32, float16, bfloat16: shufflekern/_backend.py) first.
 """
 import torch
 import triton
 import triton.language as tl
 
-from .._validate import (check_shuffle_conv1x1, check_shuffle_conv1x1_grad_input, check_shuffle_conv1x1_grad_weight,
-                         suggest_memory_format)
+from .._backend import OPS
+from .._validate import suggest_memory_format
+
+# What the launchers take (declared with the op's registration in shufflekern/ops.py).
+_DTYPES = OPS["shuffle_conv1x1"].triton
 
 
 @triton.jit
@@ -112,15 +116,6 @@ def _shuffle_conv1x1_grad_weight_kernel(gy_ptr, x_ptr, gw_ptr, P, HW, CG, MG, SG
              mask=mask_m[:, None] & mask_j[None, :])
 
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _check_dtype(t, name):
-    if t.dtype not in _DTYPES:
-        raise TypeError(f"shuffle_conv1x1: the triton backend supports float32, float16 and bfloat16 {name}, got "
-                        f"{t.dtype}; use backend 'auto'")
-
-
 def _upcast(t):
     # The interpreter's tl.dot returns garbage for bf16 operands (numpy has no bf16), so on CPU tensors the
     # tiles are widened to fp32 first; on a GPU bf16 tiles go to the tensor cores as they are.
@@ -133,8 +128,6 @@ def _block(n, cap):
 
 
 def shuffle_conv1x1(x, weight, bias, groups, shuffle_groups):
-    check_shuffle_conv1x1(x, weight, bias, groups, shuffle_groups)
-    _check_dtype(x, "x")
     fmt = suggest_memory_format(x)
     x = x.contiguous(memory_format=fmt)
     weight = weight.contiguous()
@@ -157,8 +150,6 @@ def shuffle_conv1x1(x, weight, bias, groups, shuffle_groups):
 
 
 def shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups):
-    check_shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups)
-    _check_dtype(grad_out, "grad_out")
     fmt = suggest_memory_format(grad_out)
     gy = grad_out.contiguous(memory_format=fmt)
     weight = weight.contiguous()
@@ -181,8 +172,6 @@ def shuffle_conv1x1_grad_input(grad_out, weight, groups, shuffle_groups):
 
 
 def shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups):
-    check_shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups)
-    _check_dtype(x, "x")
     fmt = suggest_memory_format(x)
     x = x.contiguous(memory_format=fmt)
     gy = grad_out.contiguous(memory_format=fmt)
