@@ -1,4 +1,4 @@
-"""End-to-end ShuffleNet speed with the providers interleaved step by step (issue 5's targets).
+"""End-to-end ShuffleNet speed with the providers interleaved step by step (the fused models' speed targets).
 
 `python -m shufflekern bench --ops models` times each provider in its own block of rounds; on a shared,
 noisy machine a block can land in a slow spell, and sequential ratios of the same models moved by ±25%
