@@ -1,4 +1,4 @@
-"""python -m shufflekern {info,bench,train,distill,prune,quantize}"""
+"""python -m shufflekern {info,bench,train,distill,prune,quantize,traffic}"""
 import argparse
 import sys
 
@@ -14,7 +14,9 @@ def main(argv=None):
     sub.add_parser("distill", help="distil a teacher into a student", add_help=False)
     sub.add_parser("prune", help="shuffle-aware structured pruning of a student (+ KD fine-tune)", add_help=False)
     sub.add_parser("quantize", help="INT8 PT2E quantization via torchao (+ latency, size)", add_help=False)
-    if argv and argv[0] in ("bench", "train", "distill", "prune", "quantize"):
+    sub.add_parser("traffic", help="modeled GPU memory traffic of the CUDA kernels (emulator; a model, not a "
+                   "measurement)", add_help=False)
+    if argv and argv[0] in ("bench", "train", "distill", "prune", "quantize", "traffic"):
         cmd, rest = argv[0], argv[1:]
         if cmd == "bench":
             from ._bench_cli import main as run
@@ -24,6 +26,8 @@ def main(argv=None):
             from .compress.cli import prune_main as run
         elif cmd == "quantize":
             from .compress.cli import quantize_main as run
+        elif cmd == "traffic":
+            from .traffic import main as run
         else:
             from .distill.cli import distill_main as run
         return run(rest)

@@ -41,8 +41,6 @@ struct BnGeo {
     const int64_t n = p / HW;
     return n * sN + c * sC + (p - n * HW) * sQ;
   }
-  // Channel of the element at memory offset i of a dense tensor in this layout.
-  SK_HOST_DEVICE int64_t channel(int64_t i) const { return cl ? i % C : (i / HW) % C; }
 };
 
 // z = x * scale + shift [+ r] and its ReLU, one expression for the forward and the backward's mask.
@@ -162,16 +160,33 @@ __global__ void _bn_finalize_kernel(SK_GLOBAL(const Acc) partial, int64_t tiles,
   }
 }
 
-// y = relu(x * scale + shift [+ r]), elementwise over the dense tensor (grid-stride).
+// The elementwise passes walk the tensor as _bn_reduce does (grid: position chunks x channel tiles; a warp
+// along the contiguous dimension), so that each thread keeps one channel and loads its coefficients once.
+struct BnTile {
+  int64_t c, first, end, step;
+  __device__ BnTile(const BnGeo& geo) {
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    c = geo.cl ? int64_t(blockIdx.y) * kWarp + tx : int64_t(blockIdx.y) * kRows + ty;
+    const int64_t p0 = int64_t(blockIdx.x) * kChunk;
+    first = p0 + (geo.cl ? ty : tx);
+    end = p0 + kChunk < geo.P ? p0 + kChunk : geo.P;
+    step = geo.cl ? kRows : kWarp;
+  }
+};
+
+// y = relu(x * scale + shift [+ r]).
 template <typename T, typename Acc>
 __global__ void _bn_apply_kernel(SK_GLOBAL(const T) x, SK_GLOBAL(const T) r, SK_GLOBAL(const Acc) coef,
-                                 SK_GLOBAL(T) y, int64_t numel, BnGeo geo, bool relu) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = geo.channel(i);
-    Acc z = bn_pre_act(Acc(x[i]), Acc(coef[kScale * geo.C + c]), Acc(coef[kShift * geo.C + c]));
-    if (r) z += Acc(r[i]);
+                                 SK_GLOBAL(T) y, BnGeo geo, bool relu) {
+  const BnTile t(geo);
+  if (t.c >= geo.C) return;
+  const Acc scale = coef[kScale * geo.C + t.c], shift = coef[kShift * geo.C + t.c];
+  for (int64_t p = t.first; p < t.end; p += t.step) {
+    const int64_t o = geo.off(p, t.c);
+    Acc z = bn_pre_act(Acc(x[o]), scale, shift);
+    if (r) z += Acc(r[o]);
     if (relu && z <= Acc(0)) z = Acc(0);  // NaN stays NaN, as torch.relu
-    y[i] = T(z);
+    y[o] = T(z);
   }
 }
 
@@ -179,14 +194,18 @@ __global__ void _bn_apply_kernel(SK_GLOBAL(const T) x, SK_GLOBAL(const T) r, SK_
 // ReLU mask recomputed.
 template <typename T, typename Acc>
 __global__ void _bn_grad_apply_kernel(SK_GLOBAL(const T) src, SK_GLOBAL(const T) x, SK_GLOBAL(const Acc) coef,
-                                      SK_GLOBAL(T) gx, int64_t numel, BnGeo geo, bool relu) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < numel; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = geo.channel(i);
-    const Acc xv = Acc(x[i]);
-    Acc gz = Acc(src[i]);
-    if (relu && bn_pre_act(xv, Acc(coef[kScale * geo.C + c]), Acc(coef[kShift * geo.C + c])) <= Acc(0)) gz = Acc(0);
-    gx[i] = T(gz * coef[kGradA * geo.C + c] + (xv - coef[kMean * geo.C + c]) * coef[kGradB * geo.C + c] +
-              coef[kGradD * geo.C + c]);
+                                      SK_GLOBAL(T) gx, BnGeo geo, bool relu) {
+  const BnTile t(geo);
+  if (t.c >= geo.C) return;
+  const int64_t C = geo.C, c = t.c;
+  const Acc scale = coef[kScale * C + c], shift = coef[kShift * C + c], mean = coef[kMean * C + c];
+  const Acc ca = coef[kGradA * C + c], cb = coef[kGradB * C + c], cd = coef[kGradD * C + c];
+  for (int64_t p = t.first; p < t.end; p += t.step) {
+    const int64_t o = geo.off(p, c);
+    const Acc xv = Acc(x[o]);
+    Acc gz = Acc(src[o]);
+    if (relu && bn_pre_act(xv, scale, shift) <= Acc(0)) gz = Acc(0);
+    gx[o] = T(gz * ca + (xv - mean) * cb + cd);
   }
 }
 
@@ -207,11 +226,6 @@ dim3 reduce_grid(const BnGeo& geo) {
   const int64_t cy = (geo.C + ctile - 1) / ctile;
   TORCH_CHECK_VALUE(cy <= kMaxGridY, kOp, ": too many channels for the CUDA grid (", geo.C, ")");
   return dim3(unsigned((geo.P + kChunk - 1) / kChunk), unsigned(cy));
-}
-
-dim3 apply_grid(int64_t numel) {
-  const int64_t want = (numel + kApplyThreads - 1) / kApplyThreads;
-  return dim3(unsigned(std::min<int64_t>(want, int64_t(SK_RT::sm_count()) * 16)));
 }
 
 dim3 channel_grid(int64_t c) { return dim3(unsigned((c + kApplyThreads - 1) / kApplyThreads)); }
@@ -262,9 +276,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(
               opt_ptr<acc_t>(partial), int64_t(rgrid.x), SK_RT::dptr<scalar_t>(x), SK_RT::dptr<scalar_t>(mean),
               SK_RT::dptr<scalar_t>(var), opt_ptr<scalar_t>(w), opt_ptr<scalar_t>(b), SK_RT::dptr<acc_t>(coef),
               (scalar_t*)nullptr, (scalar_t*)nullptr, geo, eps, training);
-    SK_LAUNCH((_bn_apply_kernel<scalar_t, acc_t>), apply_grid(x.numel()), dim3(kApplyThreads), 0,
-              SK_RT::dptr<scalar_t>(x), opt_ptr<scalar_t>(r), SK_RT::dptr<acc_t>(coef), SK_RT::dptr<scalar_t>(y),
-              x.numel(), geo, relu);
+    SK_LAUNCH((_bn_apply_kernel<scalar_t, acc_t>), rgrid, dim3(kWarp, kRows), 0, SK_RT::dptr<scalar_t>(x),
+              opt_ptr<scalar_t>(r), SK_RT::dptr<acc_t>(coef), SK_RT::dptr<scalar_t>(y), geo, relu);
   });
   return {y, stats_mean, stats_var};
 }
@@ -315,9 +328,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
                 opt_ptr<scalar_t>(gw), opt_ptr<scalar_t>(gb), geo, eps, training);
       if (mask[0]) {
         const bool from_gr = gr.defined();
-        SK_LAUNCH((_bn_grad_apply_kernel<scalar_t, acc_t>), apply_grid(x.numel()), dim3(kApplyThreads), 0,
+        SK_LAUNCH((_bn_grad_apply_kernel<scalar_t, acc_t>), rgrid, dim3(kWarp, kRows), 0,
                   SK_RT::dptr<scalar_t>(from_gr ? gr : g), SK_RT::dptr<scalar_t>(x), SK_RT::dptr<acc_t>(coef),
-                  SK_RT::dptr<scalar_t>(gx), x.numel(), geo, relu && !from_gr);
+                  SK_RT::dptr<scalar_t>(gx), geo, relu && !from_gr);
       }
     });
   }

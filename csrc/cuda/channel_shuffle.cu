@@ -28,8 +28,42 @@ __global__ void _channel_shuffle_kernel(SK_GLOBAL(const T) in, SK_GLOBAL(T) out,
   }
 }
 
+// channels_last: a block copies `rows` whole pixel rows (rows * c elements, one contiguous span) into shared
+// memory with consecutive threads on consecutive elements, then writes the same span permuted, again with
+// consecutive threads on consecutive elements: both sides coalesced, where a direct gather would make a
+// warp's 32 reads hit `groups` separate runs of the row.
+template <typename T>
+__global__ void _channel_shuffle_rows_kernel(SK_GLOBAL(const T) in, SK_GLOBAL(T) out, int64_t pixels, int64_t c,
+                                             int64_t rows, int64_t groups) {
+  SK_DYNAMIC_SHARED(T, tile);
+  const int64_t cpg = c / groups;
+  const int64_t p0 = int64_t(blockIdx.x) * rows;
+  const int64_t n = (pixels - p0 < rows ? pixels - p0 : rows) * c;
+  const int64_t base = p0 * c;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) tile[i] = in[base + i];
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const int64_t ch = i % c;
+    out[base + i] = tile[i - ch + shuffle_src_channel(ch, groups, cpg)];
+  }
+}
+
+constexpr int64_t kRowTileBytes = 16 * 1024;
+
 template <typename T>
 void launch(const at::Tensor& in, at::Tensor& out, int64_t c, int64_t inner, int64_t groups) {
+  if (inner == 1 && c * int64_t(sizeof(T)) <= kRowTileBytes) {
+    const int64_t pixels = in.numel() / c;
+    // Whole rows a block, a multiple of what makes the span a multiple of 128 bytes (warp-aligned spans).
+    const int64_t row_bytes = c * int64_t(sizeof(T));
+    int64_t align = 128;
+    for (int64_t b = row_bytes; b % 2 == 0 && align > 1; b /= 2) align /= 2;
+    int64_t rows = std::max<int64_t>(1, kRowTileBytes / row_bytes);
+    if (rows >= align) rows -= rows % align;
+    SK_LAUNCH((_channel_shuffle_rows_kernel<T>), dim3(static_cast<unsigned>((pixels + rows - 1) / rows)), dim3(256),
+              size_t(rows * c) * sizeof(T), SK_RT::dptr<T>(in), SK_RT::dptr<T>(out), pixels, c, rows, groups);
+    return;
+  }
   const int64_t total = in.numel();
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((total + threads - 1) / threads, 65535 * 8);

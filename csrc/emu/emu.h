@@ -196,7 +196,7 @@ struct Launch;
 // One global load or store of one thread (the memory-traffic model, enabled by set_traffic).
 struct Access {
   uintptr_t addr;
-  const void* site;  // where in the kernel (return address of the recording call)
+  const void* site;  // the path: which buffer of the launch (see record_access)
   uint32_t bytes;
   bool store;
 };
@@ -421,14 +421,23 @@ inline uint64_t warp_collective(const char* file, int line, WarpOp op, unsigned 
 }
 
 // ---- the memory-traffic model -------------------------------------------------------------------------
-// A warp's accesses are grouped as a GPU's load/store unit sees them: the j-th execution of one access site
-// by each lane of the warp (lanes on the same path) is one request, and the request moves every distinct
-// 32-byte sector its lanes touch.  Accesses are collected per lane between the warp's sync points and
+// A warp's accesses are grouped as a GPU's load/store unit sees them: the j-th load (or store) of each lane
+// of the warp to one buffer (lanes on the same path) is one request, and the request moves every distinct
+// 32-byte sector its lanes touch.  Its bytes asked for are its distinct elements (lanes that read one
+// address, a broadcast, ask for it once), so sector efficiency = asked / moved is at most 1.  Accesses are collected per lane between the warp's sync points and
 // grouped when all the lanes concerned reach one (a barrier, a warp collective, the end of the block).
-__attribute__((noinline)) inline void record_access(const void* p, uint32_t bytes, bool store) {
+inline void record_access(const void* p, uint32_t bytes, bool store) {
   Executor& ex = executor();
   if (ex.launch == nullptr || !ex.launch->traffic || ex.cur == nullptr) return;
-  ex.logs[ex.cur->linear].push_back(Access{reinterpret_cast<uintptr_t>(p), __builtin_return_address(0), bytes, store});
+  // The "path" of an access is the buffer it touches: the j-th access of each lane to one buffer is one
+  // request (the host compiler may duplicate a kernel's store into two branches where a GPU predicates one
+  // instruction, so code addresses would split requests that the hardware issues together).
+  const char* c = static_cast<const char*>(p);
+  uintptr_t buf = ~uintptr_t(0);
+  const std::vector<Buffer>& bufs = ex.launch->buffers;
+  for (size_t b = 0; b < bufs.size(); ++b)
+    if (c >= bufs[b].data && c < bufs[b].data + bufs[b].bytes) buf = b;
+  ex.logs[ex.cur->linear].push_back(Access{reinterpret_cast<uintptr_t>(p), reinterpret_cast<const void*>(buf), bytes, store});
 }
 
 // Groups and counts the logs of the threads [lo, hi) whose bit is set in `lanes`, then clears them.
@@ -446,9 +455,10 @@ inline void flush_traffic(Executor& ex, Launch& L, int lo, int hi, unsigned lane
       return site == o.site && nth == o.nth && store == o.store && sector == o.sector;
     }
   };
-  static thread_local std::vector<Key> keys;
+  static thread_local std::vector<Key> keys, uses;
   static thread_local std::vector<std::pair<const void*, uint32_t>> seen;
   keys.clear();
+  uses.clear();
   for (int t = lo; t < hi; ++t) {
     if (!(lanes >> (t - lo) & 1u)) continue;
     std::vector<Access>& log = ex.logs[t];
@@ -462,7 +472,8 @@ inline void flush_traffic(Executor& ex, Launch& L, int lo, int hi, unsigned lane
         }
       }
       if (nth == 0) seen.emplace_back(a.site, 0);
-      (a.store ? L.store_bytes : L.load_bytes) += a.bytes;
+      // Bytes asked for: the distinct elements of the request (lanes reading one address share it).
+      uses.push_back(Key{a.site, nth, a.store, (uint64_t(a.addr) << 8) | a.bytes});
       for (uint64_t sec = a.addr / 32; sec <= (a.addr + a.bytes - 1) / 32; ++sec) keys.push_back(Key{a.site, nth, a.store, sec});
     }
     log.clear();
@@ -470,6 +481,9 @@ inline void flush_traffic(Executor& ex, Launch& L, int lo, int hi, unsigned lane
   std::sort(keys.begin(), keys.end());
   for (size_t i = 0; i < keys.size(); ++i)
     if (i == 0 || !(keys[i] == keys[i - 1])) (keys[i].store ? L.store_sectors : L.load_sectors) += 1;
+  std::sort(uses.begin(), uses.end());
+  for (size_t i = 0; i < uses.size(); ++i)
+    if (i == 0 || !(uses[i] == uses[i - 1])) (uses[i].store ? L.store_bytes : L.load_bytes) += uses[i].sector & 0xFF;
 }
 
 inline void flush_warps(Executor& ex, Launch& L, int n) {
