@@ -133,6 +133,6 @@ setup(
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "tqdm", "matplotlib", "scikit-learn"],
-    extras_require={"triton": ["triton"]},
+    extras_require={"triton": ["triton"], "quant": ["torchao>=0.18"]},
     entry_points={"console_scripts": ["shufflekern=shufflekern.__main__:main"]},
 )

@@ -5,6 +5,7 @@ compiles them with triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 3
 (shufflekern/triton/aot.py).  The variant list is generated from the launchers (aot._sweep), and
 tests/conftest.py fails the session if the suite launches a variant that is not in it.
 """
+import os
 import time
 
 import pytest
@@ -96,13 +97,17 @@ def _known(r):
 
 @pytest.mark.slow
 def test_compile_every_variant_for_sm80_and_sm90():
+    # CI compiles the "cover" selection (every constexpr value and pointer dtype of every kernel, ~4 min cold
+    # on 2 cores); SHUFFLEKERN_AOT_SELECT=all compiles every launched combination (~18 min; make triton-aot).
+    select = os.environ.get("SHUFFLEKERN_AOT_SELECT", "cover")
     t0 = time.time()
-    res = aot.compile_all(archs=("sm_80", "sm_90"))
+    res = aot.compile_all(archs=("sm_80", "sm_90"), select=select)
     print(f"\n{aot.table(res)}\n{len(res)} compiled in {time.time() - t0:.0f} s")
     bad = [f"{r['module']}.{r['name']} {r['arch']} [{r['variant']}]: {r['error']}"
            for r in res if r["error"] and not _known(r)]
     assert not bad, "\n".join(bad)
     fixed = [r["variant"] for r in res if not r["error"] and _known(r)]
     assert not fixed, f"these compile now: remove them from KNOWN_FAILURES: {fixed}"
-    assert len(res) == 2 * len(aot.launched_variants())
+    if select == "all":
+        assert len(res) == 2 * len(aot.launched_variants())
     assert all(r["ptx"] and r["cubin"] and r["n_regs"] for r in res if not r["error"])
