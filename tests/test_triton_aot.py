@@ -84,11 +84,9 @@ def test_compile_one_variant_per_kernel():
 # Variants that Triton's compiler rejects today, each a real bug of the package (reported, owned elsewhere):
 # (kernel, arch, a pointer type of the variant).  The test fails on any other failure, and on an entry here
 # that compiles again (then remove it).
-KNOWN_FAILURES = {
-    # Triton supports fp8e4nv (torch.float8_e4m3fn) only from sm_89: channel_shuffle of a float8_e4m3fn
-    # tensor on an A100 under backend auto/triton fails to compile (fix: move fp8 bytes as uint8, as bool).
-    ("_channel_shuffle_kernel", "sm_80", "*fp8e4nv"),
-}
+# (kernel, arch, pointer type) that Triton's compiler rejects today; empty since channel_shuffle moves
+# 1-byte elements as uint8 (float8_e4m3fn did not compile for sm_80).
+KNOWN_FAILURES = set()
 
 
 def _known(r):

@@ -72,25 +72,16 @@ class DenseGrad(torch.autograd.Function):
 
 
 def _bn_op(bn, x, residual):
-    """The batch_norm_act overload for these tensors, or None (then the eager composition runs).
-
-    CPU: the C++ kernel (float32, float64); sk.backend("triton") runs the Triton twin instead, under
-    TRITON_INTERPRET=1 (else it raises, as every forced backend does).  CUDA: the Triton twin (float16,
-    bfloat16, float32, float64) when Triton can run, whichever backend is chosen (there is no C++/CUDA
-    kernel of this op).  BatchNorm parameters and statistics must have x's dtype."""
+    """The batch_norm_act overload the backend policy picks for these tensors (shufflekern/_backend.py: the
+    C++ CPU kernel for float32/float64 CPU tensors, the C++/CUDA kernel, then the Triton twin, on CUDA
+    tensors; the forced backend's kernel otherwise), or None where no backend of the current choice takes the
+    input (then the eager composition runs).  BatchNorm parameters and statistics must have x's dtype."""
     if x.dim() != 4 or x.numel() == 0 or not all(t is None or t.dtype == x.dtype
                                for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)):
         return None
     if residual is not None and (residual.dtype != x.dtype or residual.shape != x.shape):
         return None
-    dev = x.device.type
-    if dev == "cpu" and _backend.get_backend() != "triton":
-        return torch.ops.shufflekern.batch_norm_act.default if x.dtype in (torch.float32, torch.float64) else None
-    if dev == "cpu":
-        return _backend.select("batch_norm_act", x.device)  # the twin, or a clear error
-    if _backend.triton_unusable_reason(dev) is None and x.dtype.is_floating_point:
-        return torch.ops.shufflekern.batch_norm_act_triton.default
-    return None
+    return _backend.select_or_none("batch_norm_act", x.device, x.dtype)
 
 
 def bn_act(bn, x, residual=None, relu=True, perm=None, inv=None):

@@ -29,8 +29,9 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
         return out
     n, c, h, w = x.shape
     inner = 1 if fmt == torch.channels_last else h * w
-    # bool has no Triton pointer type; move its bytes as uint8.
-    src, dst = (x.view(torch.uint8), out.view(torch.uint8)) if x.dtype == torch.bool else (x, out)
+    # bool has no Triton pointer type, and Triton's fp8 types are not supported on every GPU (float8_e4m3fn
+    # does not compile for sm_80): a shuffle only moves bytes, so move 1-byte elements as uint8.
+    src, dst = (x.view(torch.uint8), out.view(torch.uint8)) if x.element_size() == 1 else (x, out)
     block = 1024
     _channel_shuffle_kernel[(triton.cdiv(total, block),)](src, dst, total, c, inner, groups, c // groups,
                                                           BLOCK=block)
