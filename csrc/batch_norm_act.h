@@ -18,6 +18,9 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
+#include <tuple>
+
 #include "checks.h"
 
 namespace shufflekern {
@@ -86,6 +89,25 @@ inline void check_running(const std::optional<at::Tensor>& running_mean, const s
                         running_var->defined(),
                     kOp, ": evaluation (training=False) needs running_mean and running_var");
 }
+
+// The backward's outputs.  grad_residual is dL/dz, which grad_x reads back when there is a residual, so it
+// exists whenever either is asked for; with no element, the parameter gradients are zeros.
+struct BnGrads {
+  at::Tensor gx, gr, gw, gb;
+  BnGrads(const at::Tensor& x, const at::Tensor& r, at::MemoryFormat fmt, std::array<bool, 4> mask) {
+    if (mask[0]) gx = at::empty_like(x, fmt);
+    if (r.defined() && (mask[0] || mask[1])) gr = at::empty_like(x, fmt);
+    if (mask[2]) gw = x.numel() ? at::empty({x.size(1)}, x.options()) : at::zeros({x.size(1)}, x.options());
+    if (mask[3]) gb = x.numel() ? at::empty({x.size(1)}, x.options()) : at::zeros({x.size(1)}, x.options());
+  }
+  // Whether a kernel has anything to compute.
+  bool any(const at::Tensor& x) const { return x.numel() > 0 && (gx.defined() || gr.defined() || gw.defined() || gb.defined()); }
+  // Gradients not asked for are 0-element tensors (a schema cannot return None).
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> result(const at::Tensor& x, std::array<bool, 4> mask) const {
+    const auto none = [&] { return at::empty({0}, x.options()); };
+    return {mask[0] ? gx : none(), mask[1] ? gr : none(), mask[2] ? gw : none(), mask[3] ? gb : none()};
+  }
+};
 
 }  // namespace bn_checks
 

@@ -458,6 +458,10 @@ def _run_all(dtype):
             rb = torch.randn(x.shape, generator=g, dtype=dtype).requires_grad_(True)
             yb, mean, var = torch.ops.shufflekern.batch_norm_act(xb, wb, bb, rb, None, None, True, 1e-5, True)
             out += [yb, mean, var] + list(torch.autograd.grad(yb, (xb, wb, bb, rb), torch.ones_like(yb)))
+        # NCHW: whole planes (channels_last above goes through shared-memory row spans)
+        xn = x.contiguous().requires_grad_(True)
+        yn = sk.channel_shuffle(xn, 3)
+        out += [yn] + list(torch.autograd.grad(yn, xn, yn * 2))
     return out
 
 

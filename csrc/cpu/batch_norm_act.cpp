@@ -80,16 +80,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   const at::Tensor w = channel_param(weight, "weight", x), b = channel_param(bias, "bias", x);
   const at::Tensor r = like_x(residual, "residual", x, fmt);
   const at::Tensor mean = channel_param(mean_in, "mean", x), var = channel_param(var_in, "var", x);
-  // grad_residual is dL/dz, which grad_x reads back when there is a residual.
-  const bool want_gr = r.defined() && (mask[0] || mask[1]);
-  at::Tensor gx = mask[0] ? at::empty_like(x, fmt) : at::Tensor();
-  at::Tensor gr = want_gr ? at::empty_like(x, fmt) : at::Tensor();
-  at::Tensor gw = mask[2] ? at::empty({x.size(1)}, x.options()) : at::Tensor();
-  at::Tensor gb = mask[3] ? at::empty({x.size(1)}, x.options()) : at::Tensor();
-  if (x.numel() == 0) {
-    if (gw.defined()) gw.zero_();
-    if (gb.defined()) gb.zero_();
-  } else if (mask[0] || mask[1] || mask[2] || mask[3]) {
+  BnGrads grads(x, r, fmt, mask);
+  const at::Tensor &gx = grads.gx, &gr = grads.gr, &gw = grads.gw, &gb = grads.gb;
+  if (grads.any(x)) {
     BnActArgs a = base_args(x, fmt == at::MemoryFormat::ChannelsLast, training, eps, relu);
     a.x = x.data_ptr();
     a.residual = ptr(r);
@@ -104,9 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     a.grad_bias = gb.defined() ? gb.data_ptr() : nullptr;
     batch_norm_act_backward_table.get()(a);
   }
-  // Gradients not asked for are 0-element tensors (a schema cannot return None).
-  const auto none = [&] { return at::empty({0}, x.options()); };
-  return {mask[0] ? gx : none(), mask[1] ? gr : none(), mask[2] ? gw : none(), mask[3] ? gb : none()};
+  return grads.result(x, mask);
 }
 
 }  // namespace

@@ -297,17 +297,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   const at::Tensor r = like_x(residual, "residual", x, fmt);
   const at::Tensor mean = channel_param(mean_in, "mean", x), var = channel_param(var_in, "var", x);
   TORCH_CHECK_VALUE(mean.defined() && var.defined(), kOp, ": the backward needs mean and var of length C");
-  // grad_residual is dL/dz, which grad_x reads back when there is a residual.
-  const bool want_gr = r.defined() && (mask[0] || mask[1]);
-  const auto none = [&] { return at::empty({0}, x.options()); };
-  at::Tensor gx = mask[0] ? at::empty_like(x, fmt) : at::Tensor();
-  at::Tensor gr = want_gr ? at::empty_like(x, fmt) : at::Tensor();
-  at::Tensor gw = mask[2] ? at::empty({x.size(1)}, x.options()) : at::Tensor();
-  at::Tensor gb = mask[3] ? at::empty({x.size(1)}, x.options()) : at::Tensor();
-  if (x.numel() == 0) {
-    if (gw.defined()) gw.zero_();
-    if (gb.defined()) gb.zero_();
-  } else if (mask[0] || mask[1] || mask[2] || mask[3]) {
+  BnGrads grads(x, r, fmt, mask);
+  const at::Tensor &gx = grads.gx, &gr = grads.gr, &gw = grads.gw, &gb = grads.gb;
+  if (grads.any(x)) {
     const BnGeo geo = geo_of(x, fmt);
     const dim3 rgrid = reduce_grid(geo);
     at::Tensor coef = at::empty({kCoefRows, geo.C}, x.options().dtype(acc_type(x)));
@@ -334,8 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
       }
     });
   }
-  // Gradients not asked for are 0-element tensors (a schema cannot return None).
-  return {mask[0] ? gx : none(), mask[1] ? gr : none(), mask[2] ? gw : none(), mask[3] ? gb : none()};
+  return grads.result(x, mask);
 }
 
 }  // namespace

@@ -34,45 +34,54 @@ constexpr int kThreads = 256;
 constexpr int64_t kCacheBudget = 160 * 1024;  // bytes of shared memory for cached rows (opt-in above 48 KiB)
 constexpr int kVecBytes = 16;
 
-// Copies n elements between global and shared memory with all the block's threads: element by element up to
-// the first 16-byte boundary of the global side, 16-byte vectors, then the tail.
+// A span of n elements of T at global address `addr`: a head, element by element, up to the first 16-byte
+// boundary, whole 16-byte vectors, then the tail (from head + vecs * V).
+template <typename T>
+struct Span {
+  static constexpr int V = kVecBytes / sizeof(T);
+  int64_t head, vecs;
+  __device__ Span(uintptr_t addr, int64_t n) {
+    const int64_t mis = int64_t(addr % kVecBytes) / int64_t(sizeof(T));
+    head = mis == 0 ? 0 : (V - mis < n ? V - mis : n);
+    vecs = (n - head) / V;
+  }
+};
+
+// Copies n elements between global and shared memory with all the block's threads (Span's pieces).  Vectors
+// move through memcpy, not a pointer cast, which would break C++'s aliasing rules on the host compiler.
 template <typename T, typename G>
 __device__ void span_load(T* dst, G src, int64_t n) {
-  constexpr int V = kVecBytes / sizeof(T);
-  const int64_t mis = (SK_ADDR(src) % kVecBytes) / sizeof(T);
-  const int64_t head = mis == 0 ? 0 : (V - mis < n ? V - mis : n);
-  const int64_t vecs = (n - head) / V;
+  const Span<T> sp(SK_ADDR(src), n);
+  constexpr int V = Span<T>::V;
   const int tid = threadIdx.x, nt = blockDim.x;
-  for (int64_t i = tid; i < head; i += nt) dst[i] = src[i];
-  auto body = SK_VCAST(const uint4, src + head);
-  for (int64_t v = tid; v < vecs; v += nt) {
+  for (int64_t i = tid; i < sp.head; i += nt) dst[i] = src[i];
+  auto body = SK_VCAST(const uint4, src + sp.head);
+  for (int64_t v = tid; v < sp.vecs; v += nt) {
     const uint4 u = body[v];
     T e[V];
-    memcpy(e, &u, sizeof(u));  // not a pointer cast: that would break C++'s aliasing rules
+    memcpy(e, &u, sizeof(u));
 #pragma unroll
-    for (int k = 0; k < V; ++k) dst[head + v * V + k] = e[k];
+    for (int k = 0; k < V; ++k) dst[sp.head + v * V + k] = e[k];
   }
-  for (int64_t i = head + vecs * V + tid; i < n; i += nt) dst[i] = src[i];
+  for (int64_t i = sp.head + sp.vecs * V + tid; i < n; i += nt) dst[i] = src[i];
 }
 
 template <typename T, typename G>
 __device__ void span_store(G dst, const T* src, int64_t n) {
-  constexpr int V = kVecBytes / sizeof(T);
-  const int64_t mis = (SK_ADDR(dst) % kVecBytes) / sizeof(T);
-  const int64_t head = mis == 0 ? 0 : (V - mis < n ? V - mis : n);
-  const int64_t vecs = (n - head) / V;
+  const Span<T> sp(SK_ADDR(dst), n);
+  constexpr int V = Span<T>::V;
   const int tid = threadIdx.x, nt = blockDim.x;
-  for (int64_t i = tid; i < head; i += nt) dst[i] = src[i];
-  auto body = SK_VCAST(uint4, dst + head);
-  for (int64_t v = tid; v < vecs; v += nt) {
+  for (int64_t i = tid; i < sp.head; i += nt) dst[i] = src[i];
+  auto body = SK_VCAST(uint4, dst + sp.head);
+  for (int64_t v = tid; v < sp.vecs; v += nt) {
     T e[V];
 #pragma unroll
-    for (int k = 0; k < V; ++k) e[k] = src[head + v * V + k];
+    for (int k = 0; k < V; ++k) e[k] = src[sp.head + v * V + k];
     uint4 u;
     memcpy(&u, e, sizeof(u));
     body[v] = u;
   }
-  for (int64_t i = head + vecs * V + tid; i < n; i += nt) dst[i] = src[i];
+  for (int64_t i = sp.head + sp.vecs * V + tid; i < n; i += nt) dst[i] = src[i];
 }
 
 template <typename acc_t>
