@@ -143,4 +143,26 @@ def test_unfused_model_exports_to_onnx(make, tmp_path):
 def test_fused_v2_in_train_mode_accepts_a_deepcopy_and_keeps_pair_links():
     fused = shufflenet_v2(0.5, 10)
     clone = copy.deepcopy(fused)
-    assert [u.emit_pair for u in clone.stage3] == [True] * 7 + [False]
+    assert type(clone.stage3) is sk.models.FusedUnitSequence
+    assert clone.state_dict().keys() == fused.state_dict().keys()
+
+
+def test_fused_v2_stages_pass_tensors_between_children():
+    """Consecutive fused V2 units pass channel halves only inside a FusedUnitSequence; as children of a
+    plain nn.Sequential (or called alone) they take and return tensors, with the same result."""
+    torch.manual_seed(0)
+    fused = randomize_bn(shufflenet_v2(0.5, 10)).eval()
+    x = torch.randn(2, 48, 8, 8)
+    with torch.no_grad():
+        ref = fused.stage3(x)
+        assert isinstance(ref, torch.Tensor)
+        plain = nn.Sequential(*fused.stage3)
+        y = x
+        for u in plain:
+            y = u(x if y is None else y)
+            assert isinstance(y, torch.Tensor)
+        torch.testing.assert_close(plain(x), ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    back = sk.unfuse(fused)
+    assert type(back.stage3) is nn.Sequential and not any(isinstance(m, sk.models.FusedUnitSequence)
+                                                           for m in back.modules())

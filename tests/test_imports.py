@@ -3,8 +3,6 @@ too: deferring an import hides a cycle from the interpreter, not from the design
 import ast
 import pathlib
 
-import pytest
-
 PKG = pathlib.Path(__file__).resolve().parent.parent / "shufflekern"
 
 
@@ -79,7 +77,4 @@ def test_no_import_cycles():
     graph = {m: _imports(m, p, modules) for m, p in modules.items() if p is not None}
     cycles = _cycles(graph)
     text = "\n".join(" -> ".join(c) for c in cycles)
-    if cycles and all(any(m.startswith("shufflekern.models") for m in c) for c in cycles):
-        pytest.xfail("import cycles through shufflekern.models (models <-> fuse), being removed in the models "
-                     f"restructuring:\n{text}")
     assert not cycles, f"import cycles:\n{text}"

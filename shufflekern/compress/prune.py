@@ -33,10 +33,9 @@ import copy
 import torch
 from torch import nn
 
-from ..models import shufflenet_v1 as _v1_fn  # noqa: F401
 from ..models._common import inverse_index, shuffle_index
-from ..models.shufflenet_v1 import FusedShuffleV1Unit, ShuffleNetV1, ShuffleV1Unit
-from ..models.shufflenet_v2 import FusedInvertedResidual, InvertedResidual, ShuffleNetV2
+from ..models.shufflenetv1 import FusedShuffleV1Unit, ShuffleNetV1, ShuffleV1Unit
+from ..models.shufflenetv2 import FusedInvertedResidual, InvertedResidual, ShuffleNetV2
 
 __all__ = ["prune_structured", "prune_unstructured", "finalize_unstructured", "mid_channels", "is_fused",
            "v1_kept_per_block", "zero_removed"]

@@ -83,8 +83,8 @@ def convert_sync_batchnorm(module):
     """Replace every BatchNorm2d in `module` by DistBatchNorm2d (in place, weights kept).  A fused model's
     BatchNormReLU2d pairs are split back into BatchNorm2d + ReLU first (the fused units' own BatchNorms
     run eagerly once they are DistBatchNorm2d: see shufflekern.models._common.bn_act)."""
-    from ..fuse import _split_bn_relu
-    _split_bn_relu(module)
+    from ..models._fusing import split_bn_relu
+    split_bn_relu(module)
     return _convert(module)
 
 

@@ -170,3 +170,14 @@ class ReLUInBatchNorm(nn.Identity):
 
     def extra_repr(self):
         return "applied by the BatchNormReLU2d before it"
+
+
+def check_mids(mid_channels, n, who):
+    """mid_channels: None (the default widths) or one positive int (or None) per unit."""
+    if mid_channels is None:
+        return [None] * n
+    mids = list(mid_channels)
+    if len(mids) != n or not all(m is None or (isinstance(m, int) and not isinstance(m, bool) and m > 0)
+                                 for m in mids):
+        raise ValueError(f"{who}: mid_channels must be None or {n} positive ints (one per unit), got {mid_channels!r}")
+    return mids

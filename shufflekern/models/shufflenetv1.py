@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import DenseGrad, bn_act, eager_channel_shuffle, give_bias, inverse_index, is_bn, shuffle_index
+from . import _fusing
+from ._common import (DenseGrad, bn_act, check_mids, eager_channel_shuffle, give_bias, inverse_index, is_bn,
+                      shuffle_index)
 
 __all__ = ["ShuffleNetV1", "ShuffleV1Unit", "FusedShuffleV1Unit", "shufflenet_v1", "v1_channels",
            "SUPPORTED_GROUPS", "SUPPORTED_WIDTHS"]
@@ -199,13 +201,23 @@ def convert_unit(unit, cls):
     return new.train(unit.training)
 
 
+# How sk.fuse / sk.unfuse convert this module's units (shufflekern.models._fusing applies the rule).
+_fusing.register(_fusing.UnitRule(
+    name="shufflenet_v1_unit",
+    fuse=lambda m: (m if isinstance(m, FusedShuffleV1Unit) else
+                    convert_unit(m, FusedShuffleV1Unit) if isinstance(m, ShuffleV1Unit) else None),
+    unfuse=lambda m: convert_unit(m, ShuffleV1Unit) if isinstance(m, FusedShuffleV1Unit) else None,
+    conv_bn_pairs=lambda m: ([(f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+                             if isinstance(m, (ShuffleV1Unit, FusedShuffleV1Unit)) else None)))
+
+
 class ShuffleNetV1(nn.Module):
     """ShuffleNet V1.  Module names: conv1 (stem Sequential), maxpool, stage2-4 (Sequentials of units), fc."""
 
     def __init__(self, groups=3, width_mult=1.0, num_classes=1000, small_input=False, mid_channels=None):
         super().__init__()
         stem, outs = v1_channels(groups, width_mult)
-        mids = _check_mids(mid_channels, sum(REPEATS), "shufflenet_v1")
+        mids = check_mids(mid_channels, sum(REPEATS), "shufflenet_v1")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"shufflenet_v1: num_classes must be a positive int, got {num_classes!r}")
         self.groups, self.width_mult = groups, width_mult
@@ -233,23 +245,11 @@ class ShuffleNetV1(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def _check_mids(mid_channels, n, who):
-    """mid_channels: None (the default widths) or one positive int (or None) per unit."""
-    if mid_channels is None:
-        return [None] * n
-    mids = list(mid_channels)
-    if len(mids) != n or not all(m is None or (isinstance(m, int) and not isinstance(m, bool) and m > 0)
-                                 for m in mids):
-        raise ValueError(f"{who}: mid_channels must be None or {n} positive ints (one per unit), got {mid_channels!r}")
-    return mids
-
-
 def shufflenet_v1(groups=3, width_mult=1.0, num_classes=1000, fused=True, small_input=False, mid_channels=None):
     """ShuffleNet V1 g x width_mult.  `fused=True` runs the shuffles on shufflekern's fused ops (same
     parameters and state_dict as the eager model); `small_input=True` uses a stride-1 stem without
     max-pool (32x32); `mid_channels`: per-unit bottleneck widths (16 ints; a pruned model's)."""
     model = ShuffleNetV1(groups, width_mult, num_classes, small_input, mid_channels)
     if fused:
-        from ..fuse import fuse
-        model = fuse(model, fold_bn=False)
+        model = _fusing.fuse_in_place(model, fold_bn=False)
     return model

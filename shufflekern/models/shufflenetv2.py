@@ -6,19 +6,23 @@ Fused unit: the eager unit ends with `channel_shuffle(cat((a, b), 1), 2)`, two c
 in a and b, shuffle(cat(a, b), 2)[:, 2i + j] = (a, b)[j][:, i], which is `stack((a, b), 2).flatten(1, 2)`:
 one copy (the concatenation's own) with the shuffle folded into its indexing.  For channels_last tensors
 the same interleave runs on the NHWC view, so the result stays channels_last.  Between units the
-activation travels as its two channel halves (see FusedInvertedResidual), which removes the copy of the
+activation travels as its two channel halves (see FusedUnitSequence), which removes the copy of the
 half-channel input of every stride-1 unit too.
 
 Branch width: the mid channels of branch2 (1x1 conv -> BN -> ReLU -> depthwise -> BN -> 1x1 conv) never
 cross the concat + shuffle, so they may differ from oup/2: `mid` per unit (`mid_channels` for the whole
 net) sets them, e.g. for a model pruned by `shufflekern.compress`.
 """
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
-from ._common import bn_act, eager_channel_shuffle, is_bn
+from . import _fusing
+from ._common import bn_act, check_mids, eager_channel_shuffle, is_bn
 
-__all__ = ["ShuffleNetV2", "InvertedResidual", "FusedInvertedResidual", "shufflenet_v2", "V2_CHANNELS"]
+__all__ = ["ShuffleNetV2", "InvertedResidual", "FusedInvertedResidual", "FusedUnitSequence", "shufflenet_v2",
+           "V2_CHANNELS"]
 
 V2_CHANNELS = {0.5: [24, 48, 96, 192, 1024], 1.0: [24, 116, 232, 464, 1024],
                1.5: [24, 176, 352, 704, 1024], 2.0: [24, 244, 488, 976, 2048]}
@@ -128,13 +132,10 @@ class FusedInvertedResidual(InvertedResidual):
     """ShuffleNet V2 unit without the shuffle copy.  Same submodules and state_dict as InvertedResidual;
     `sk.fuse` may replace the BatchNorms with nn.Identity (folded into the convs' bias) in eval mode.
 
-    Between two fused units the activation travels as a pair (lo, hi) = its channel halves, each a
-    contiguous tensor (`emit_pair`, set by `sk.fuse` when the next module is a fused unit): a stride-1
-    unit's branch then reads hi without the copy that convolving a channel slice costs, and the output
-    halves are interleave(x1[:h/2], b[:h/2]) and interleave(x1[h/2:], b[h/2:]), together one copy.
+    `unit(x)` takes and returns a tensor, as any nn.Sequential child.  `unit(x, halves=True)` returns the
+    output as its two channel halves (lo, hi), each a contiguous tensor, and `x` may be such a pair: only
+    FusedUnitSequence, the container `sk.fuse` puts around consecutive fused units, passes pairs.
     """
-
-    emit_pair = False
 
     def _branch(self, seq, x):
         for m in seq:
@@ -146,7 +147,7 @@ class FusedInvertedResidual(InvertedResidual):
                 x = m(x)
         return x
 
-    def forward(self, x):
+    def forward(self, x, halves=False):
         if self.stride == 1:
             x1, x2 = x if isinstance(x, tuple) else x.chunk(2, dim=1)
             b = self._branch(self.branch2, x2)
@@ -154,7 +155,25 @@ class FusedInvertedResidual(InvertedResidual):
             if isinstance(x, tuple):
                 x = torch.cat(x, 1)
             x1, b = self._branch(self.branch1, x), self._branch(self.branch2, x)
-        return _Interleave.apply(x1, b, self.emit_pair and b.shape[1] % 2 == 0)
+        return _Interleave.apply(x1, b, halves and b.shape[1] % 2 == 0)
+
+
+class FusedUnitSequence(nn.Sequential):
+    """An nn.Sequential (same children, names and state_dict) whose consecutive fused V2 units hand each
+    other the activation as its two channel halves (lo, hi), each a contiguous tensor: a stride-1 unit's
+    branch then reads hi without the copy that convolving a channel slice costs, and the output halves
+    are interleave(x1[:h/2], b[:h/2]) and interleave(x1[h/2:], b[h/2:]), together one copy.  It takes and
+    returns a tensor; the pairs stay inside.  `sk.fuse` makes a stage of fused units one; `sk.unfuse`
+    turns it back into an nn.Sequential."""
+
+    def forward(self, x):
+        mods = list(self._modules.values())
+        for m, nxt in zip(mods, mods[1:] + [None]):
+            if isinstance(m, FusedInvertedResidual):
+                x = m(x, halves=isinstance(nxt, FusedInvertedResidual))
+            else:
+                x = m(torch.cat(x, 1) if isinstance(x, tuple) else x)
+        return x
 
 
 def convert_unit(unit, cls):
@@ -175,13 +194,62 @@ def convert_unit(unit, cls):
     return new.train(unit.training)
 
 
+def _is_v2_unit(m):
+    if isinstance(m, InvertedResidual):
+        return True
+    try:  # torchvision is optional
+        from torchvision.models.shufflenetv2 import InvertedResidual as TVUnit
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(m, TVUnit)
+
+
+def _fuse(m):
+    if isinstance(m, FusedInvertedResidual):
+        return m
+    return convert_unit(m, FusedInvertedResidual) if _is_v2_unit(m) else None
+
+
+def _as(seq, cls):
+    new = cls(OrderedDict(seq._modules))
+    return new.train(seq.training)
+
+
+def _sequences(model, want):
+    """`model` with every nn.Sequential holding two consecutive fused units a FusedUnitSequence (want=True),
+    or every FusedUnitSequence a plain nn.Sequential (want=False)."""
+    def convert(m):
+        if not want:
+            return _as(m, nn.Sequential) if type(m) is FusedUnitSequence else None
+        if type(m) is nn.Sequential and any(isinstance(a, FusedInvertedResidual) and isinstance(b, FusedInvertedResidual)
+                                            for a, b in zip(m, list(m)[1:])):
+            return _as(m, FusedUnitSequence)
+        return None
+
+    def walk(m):
+        new = convert(m)
+        m = new if new is not None else m
+        for name, child in list(m.named_children()):
+            setattr(m, name, walk(child))
+        return m
+    return walk(model)
+
+
+# How sk.fuse / sk.unfuse convert this module's units, and torchvision's (shufflekern.models._fusing applies it).
+_fusing.register(_fusing.UnitRule(
+    name="shufflenet_v2_unit",
+    fuse=_fuse,
+    unfuse=lambda m: convert_unit(m, InvertedResidual) if isinstance(m, FusedInvertedResidual) else None,
+    after_fuse=lambda model: _sequences(model, True),
+    after_unfuse=lambda model: _sequences(model, False)))
+
+
 class ShuffleNetV2(nn.Module):
     """torchvision.models.ShuffleNetV2's layout: conv1, maxpool, stage2-4, conv5, fc."""
 
     def __init__(self, width_mult=1.0, num_classes=1000, small_input=False, mid_channels=None):
         super().__init__()
-        from .shufflenet_v1 import _check_mids
-        mids = _check_mids(mid_channels, sum(REPEATS), "shufflenet_v2")
+        mids = check_mids(mid_channels, sum(REPEATS), "shufflenet_v2")
         if isinstance(width_mult, bool) or width_mult not in V2_CHANNELS:
             raise ValueError(f"shufflenet_v2: width_mult must be one of {tuple(V2_CHANNELS)}, got {width_mult!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -213,6 +281,5 @@ def shufflenet_v2(width_mult=1.0, num_classes=1000, fused=True, small_input=Fals
     `mid_channels`: per-unit branch widths (16 ints; a pruned model's)."""
     model = ShuffleNetV2(width_mult, num_classes, small_input, mid_channels)
     if fused:
-        from ..fuse import fuse
-        model = fuse(model, fold_bn=False)
+        model = _fusing.fuse_in_place(model, fold_bn=False)
     return model
