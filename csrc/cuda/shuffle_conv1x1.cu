@@ -1,14 +1,14 @@
 // CUDA entry points and kernels of shufflekern::shuffle_conv1x1 and its backward ops.
 //
-// Straightforward shared-memory tiled GEMMs (TILE x TILE outputs a block, one a thread, K in TILE steps,
-// accumulation in at::opmath_type: float for half/bf16), threadIdx.x along the dimension that is contiguous
-// in memory (pixels in NCHW, channels in channels_last) for the activation loads and stores.  Pixels p = n*H*W + hw are GEMM rows; element
-// (n, c, hw) lives at n*s_n + c*s_c + hw*s_hw, which covers NCHW and channels_last.  The shuffle is the
-// gather of x's channels through sconv_src_channel (csrc/shuffle_conv1x1.h, exercised by the CPU tests):
+// Pixels p = n*H*W + hw are GEMM rows; element (n, c, hw) lives at n*s_n + c*s_c + hw*s_hw (NCHW and
+// channels_last).  Accumulation in at::opmath_type (float for half/bf16).  The shuffle is the gather of x's
+// channels through sconv_src_channel (csrc/shuffle_conv1x1.h), a free index remap:
 //   y[p, k*Mg + m]       = sum_j x[p, src(k, j)] * W[k*Mg + m, j] (+ b)
 //   gx[p, src(k, j)]     = sum_m gy[p, k*Mg + m] * W[k*Mg + m, j]      (each x channel written once)
-//   gW[k*Mg + m, j]      = sum_p gy[p, k*Mg + m] * x[p, src(k, j)]     (pixels split over blockIdx.y,
-//                                                                      float/double atomics)
+//   gW[k*Mg + m, j]      = sum_p gy[p, k*Mg + m] * x[p, src(k, j)]     (two-stage, deterministic)
+// Forward and grad_input: a block computes ALL outputs of a group for a tile of pixels, so activations are
+// read once and written once (see sconv_gemm); grad_weight reads x and gy once per pixel slice.  Loads and
+// stores run along the contiguous dimension (pixels in NCHW, channel runs in channels_last).
 //
 // Written against csrc/cuda/runtime.h: nvcc builds it for CUDA tensors, csrc/emu/shuffle_conv1x1.cpp runs the
 // same source under the emulator.
@@ -25,7 +25,6 @@
 namespace shufflekern::SK_DEV_NS {
 namespace {
 
-constexpr int kTile = 16;
 constexpr int64_t kMaxGridY = 65535;
 
 struct Layout {
@@ -42,97 +41,265 @@ struct Dims {
   int64_t pixels, cg, mg, sg, cs;
 };
 
+// ---- forward and grad_input: one pixel-tile GEMM --------------------------------------------------------
+//
+// out[p, o] = sum_i in[p, i] * W'[o, i] for the TP pixels of a block (blockIdx.x) and ALL O outputs of group
+// blockIdx.z, so each activation is read once and written once:
+//   forward     in = x (i: the group's Cg input channels), out = y (o: its Mg outputs), W'[o, i] = W[k*Mg+o, i]
+//   grad_input  in = gy (i: the Mg outputs), out = gx (o: the Cg input channels), W'[o, i] = W[k*Mg+i, o]
+// The x side is indexed in "packed" order (csrc/shuffle_conv1x1.h): position q of the group's channels sorted
+// by source channel, q -> weight column tab[q] -> x channel sconv_src_channel(k, tab[q]), so channels_last
+// loads and stores run along contiguous channel runs; the shuffle is only this index table.
+// Shared memory (dynamic): in_s [IC][TP] (a chunk of IC input channels of the pixel tile; when IC = I the
+// whole tile, loaded once), w_s [IC][OC] (W' for an output chunk), out_s [TP][OC] (the output chunk, stored
+// coalesced), tab/inv [Cg] ints.  A thread owns kRP pixels x kRO outputs of the chunk in registers.
+// Loads and stores run along the contiguous dimension: pixels in NCHW, channels in channels_last.
+constexpr int kThreads = 256, kRP = 4, kRO = 8;
+constexpr int64_t kChunkElems = int64_t(kThreads) * kRP * kRO;  // TP * OC
+
+struct GemmPlan {
+  int64_t tp, oc, ic;  // pixels a block, outputs a chunk, input channels a chunk
+  size_t smem;
+};
+
+template <bool kFwd, typename T, typename Acc>
+__device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(const T) w, SK_GLOBAL(const T) bias,
+                                           SK_GLOBAL(T) out, const Dims& d, const Layout& lin,
+                                           const Layout& lout, const GemmPlan& pl) {
+  SK_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t TP = pl.tp, OC = pl.oc, IC = pl.ic;
+  Acc* in_s = reinterpret_cast<Acc*>(smem);
+  Acc* w_s = in_s + IC * TP;
+  Acc* out_s = w_s + IC * OC;
+  int* tab = reinterpret_cast<int*>(out_s + TP * OC);  // packed position -> weight column
+  int* inv = tab + d.cg;                                // weight column -> packed position
+  const int tid = threadIdx.x;
+  const int64_t k = blockIdx.z;
+  const int64_t I = kFwd ? d.cg : d.mg, O = kFwd ? d.mg : d.cg;
+  const int64_t p0 = int64_t(blockIdx.x) * TP;
+  const bool packed = !(kFwd ? lin.s_hw == 1 : lout.s_hw == 1);  // NCHW: natural order, W rows contiguous
+  if (tid == 0 && !packed) {
+    for (int64_t q = 0; q < d.cg; ++q) tab[q] = inv[q] = int(q);
+  } else if (tid == 0) {
+    int64_t q = 0;
+    for (int64_t b = 0; b < d.sg; ++b) {
+      const SconvBlock blk = sconv_block(k, b, d.cg, d.sg, d.cs);
+      for (int64_t t = 0; t < blk.len; ++t, ++q) {
+        tab[q] = int(blk.col_begin + t * d.sg);
+        inv[blk.col_begin + t * d.sg] = int(q);
+      }
+    }
+  }
+  __syncthreads();
+  const bool in_pfast = lin.s_hw == 1, out_pfast = lout.s_hw == 1;
+  const int64_t PG = TP / kRP, OG = kThreads / PG;
+  const int64_t pg = tid % PG, og = tid / PG;
+  const bool single = IC >= I;
+  for (int64_t o0 = 0; o0 < O; o0 += OC) {
+    const int64_t occ = O - o0 < OC ? O - o0 : OC;
+    Acc acc[kRP][kRO];
+#pragma unroll
+    for (int r = 0; r < kRP; ++r)
+#pragma unroll
+      for (int s = 0; s < kRO; ++s) acc[r][s] = Acc(0);
+    for (int64_t i0 = 0; i0 < I; i0 += IC) {
+      const int64_t icc = I - i0 < IC ? I - i0 : IC;
+      if (!single || o0 == 0) {
+        for (int64_t idx = tid; idx < icc * TP; idx += kThreads) {
+          const int64_t c = in_pfast ? idx / TP : idx % icc, px = in_pfast ? idx % TP : idx / icc;
+          const int64_t p = p0 + px, i = i0 + c;
+          Acc v = Acc(0);
+          if (p < d.pixels) {
+            const int64_t ch = kFwd ? sconv_src_channel(k, tab[i], d.cg, d.sg, d.cs) : k * d.mg + i;
+            v = Acc(in[lin.pixel(p) + ch * lin.s_c]);
+          }
+          in_s[c * TP + px] = v;
+        }
+      }
+      // w_s[c][oc] = W'[o0 + oc, i0 + c]; global reads run along W's rows (weight columns).
+      if (kFwd) {
+        // W'[o, i] = W[k*Mg + o, tab[i]]: a whole row when the chunk holds all I, else the chunk's columns.
+        for (int64_t idx = tid; idx < OC * icc; idx += kThreads) {
+          const int64_t oc = idx / icc, c = idx % icc;
+          Acc v = Acc(0);
+          int64_t pos = c;
+          if (oc < occ) {
+            const int64_t j = single ? c : tab[i0 + c];
+            if (single) pos = inv[j];
+            v = Acc(w[(k * d.mg + o0 + oc) * d.cg + j]);
+          }
+          w_s[pos * OC + oc] = v;
+        }
+      } else {
+        // W'[o, i] = W[k*Mg + i, tab[o]]: a whole row when one chunk holds all O, else the chunk's columns.
+        const bool all_o = OC >= O;
+        for (int64_t idx = tid; idx < OC * icc; idx += kThreads) {
+          const int64_t c = idx / OC, e = idx % OC;
+          Acc v = Acc(0);
+          int64_t oc = e;
+          if (e < occ) {
+            const int64_t j = all_o ? e : tab[o0 + e];
+            if (all_o) oc = inv[j];
+            v = Acc(w[(k * d.mg + i0 + c) * d.cg + j]);
+          }
+          w_s[c * OC + oc] = v;
+        }
+      }
+      __syncthreads();
+      for (int64_t c = 0; c < icc; ++c) {
+        Acc a[kRP], bv[kRO];
+#pragma unroll
+        for (int r = 0; r < kRP; ++r) a[r] = in_s[c * TP + pg + PG * r];
+#pragma unroll
+        for (int s = 0; s < kRO; ++s) bv[s] = w_s[c * OC + og + OG * s];
+#pragma unroll
+        for (int r = 0; r < kRP; ++r)
+#pragma unroll
+          for (int s = 0; s < kRO; ++s) acc[r][s] += a[r] * bv[s];
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int r = 0; r < kRP; ++r)
+#pragma unroll
+      for (int s = 0; s < kRO; ++s) out_s[(pg + PG * r) * OC + og + OG * s] = acc[r][s];
+    __syncthreads();
+    for (int64_t idx = tid; idx < occ * TP; idx += kThreads) {
+      const int64_t oc = out_pfast ? idx / TP : idx % occ, px = out_pfast ? idx % TP : idx / occ;
+      const int64_t p = p0 + px, o = o0 + oc;
+      if (p < d.pixels) {
+        Acc v = out_s[px * OC + oc];
+        int64_t ch;
+        if (kFwd) {
+          ch = k * d.mg + o;
+          if (bias != nullptr) v += Acc(bias[ch]);
+        } else {
+          ch = sconv_src_channel(k, tab[o], d.cg, d.sg, d.cs);
+        }
+        out[lout.pixel(p) + ch * lout.s_c] = T(v);
+      }
+    }
+    __syncthreads();
+  }
+}
+
 template <typename T, typename Acc>
 __global__ void _shuffle_conv1x1_fwd_kernel(SK_GLOBAL(const T) x, SK_GLOBAL(const T) w,
                                             SK_GLOBAL(const T) bias, SK_GLOBAL(T) y, Dims d, Layout lx,
-                                            Layout ly) {
-  SK_SHARED(Acc, a_tile, [kTile][kTile + 1]);  // [pixel][j]
-  SK_SHARED(Acc, b_tile, [kTile][kTile + 1]);  // [j][m]
-  const int64_t k = blockIdx.z;
-  // Thread roles: threadIdx.x runs along the dimension that is contiguous in memory (pixels in NCHW,
-  // channels in channels_last), so that a warp's loads and stores cover whole sectors.
-  const bool pfast = lx.s_hw == 1;
-  const int pi = pfast ? threadIdx.x : threadIdx.y, ci = pfast ? threadIdx.y : threadIdx.x;
-  const int64_t p = blockIdx.x * int64_t(kTile) + pi;
-  const int64_t m = blockIdx.y * int64_t(kTile) + ci;
-  const int64_t p_off = p < d.pixels ? lx.pixel(p) : 0;
-  Acc acc = Acc(0);
-  for (int64_t j0 = 0; j0 < d.cg; j0 += kTile) {
-    const int64_t ja = j0 + ci;
-    a_tile[pi][ci] = (p < d.pixels && ja < d.cg)
-                         ? Acc(x[p_off + sconv_src_channel(k, ja, d.cg, d.sg, d.cs) * lx.s_c])
-                         : Acc(0);
-    const int64_t jb = j0 + pi;
-    b_tile[pi][ci] = (jb < d.cg && m < d.mg) ? Acc(w[(k * d.mg + m) * d.cg + jb]) : Acc(0);
-    __syncthreads();
-#pragma unroll
-    for (int t = 0; t < kTile; ++t) acc += a_tile[pi][t] * b_tile[t][ci];
-    __syncthreads();
-  }
-  if (p < d.pixels && m < d.mg) {
-    if (bias != nullptr) acc += Acc(bias[k * d.mg + m]);
-    y[ly.pixel(p) + (k * d.mg + m) * ly.s_c] = T(acc);
-  }
+                                            Layout ly, GemmPlan pl) {
+  sconv_gemm<true, T, Acc>(x, w, bias, y, d, lx, ly, pl);
 }
 
 template <typename T, typename Acc>
 __global__ void _shuffle_conv1x1_grad_input_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) w,
-                                                   SK_GLOBAL(T) gx, Dims d, Layout lg, Layout lx) {
-  SK_SHARED(Acc, a_tile, [kTile][kTile + 1]);  // [pixel][m]
-  SK_SHARED(Acc, b_tile, [kTile][kTile + 1]);  // [m][j]
-  const int64_t k = blockIdx.z;
-  const bool pfast = lg.s_hw == 1;  // thread roles as in the forward
-  const int pi = pfast ? threadIdx.x : threadIdx.y, ci = pfast ? threadIdx.y : threadIdx.x;
-  const int64_t p = blockIdx.x * int64_t(kTile) + pi;
-  const int64_t j = blockIdx.y * int64_t(kTile) + ci;
-  const int64_t p_off = p < d.pixels ? lg.pixel(p) : 0;
-  Acc acc = Acc(0);
-  for (int64_t m0 = 0; m0 < d.mg; m0 += kTile) {
-    const int64_t ma = m0 + ci;
-    a_tile[pi][ci] = (p < d.pixels && ma < d.mg) ? Acc(gy[p_off + (k * d.mg + ma) * lg.s_c]) : Acc(0);
-    const int64_t mb = m0 + pi;
-    b_tile[pi][ci] = (mb < d.mg && j < d.cg) ? Acc(w[(k * d.mg + mb) * d.cg + j]) : Acc(0);
-    __syncthreads();
-#pragma unroll
-    for (int t = 0; t < kTile; ++t) acc += a_tile[pi][t] * b_tile[t][ci];
-    __syncthreads();
+                                                   SK_GLOBAL(T) gx, Dims d, Layout lg, Layout lx, GemmPlan pl) {
+  sconv_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, pl);
+}
+
+// Pick the pixel tile that minimises the modeled traffic of a launch (activations once when the input tile
+// fits in shared memory, else once per output chunk; W once per block) within kSmemBudget bytes.
+constexpr size_t kSmemBudget = 160 * 1024;  // below an A100's 163 KiB opt-in maximum
+
+GemmPlan plan_gemm(int64_t pixels, int64_t in_ch, int64_t out_ch, int64_t cg, size_t acc_size, size_t t_size) {
+  GemmPlan best{0, 0, 0, 0};
+  double best_cost = 0;
+  const size_t tab_bytes = size_t(2 * cg) * sizeof(int);
+  for (int64_t tp = 64; tp <= 1024; tp *= 2) {
+    const int64_t oc = kChunkElems / tp;
+    const size_t fixed = size_t(tp * oc) * acc_size + tab_bytes;
+    if (fixed >= kSmemBudget) continue;
+    int64_t ic = int64_t((kSmemBudget - fixed) / (acc_size * size_t(tp + oc)));
+    if (ic < 1) continue;
+    ic = std::min(ic, in_ch);
+    const int64_t blocks = (pixels + tp - 1) / tp;
+    const int64_t out_chunks = (out_ch + oc - 1) / oc;
+    const double in_reads = ic >= in_ch ? 1.0 : double(out_chunks);
+    const double cost = double(t_size) * (double(pixels) * in_ch * in_reads + double(blocks) * in_ch * out_ch +
+                                          double(pixels) * out_ch);
+    if (best.tp == 0 || cost < best_cost * 0.98) {
+      best = GemmPlan{tp, oc, ic, fixed + size_t(ic * (tp + oc)) * acc_size};
+      best_cost = cost;
+    }
   }
-  if (p < d.pixels && j < d.cg) {
-    gx[lx.pixel(p) + sconv_src_channel(k, j, d.cg, d.sg, d.cs) * lx.s_c] = T(acc);
+  TORCH_CHECK(best.tp != 0, "shuffle_conv1x1: too many channels a group for the CUDA kernel's shared memory");
+  return best;
+}
+
+// ---- grad_weight: deterministic two-stage reduction ----------------------------------------------------
+//
+// Block (slice, group k) sums gW[k*Mg + m, j] over its slice of pixels: chunks of PC pixels of x (all Cg
+// channels, loaded in packed order along contiguous runs in channels_last) and of gy (MC channels) staged in
+// shared memory, the [MC, Cg] sums in shared memory (each element owned by one thread, fixed order).  x and
+// gy are read once when MC = Mg.  Slice sums go to part[slice] (or straight to the result when there is one
+// slice); _shuffle_conv1x1_grad_weight_sum_kernel adds the slices in order: the same bits every run.
+struct GwPlan {
+  int64_t pc, mc, chunk;  // pixels a staged chunk, outputs a pass, pixels a slice
+  size_t smem;
+};
+
+template <typename T, typename Acc>
+__global__ void _shuffle_conv1x1_grad_weight_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x,
+                                                    SK_GLOBAL(Acc) part, Dims d, Layout lg, Layout lx, GwPlan pl) {
+  SK_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t PC = pl.pc, MC = pl.mc, PS = pl.pc + 1;  // PS: padded row stride
+  Acc* acc_s = reinterpret_cast<Acc*>(smem);
+  Acc* x_s = acc_s + MC * d.cg;  // [Cg][PS], rows by weight column
+  Acc* g_s = x_s + d.cg * PS;    // [MC][PS]
+  int* tab = reinterpret_cast<int*>(g_s + MC * PS);
+  const int tid = threadIdx.x;
+  const int64_t k = blockIdx.z, slice = blockIdx.x;
+  const int64_t p_begin = slice * pl.chunk;
+  const int64_t p_end = d.pixels < p_begin + pl.chunk ? d.pixels : p_begin + pl.chunk;
+  const bool xfast = lx.s_hw == 1, gfast = lg.s_hw == 1;
+  if (tid == 0 && xfast) {
+    for (int64_t q = 0; q < d.cg; ++q) tab[q] = int(q);
+  } else if (tid == 0) {
+    int64_t q = 0;
+    for (int64_t b = 0; b < d.sg; ++b) {
+      const SconvBlock blk = sconv_block(k, b, d.cg, d.sg, d.cs);
+      for (int64_t t = 0; t < blk.len; ++t, ++q) tab[q] = int(blk.col_begin + t * d.sg);
+    }
+  }
+  __syncthreads();
+  for (int64_t m0 = 0; m0 < d.mg; m0 += MC) {
+    const int64_t mcc = d.mg - m0 < MC ? d.mg - m0 : MC;
+    for (int64_t e = tid; e < mcc * d.cg; e += kThreads) acc_s[e] = Acc(0);
+    for (int64_t p0 = p_begin; p0 < p_end; p0 += PC) {
+      for (int64_t idx = tid; idx < d.cg * PC; idx += kThreads) {
+        const int64_t q = xfast ? idx / PC : idx % d.cg, px = xfast ? idx % PC : idx / d.cg;
+        const int64_t p = p0 + px, j = tab[q];
+        x_s[j * PS + px] =
+            p < p_end ? Acc(x[lx.pixel(p) + sconv_src_channel(k, j, d.cg, d.sg, d.cs) * lx.s_c]) : Acc(0);
+      }
+      for (int64_t idx = tid; idx < mcc * PC; idx += kThreads) {
+        const int64_t m = gfast ? idx / PC : idx % mcc, px = gfast ? idx % PC : idx / mcc;
+        const int64_t p = p0 + px;
+        g_s[m * PS + px] = p < p_end ? Acc(gy[lg.pixel(p) + (k * d.mg + m0 + m) * lg.s_c]) : Acc(0);
+      }
+      __syncthreads();
+      for (int64_t e = tid; e < mcc * d.cg; e += kThreads) {
+        const int64_t m = e / d.cg, j = e - m * d.cg;
+        Acc sum = Acc(0);
+        for (int64_t px = 0; px < PC; ++px) sum += g_s[m * PS + px] * x_s[j * PS + px];
+        acc_s[e] += sum;
+      }
+      __syncthreads();
+    }
+    const int64_t base = (slice * gridDim.z + k) * d.mg * d.cg + m0 * d.cg;
+    for (int64_t e = tid; e < mcc * d.cg; e += kThreads) part[base + e] = acc_s[e];
+    __syncthreads();
   }
 }
 
-// blockIdx.x: (m tile, j tile); blockIdx.y: a slice of `chunk` pixels; blockIdx.z: group.
-template <typename T, typename Acc>
-__global__ void _shuffle_conv1x1_grad_weight_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x,
-                                                    SK_GLOBAL(Acc) gw, Dims d, Layout lg, Layout lx,
-                                                    int64_t j_tiles, int64_t chunk) {
-  SK_SHARED(Acc, a_tile, [kTile][kTile + 1]);  // [m][pixel]
-  SK_SHARED(Acc, b_tile, [kTile][kTile + 1]);  // [pixel][j]
-  const int64_t k = blockIdx.z;
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t m0 = (blockIdx.x / j_tiles) * kTile;
-  const int64_t j0 = (blockIdx.x % j_tiles) * kTile;
-  const int64_t p_begin = blockIdx.y * chunk;
-  const int64_t p_end = d.pixels < p_begin + chunk ? d.pixels : p_begin + chunk;
-  // Loads: threadIdx.x along the contiguous dimension (pixels in NCHW, channels in channels_last).
-  const bool pfast = lx.s_hw == 1;
-  const int pl = pfast ? tx : ty, cl = pfast ? ty : tx;
-  const int64_t jb = j0 + cl;
-  const int64_t src = jb < d.cg ? sconv_src_channel(k, jb, d.cg, d.sg, d.cs) : 0;
-  Acc acc = Acc(0);
-  for (int64_t p0 = p_begin; p0 < p_end; p0 += kTile) {
-    // a_tile[m][pixel] and b_tile[pixel][j]: the thread loads pixel p0 + pl, channel m0 + cl / j0 + cl.
-    const int64_t pa = p0 + pl, ma = m0 + cl;
-    a_tile[cl][pl] = (pa < p_end && ma < d.mg) ? Acc(gy[lg.pixel(pa) + (k * d.mg + ma) * lg.s_c]) : Acc(0);
-    b_tile[pl][cl] = (pa < p_end && jb < d.cg) ? Acc(x[lx.pixel(pa) + src * lx.s_c]) : Acc(0);
-    __syncthreads();
-#pragma unroll
-    for (int t = 0; t < kTile; ++t) acc += a_tile[ty][t] * b_tile[t][tx];
-    __syncthreads();
-  }
-  const int64_t m = m0 + ty, j = j0 + tx;
-  if (m < d.mg && j < d.cg && p_begin < p_end) atomicAdd(gw + (k * d.mg + m) * d.cg + j, acc);
+// gw[e] = sum over slices of part[slice][e], slices in order.
+template <typename Acc>
+__global__ void _shuffle_conv1x1_grad_weight_sum_kernel(SK_GLOBAL(const Acc) part, SK_GLOBAL(Acc) gw, int64_t n,
+                                                        int64_t slices) {
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= n) return;
+  Acc s = Acc(0);
+  for (int64_t i = 0; i < slices; ++i) s += Acc(part[i * n + e]);
+  gw[e] = s;
 }
 
 Dims dims_of(int64_t pixels, int64_t c_in, int64_t c_out, int64_t groups, int64_t sg) {
@@ -157,13 +324,14 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
   if (out.numel() == 0) return out;
   if (c_in == 0) return b.defined() ? out.copy_(b.view({1, c_out, 1, 1}).expand_as(out)) : out.zero_();
   const Dims d = dims_of(x.size(0) * x.size(2) * x.size(3), c_in, c_out, groups, shuffle_groups);
-  const dim3 grid((d.pixels + kTile - 1) / kTile, (d.mg + kTile - 1) / kTile, groups);
-  check_grid(groups, grid.y);
+  const GemmPlan pl = plan_gemm(d.pixels, d.cg, d.mg, d.cg, x.scalar_type() == at::kDouble ? 8 : 4, x.element_size());
+  const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
+  check_grid(groups, 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    SK_LAUNCH((_shuffle_conv1x1_fwd_kernel<scalar_t, acc_t>), grid, dim3(kTile, kTile), 0,
+    SK_LAUNCH((_shuffle_conv1x1_fwd_kernel<scalar_t, acc_t>), grid, dim3(kThreads), pl.smem,
               SK_RT::dptr<scalar_t>(in), SK_RT::dptr<scalar_t>(w), b.defined() ? SK_RT::dptr<scalar_t>(b) : nullptr,
-              SK_RT::dptr<scalar_t>(out), d, layout_of(in), layout_of(out));
+              SK_RT::dptr<scalar_t>(out), d, layout_of(in), layout_of(out), pl);
   });
   return out;
 }
@@ -180,14 +348,15 @@ at::Tensor shuffle_conv1x1_grad_input_cuda(const at::Tensor& grad_out, const at:
   if (gx.numel() == 0) return gx;
   if (c_out == 0) return gx.zero_();
   const Dims d = dims_of(gy.size(0) * gy.size(2) * gy.size(3), c_in, c_out, groups, shuffle_groups);
-  const dim3 grid((d.pixels + kTile - 1) / kTile, (d.cg + kTile - 1) / kTile, groups);
-  check_grid(groups, grid.y);
+  const GemmPlan pl = plan_gemm(d.pixels, d.mg, d.cg, d.cg, gy.scalar_type() == at::kDouble ? 8 : 4, gy.element_size());
+  const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
+  check_grid(groups, 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "shuffle_conv1x1_grad_input_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    SK_LAUNCH((_shuffle_conv1x1_grad_input_kernel<scalar_t, acc_t>), grid, dim3(kTile, kTile), 0,
+    SK_LAUNCH((_shuffle_conv1x1_grad_input_kernel<scalar_t, acc_t>), grid, dim3(kThreads), pl.smem,
               SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(w), SK_RT::dptr<scalar_t>(gx), d, layout_of(gy),
-              layout_of(gx));
+              layout_of(gx), pl);
   });
   return gx;
 }
@@ -201,25 +370,43 @@ at::Tensor shuffle_conv1x1_grad_weight_cuda(const at::Tensor& grad_out, const at
   const at::Tensor gy = grad_out.contiguous(fmt);
   const int64_t c_in = x.size(1), c_out = grad_out.size(1);
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor acc = at::zeros({c_out, c_in / groups, 1, 1}, x.options().dtype(acc_type));
+  at::Tensor acc = at::empty({c_out, c_in / groups, 1, 1}, x.options().dtype(acc_type));
   const Dims d = dims_of(x.size(0) * x.size(2) * x.size(3), c_in, c_out, groups, shuffle_groups);
-  if (acc.numel() == 0 || d.pixels == 0) return acc.to(x.scalar_type());
-  const int64_t j_tiles = (d.cg + kTile - 1) / kTile;
-  const int64_t tiles = ((d.mg + kTile - 1) / kTile) * j_tiles;
-  // Enough pixel slices to fill the GPU (~4 blocks an SM), each at least 16 tiles of pixels long.
+  if (acc.numel() == 0 || d.pixels == 0) return acc.zero_().to(x.scalar_type());
+  const size_t A = acc_type == at::kDouble ? 8 : 4;
+  // Shared memory: [MC, Cg] sums + x [Cg][PC+1] + gy [MC][PC+1] + the column table.
+  int64_t pc = 64, mc = 0;
+  for (; pc >= 1; pc /= 2) {
+    const double room = double(kSmemBudget) - double(d.cg) * sizeof(int) - double(d.cg * (pc + 1)) * A;
+    mc = room > 0 ? std::min<int64_t>(d.mg, int64_t(room / (double(A) * double(d.cg + pc + 1)))) : 0;
+    if (mc >= std::min<int64_t>(d.mg, 8) || (pc == 1 && mc >= 1)) break;
+  }
+  TORCH_CHECK(mc >= 1, "shuffle_conv1x1: too many channels a group for the CUDA kernel's shared memory");
+  // Pixel slices: the partial sums (written and read back: 2 x weight bytes a slice) kept to ~4% of the
+  // activation bytes read, at least 128 pixels a slice, at most ~4 blocks an SM.
+  const double act_bytes = double(d.pixels) * double(c_in + c_out) * double(x.element_size());
+  const double part_bytes = 2.0 * double(acc.numel()) * double(A);
   const int64_t sms = SK_RT::sm_count();
-  const int64_t want = std::max<int64_t>(1, 4 * sms / std::max<int64_t>(1, tiles * groups));
-  const int64_t slices = std::min<int64_t>({want, (d.pixels + 16 * kTile - 1) / (16 * kTile), kMaxGridY});
+  int64_t slices = std::max<int64_t>(1, int64_t(0.04 * act_bytes / part_bytes));
+  slices = std::min<int64_t>({slices, std::max<int64_t>(1, 4 * sms / groups), (d.pixels + 127) / 128, INT32_MAX});
   const int64_t chunk = (d.pixels + slices - 1) / slices;
-  TORCH_CHECK_VALUE(tiles <= INT32_MAX, "shuffle_conv1x1: weight too large for the CUDA grid");
+  slices = (d.pixels + chunk - 1) / chunk;
+  const GwPlan pl{pc, mc, chunk,
+                  size_t(mc * d.cg + (d.cg + mc) * (pc + 1)) * A + size_t(d.cg) * sizeof(int)};
   check_grid(groups, 1);
-  const dim3 grid(tiles, slices, groups);
+  at::Tensor part = slices == 1 ? acc : at::empty({slices, acc.numel()}, acc.options());
+  const dim3 grid(slices, 1, groups);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_grad_weight_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    SK_LAUNCH((_shuffle_conv1x1_grad_weight_kernel<scalar_t, acc_t>), grid, dim3(kTile, kTile), 0,
-              SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<acc_t>(acc), d, layout_of(gy),
-              layout_of(xc), j_tiles, chunk);
+    SK_LAUNCH((_shuffle_conv1x1_grad_weight_kernel<scalar_t, acc_t>), grid, dim3(kThreads), pl.smem,
+              SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<acc_t>(part), d, layout_of(gy),
+              layout_of(xc), pl);
+    if (slices > 1) {
+      const int64_t n = acc.numel();
+      SK_LAUNCH((_shuffle_conv1x1_grad_weight_sum_kernel<acc_t>), dim3((n + kThreads - 1) / kThreads),
+                dim3(kThreads), 0, SK_RT::dptr<acc_t>(part), SK_RT::dptr<acc_t>(acc), n, slices);
+    }
   });
   return acc.to(x.scalar_type());
 }
