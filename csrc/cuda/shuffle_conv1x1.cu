@@ -58,7 +58,7 @@ constexpr int kThreads = 256, kRP = 4, kRO = 8;
 constexpr int64_t kChunkElems = int64_t(kThreads) * kRP * kRO;  // TP * OC
 
 struct GemmPlan {
-  int64_t tp, oc, ic;  // pixels a block, outputs a chunk, input channels a chunk
+  int64_t tp, oc, ic, iw;  // pixels a block, outputs a chunk, input channels staged, W rows a chunk
   size_t smem;
 };
 
@@ -70,7 +70,7 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   const int64_t TP = pl.tp, OC = pl.oc, IC = pl.ic;
   Acc* in_s = reinterpret_cast<Acc*>(smem);
   Acc* w_s = in_s + IC * TP;
-  Acc* out_s = w_s + IC * OC;
+  Acc* out_s = w_s + pl.iw * OC;
   int* tab = reinterpret_cast<int*>(out_s + TP * OC);  // packed position -> weight column
   int* inv = tab + d.cg;                                // weight column -> packed position
   const int tid = threadIdx.x;
@@ -94,7 +94,8 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   const bool in_pfast = lin.s_hw == 1, out_pfast = lout.s_hw == 1;
   const int64_t PG = TP / kRP, OG = kThreads / PG;
   const int64_t pg = tid % PG, og = tid / PG;
-  const bool single = IC >= I;
+  const bool single = IC >= I;  // the whole input tile staged once; W streamed in chunks of pl.iw inputs
+  const int64_t IW = single ? pl.iw : IC;
   for (int64_t o0 = 0; o0 < O; o0 += OC) {
     const int64_t occ = O - o0 < OC ? O - o0 : OC;
     Acc acc[kRP][kRO];
@@ -102,12 +103,14 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
     for (int r = 0; r < kRP; ++r)
 #pragma unroll
       for (int s = 0; s < kRO; ++s) acc[r][s] = Acc(0);
-    for (int64_t i0 = 0; i0 < I; i0 += IC) {
-      const int64_t icc = I - i0 < IC ? I - i0 : IC;
-      if (!single || o0 == 0) {
+    for (int64_t i0 = 0; i0 < I; i0 += IW) {
+      const int64_t iwc = I - i0 < IW ? I - i0 : IW;  // this W chunk's inputs
+      if (!single || (o0 == 0 && i0 == 0)) {
+        const int64_t icc = single ? I : iwc;  // inputs staged now
+        const int64_t ib = single ? 0 : i0;
         for (int64_t idx = tid; idx < icc * TP; idx += kThreads) {
           const int64_t c = in_pfast ? idx / TP : idx % icc, px = in_pfast ? idx % TP : idx / icc;
-          const int64_t p = p0 + px, i = i0 + c;
+          const int64_t p = p0 + px, i = ib + c;
           Acc v = Acc(0);
           if (p < d.pixels) {
             const int64_t ch = kFwd ? sconv_src_channel(k, tab[i], d.cg, d.sg, d.cs) : k * d.mg + i;
@@ -118,22 +121,18 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
       }
       // w_s[c][oc] = W'[o0 + oc, i0 + c]; global reads run along W's rows (weight columns).
       if (kFwd) {
-        // W'[o, i] = W[k*Mg + o, tab[i]]: a whole row when the chunk holds all I, else the chunk's columns.
-        for (int64_t idx = tid; idx < OC * icc; idx += kThreads) {
-          const int64_t oc = idx / icc, c = idx % icc;
+        // W'[o, i] = W[k*Mg + o, tab[i]].  Whole tile staged: the chunk is W's columns [i0, i0 + iwc)
+        // (contiguous reads; in_s row inv[j]); else the packed positions of the staged chunk.
+        for (int64_t idx = tid; idx < OC * iwc; idx += kThreads) {
+          const int64_t oc = idx / iwc, c = idx % iwc;
           Acc v = Acc(0);
-          int64_t pos = c;
-          if (oc < occ) {
-            const int64_t j = single ? c : tab[i0 + c];
-            if (single) pos = inv[j];
-            v = Acc(w[(k * d.mg + o0 + oc) * d.cg + j]);
-          }
-          w_s[pos * OC + oc] = v;
+          if (oc < occ) v = Acc(w[(k * d.mg + o0 + oc) * d.cg + (single ? i0 + c : tab[i0 + c])]);
+          w_s[c * OC + oc] = v;
         }
       } else {
         // W'[o, i] = W[k*Mg + i, tab[o]]: a whole row when one chunk holds all O, else the chunk's columns.
         const bool all_o = OC >= O;
-        for (int64_t idx = tid; idx < OC * icc; idx += kThreads) {
+        for (int64_t idx = tid; idx < OC * iwc; idx += kThreads) {
           const int64_t c = idx / OC, e = idx % OC;
           Acc v = Acc(0);
           int64_t oc = e;
@@ -146,10 +145,11 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
         }
       }
       __syncthreads();
-      for (int64_t c = 0; c < icc; ++c) {
+      for (int64_t c = 0; c < iwc; ++c) {
+        const int64_t row = single ? (kFwd ? inv[i0 + c] : i0 + c) : c;
         Acc a[kRP], bv[kRO];
 #pragma unroll
-        for (int r = 0; r < kRP; ++r) a[r] = in_s[c * TP + pg + PG * r];
+        for (int r = 0; r < kRP; ++r) a[r] = in_s[row * TP + pg + PG * r];
 #pragma unroll
         for (int s = 0; s < kRO; ++s) bv[s] = w_s[c * OC + og + OG * s];
 #pragma unroll
@@ -201,23 +201,27 @@ __global__ void _shuffle_conv1x1_grad_input_kernel(SK_GLOBAL(const T) gy, SK_GLO
 constexpr size_t kSmemBudget = 160 * 1024;  // below an A100's 163 KiB opt-in maximum
 
 GemmPlan plan_gemm(int64_t pixels, int64_t in_ch, int64_t out_ch, int64_t cg, size_t acc_size, size_t t_size) {
-  GemmPlan best{0, 0, 0, 0};
+  GemmPlan best{0, 0, 0, 0, 0};
   double best_cost = 0;
   const size_t tab_bytes = size_t(2 * cg) * sizeof(int);
   for (int64_t tp = 64; tp <= 1024; tp *= 2) {
     const int64_t oc = kChunkElems / tp;
     const size_t fixed = size_t(tp * oc) * acc_size + tab_bytes;
     if (fixed >= kSmemBudget) continue;
-    int64_t ic = int64_t((kSmemBudget - fixed) / (acc_size * size_t(tp + oc)));
+    // The whole input tile with W in chunks of up to 32 inputs, else chunks of both.
+    const int64_t iw1 = std::min<int64_t>(in_ch, 32);
+    const bool fits = fixed + size_t(in_ch * tp + iw1 * oc) * acc_size <= kSmemBudget;
+    int64_t ic = fits ? in_ch : int64_t((kSmemBudget - fixed) / (acc_size * size_t(tp + oc)));
     if (ic < 1) continue;
     ic = std::min(ic, in_ch);
+    const int64_t iw = fits ? iw1 : ic;
     const int64_t blocks = (pixels + tp - 1) / tp;
     const int64_t out_chunks = (out_ch + oc - 1) / oc;
     const double in_reads = ic >= in_ch ? 1.0 : double(out_chunks);
     const double cost = double(t_size) * (double(pixels) * in_ch * in_reads + double(blocks) * in_ch * out_ch +
                                           double(pixels) * out_ch);
     if (best.tp == 0 || cost < best_cost * 0.98) {
-      best = GemmPlan{tp, oc, ic, fixed + size_t(ic * (tp + oc)) * acc_size};
+      best = GemmPlan{tp, oc, ic, iw, fixed + size_t(ic * tp + iw * oc) * acc_size};
       best_cost = cost;
     }
   }
