@@ -2,6 +2,7 @@
 
 Runs are tiny (resnet8_tiny, digits subsets, 1-3 epochs) and single-threaded: the machine is shared.
 """
+import copy
 import json
 import os
 import pickle
@@ -508,3 +509,27 @@ def test_distill_into_shufflenet_students_with_hint(tmp_path, fused_standin, nam
     rebuilt, _ = load_checkpoint_model(str(tmp_path / "best.pt"))
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(rebuilt.eval()(x), t.model.eval()(x))
+
+
+def test_trainer_takes_a_train_config_and_the_former_keywords_alike():
+    from shufflekern.distill import TrainConfig
+    torch.manual_seed(0)
+    m0 = build_model("resnet8_tiny", 10)
+    m1 = copy.deepcopy(m0)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.1, progress=False, record={"cmd": "test"})
+    a = Trainer(cfg, m0, _tiny_data(64, 32))
+    b = Trainer(m1, _tiny_data(64, 32), epochs=1, batch_size=32, lr=0.1, progress=False, config={"cmd": "test"})
+    assert a.config == b.config == {"cmd": "test"} and a.cfg == b.cfg
+    with pytest.raises(TypeError, match="TrainConfig"):
+        Trainer(cfg, m0, _tiny_data(64, 32), epochs=2)
+    with pytest.raises(TypeError, match="unexpected"):
+        Trainer(m0, _tiny_data(64, 32), epoch=2)
+
+
+def test_trainer_does_not_start_distributed_training(monkeypatch):
+    """The process group is the caller's (the CLI's setup_distributed), not the constructor's."""
+    from shufflekern.distill import TrainConfig
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="setup_distributed"):
+        Trainer(TrainConfig(epochs=1, batch_size=32, progress=False), build_model("resnet8_tiny", 10),
+                _tiny_data(64, 32))

@@ -69,6 +69,8 @@ def prune_main(argv=None):
     from ..distill.models import is_student_name
     from ..distill.report import atomic_torch_save, write_metrics
     from ..distill.trainer import CHECKPOINT_FORMAT, NonFiniteLossError, Trainer
+    from ..distill.config import TrainConfig
+    from ..distill.dist import setup_distributed
     from . import measure, prune
 
     p = argparse.ArgumentParser(
@@ -146,13 +148,14 @@ def prune_main(argv=None):
         kd = {}
         if teacher is not None:
             kd = dict(temperature=args.temperature, alpha=args.alpha)
+        cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                          momentum=args.momentum, weight_decay=args.weight_decay, scheduler=args.scheduler,
+                          warmup_epochs=args.warmup_epochs, amp=args.amp, clip_grad=args.clip_grad,
+                          device=device, out_dir=None, seed=args.seed, num_workers=args.num_workers,
+                          progress=not args.no_progress, meta=meta, record=config, **kd)
+        setup_distributed(device)  # torchrun: join the process group (the Trainer does not)
         try:
-            trainer = Trainer(model, data, teacher=teacher, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
-                              optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-                              scheduler=args.scheduler, warmup_epochs=args.warmup_epochs, amp=args.amp,
-                              clip_grad=args.clip_grad, device=device, out_dir=None, seed=args.seed,
-                              num_workers=args.num_workers, progress=not args.no_progress, meta=meta,
-                              config=config, **kd)
+            trainer = Trainer(cfg, model, data, teacher=teacher)
             m = trainer.fit()
         except (ValueError, RuntimeError, NonFiniteLossError) as e:
             raise SystemExit(f"error: {e}") from None

@@ -102,13 +102,27 @@ def _seed(seed):
     torch.manual_seed(seed)
 
 
+def train_config(args, *, device, out_dir, meta, record, kd):
+    """The TrainConfig of parsed `train` / `distill` arguments (kd: the distillation flags apply)."""
+    from .config import TrainConfig
+    extra = {}
+    if kd:
+        extra = dict(temperature=args.temperature, alpha=args.alpha, hint_weight=args.hint_weight,
+                     hint_stage=args.hint_stage, fused=args.fused)
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                       momentum=args.momentum, weight_decay=args.weight_decay, scheduler=args.scheduler,
+                       warmup_epochs=args.warmup_epochs, amp=args.amp, clip_grad=args.clip_grad, device=device,
+                       out_dir=out_dir, seed=args.seed, num_workers=args.num_workers, sync_bn=args.sync_bn,
+                       progress=not args.no_progress, resume=args.resume, meta=meta, record=record, **extra)
+
+
 def _run(p, args, *, model_name, teacher_path):
     from . import dist as D
     from .trainer import NonFiniteLossError, Trainer, load_checkpoint_model
 
     _check(p, args)
     device = _device(args.device)
-    created = D.init_from_env(torch.device(device).type)
+    created = D.setup_distributed(device)  # torchrun: join the process group (the Trainer does not)
     try:
         try:
             data = load_data(args.data, args.data_dir, seed=args.seed, image_size=args.image_size,
@@ -139,18 +153,9 @@ def _run(p, args, *, model_name, teacher_path):
         config = {k: v for k, v in vars(args).items()}
         config["cmd"], config["device"] = cmd, device
         meta = {"arch": model_name, "num_classes": data.num_classes, "model_kwargs": kwargs, "data": args.data}
-        kd = {}
-        if teacher is not None:
-            kd = dict(temperature=args.temperature, alpha=args.alpha, hint_weight=args.hint_weight,
-                      hint_stage=args.hint_stage, fused=args.fused)
+        cfg = train_config(args, device=device, out_dir=out, meta=meta, record=config, kd=teacher is not None)
         try:
-            trainer = Trainer(model, data, teacher=teacher, epochs=args.epochs, batch_size=args.batch_size,
-                              lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
-                              weight_decay=args.weight_decay, scheduler=args.scheduler,
-                              warmup_epochs=args.warmup_epochs, amp=args.amp, clip_grad=args.clip_grad,
-                              device=device, out_dir=out, seed=args.seed, num_workers=args.num_workers,
-                              sync_bn=args.sync_bn, progress=not args.no_progress, resume=args.resume,
-                              meta=meta, config=config, **kd)
+            trainer = Trainer(cfg, model, data, teacher=teacher)
         except (ValueError, RuntimeError) as e:
             raise SystemExit(f"error: {e}") from None
         if trainer.is_main:

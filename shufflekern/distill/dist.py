@@ -10,7 +10,7 @@ from torch import nn
 # The differentiable all_reduce is deprecated in favour of a private module; it still does what we need.
 warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_reduce is deprecated")
 
-__all__ = ["init_from_env", "is_distributed", "rank", "world_size", "all_reduce_sum",
+__all__ = ["setup_distributed", "require_setup", "init_from_env", "is_distributed", "rank", "world_size", "all_reduce_sum",
            "DistBatchNorm2d", "convert_sync_batchnorm", "broadcast_buffers", "assert_in_sync"]
 
 
@@ -27,6 +27,21 @@ def init_from_env(device_type):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
     return True
+
+
+def setup_distributed(device):
+    """The explicit distributed setup the CLI runs before building a Trainer: under torchrun (WORLD_SIZE > 1)
+    join the process group (gloo on CPU, NCCL on CUDA); a no-op otherwise.  Returns True if this call
+    created the group (the caller then destroys it when done)."""
+    import torch as _torch
+    return init_from_env(_torch.device(device).type)
+
+
+def require_setup():
+    """Refuse to train single-process-per-rank by accident: under torchrun, setup_distributed must have run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("WORLD_SIZE > 1 (torchrun) but no process group: call "
+                           "shufflekern.distill.dist.setup_distributed(device) before building the Trainer")
 
 
 def is_distributed():

@@ -1,17 +1,20 @@
 """Trainer: a teacher or vanilla student (cross-entropy) or teacher -> student distillation.
 
-    from shufflekern.distill import Trainer, load_data, build_model
+    from shufflekern.distill import TrainConfig, Trainer, load_data, build_model
     data = load_data("digits")
-    teacher = Trainer(build_model("resnet8x4", 10), data, epochs=15, out_dir="runs/t").fit_model()
+    teacher = Trainer(TrainConfig(epochs=15, out_dir="runs/t"), build_model("resnet8x4", 10), data).fit_model()
     student = build_model("shufflenet_v2", 10, width_mult=0.5)
-    metrics = Trainer(student, data, teacher=teacher, epochs=15, out_dir="runs/s").fit()
+    metrics = Trainer(TrainConfig(epochs=15, out_dir="runs/s"), student, data, teacher=teacher).fit()
+
+(`Trainer(model, data, epochs=..., ...)`, the former keyword form, still works: it builds the TrainConfig.)
 
 Exactness of `resume=True`: the checkpoint written after every epoch holds everything that influences
 later epochs (weights, optimiser, scheduler, grad scaler, hint adapter, the torch/numpy/python/CUDA RNG
 states), and data order and augmentation are functions of (seed, epoch, index) (see data.py), so a
 resumed run computes the same floating-point operations as an uninterrupted one.
 
-Under torchrun (WORLD_SIZE > 1) the student (+ hint adapter) is wrapped in DistributedDataParallel,
+Under torchrun (WORLD_SIZE > 1) call `setup_distributed(device)` (dist.py) first, as the CLI does: the
+Trainer joins no process group itself.  The student (+ hint adapter) is wrapped in DistributedDataParallel,
 the teacher is not; `batch_size` is the global batch, split evenly over the ranks; rank 0 alone prints
 and writes files.  With `sync_bn=True`, BatchNorm statistics span all ranks, so N ranks compute the same
 training step as one process with the same global batch (up to float summation order).
@@ -29,11 +32,12 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import dist as D
+from .config import TrainConfig
 from .losses import HintLoss, fused_available, kd_loss_eager, kd_loss_fused
 from .models import feature_stages
 from .report import atomic_torch_save, write_metrics
 
-__all__ = ["Trainer", "NonFiniteLossError", "load_checkpoint", "load_checkpoint_model", "CHECKPOINT_FORMAT"]
+__all__ = ["Trainer", "TrainConfig", "NonFiniteLossError", "load_checkpoint", "load_checkpoint_model", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "shufflekern-distill-1"
 
@@ -146,8 +150,10 @@ def load_checkpoint_model(path, build=None, map_location="cpu"):
 
 
 class Trainer:
-    """Train `model` with CE (teacher=None) or distil `teacher` into it.
+    """Train `model` with CE (teacher=None) or distil `teacher` into it, as `config` (a TrainConfig) says.
 
+    Trainer(config, model, data, teacher=None, log=None); the former form Trainer(model, data, **kwargs)
+    builds the config from the keywords (TrainConfig.from_kwargs).
     data: a DataSplits (from load_data) or a (train_dataset, val_dataset) pair of map-style datasets
         yielding (image, label); a train dataset with `set_epoch` gets it called each epoch.
     optimizer: "sgd" (momentum, Nesterov), "adamw", or a callable params -> torch.optim.Optimizer.
@@ -162,32 +168,39 @@ class Trainer:
         model_kwargs) so that `load_checkpoint_model` can rebuild it.
     """
 
-    def __init__(self, model, data, *, teacher=None, epochs=10, batch_size=64, lr=0.05, optimizer="sgd",
-                 momentum=0.9, weight_decay=5e-4, scheduler="cosine", warmup_epochs=0,
-                 temperature=4.0, alpha=0.9, hint_weight=0.0, hint_stage=-1, fused=True, amp=False,
-                 clip_grad=None, device="cpu", out_dir=None, seed=0, num_workers=0, sync_bn=False,
-                 progress=True, resume=False, meta=None, config=None, log=None):
-        self.device = torch.device(device)
-        D.init_from_env(self.device.type)
+    def __init__(self, config, model=None, data=None, /, *args, teacher=None, log=None, **kwargs):
+        if not isinstance(config, TrainConfig):  # the former keyword form: Trainer(model, data, **kwargs)
+            if args:
+                raise TypeError("Trainer(model, data, ...) takes its settings as keywords")
+            config, model, data = TrainConfig.from_kwargs(**kwargs), config, model
+        elif args or kwargs:
+            raise TypeError("Trainer(config, model, data, *, teacher=None, log=None): the settings belong "
+                            f"in the TrainConfig, got {', '.join(kwargs) or 'extra positional arguments'}")
+        if model is None or data is None:
+            raise TypeError("Trainer needs a model and data")
+        c = self.cfg = config
+        epochs, batch_size, lr, hint_weight, hint_stage = c.epochs, c.batch_size, c.lr, c.hint_weight, c.hint_stage
+        self.device = torch.device(c.device)
+        D.require_setup()
         self.rank, self.world = D.rank(), D.world_size()
         self.is_main = self.rank == 0
-        self._check_args(epochs, batch_size, lr, temperature, alpha, hint_weight, clip_grad)
-        if teacher is not None and fused and not fused_available():
+        self._check_args(epochs, batch_size, lr, c.temperature, c.alpha, hint_weight, c.clip_grad)
+        if teacher is not None and c.fused and not fused_available():
             raise RuntimeError("fused=True needs sk.kd_loss, which this shufflekern build lacks; "
                                "use fused=False (--no-fused) for the eager loss")
-        self.epochs, self.batch_size, self.seed = epochs, batch_size, seed
-        self.temperature, self.alpha, self.fused = temperature, alpha, fused
-        self.hint_weight, self.clip_grad, self.out_dir = hint_weight, clip_grad, out_dir
-        self.progress, self.resume, self.meta = progress, resume, meta
-        self.config = dict(config or {})
+        self.epochs, self.batch_size, self.seed = epochs, batch_size, c.seed
+        self.temperature, self.alpha, self.fused = c.temperature, c.alpha, c.fused
+        self.hint_weight, self.clip_grad, self.out_dir = hint_weight, c.clip_grad, c.out_dir
+        self.progress, self.resume, self.meta = c.progress, c.resume, c.meta
+        self.config = dict(c.record or {})
         self.log = log or (lambda msg: print(msg, flush=True))
-        self.amp_dtype = self._amp_dtype(amp)
+        self.amp_dtype = self._amp_dtype(c.amp)
 
         train, val = (data.train, data.val) if hasattr(data, "train") else data
         self.train_set, self.val_set = train, val
         per_rank = batch_size // self.world
         self.sampler = DistributedSampler(train, num_replicas=self.world, rank=self.rank, shuffle=True,
-                                          seed=seed)
+                                          seed=c.seed)
         if len(self.sampler) < per_rank:
             raise ValueError(f"batch_size {batch_size} is larger than the training set "
                              f"({len(train)} samples{' over %d ranks' % self.world if self.world > 1 else ''})")
@@ -195,14 +208,14 @@ class Trainer:
         # drop_last: equal batches on every rank (so DDP's average is the global-batch mean), and no
         # batch of 1, which BatchNorm rejects.
         self.train_loader = DataLoader(train, batch_size=per_rank, sampler=self.sampler, drop_last=True,
-                                       num_workers=num_workers, pin_memory=pin)
+                                       num_workers=c.num_workers, pin_memory=pin)
         # Validation: a strided shard per rank without padding, so the summed counts are exact.
         val_shard = Subset(val, range(self.rank, len(val), self.world)) if self.world > 1 else val
         self.val_loader = DataLoader(val_shard, batch_size=max(per_rank, 128), shuffle=False,
-                                     num_workers=num_workers, pin_memory=pin)
+                                     num_workers=c.num_workers, pin_memory=pin)
 
         self.model = model.to(self.device)
-        if sync_bn and self.world > 1:
+        if c.sync_bn and self.world > 1:
             D.convert_sync_batchnorm(self.model)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         if self.teacher is not None:
@@ -220,9 +233,9 @@ class Trainer:
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
         params = [p for p in self.net.parameters() if p.requires_grad]
-        self.optimizer = self._make_optimizer(optimizer, params, lr, momentum, weight_decay)
+        self.optimizer = self._make_optimizer(c.optimizer, params, lr, c.momentum, c.weight_decay)
         self.steps_per_epoch = len(self.train_loader)
-        self.scheduler = self._make_scheduler(scheduler, warmup_epochs)
+        self.scheduler = self._make_scheduler(c.scheduler, c.warmup_epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.history, self.best_acc, self.best_epoch, self.start_epoch = [], -1.0, 0, 0
         self.sync_checks = 0  # epochs at which the DDP replicas were verified bit-identical
