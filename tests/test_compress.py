@@ -42,16 +42,7 @@ def randomize_bn(model, seed=0):
     return model
 
 
-def _main(capsys, *args):
-    from shufflekern.__main__ import main
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-        if not isinstance(e.code, int) and e.code is not None:
-            print(e.code, file=sys.stderr)
-    out = capsys.readouterr()
-    return code, out.out + out.err
+from _cli import run_cli as _main  # noqa: E402
 
 
 def _save_ckpt(model, path, arch, **kwargs):

@@ -337,17 +337,7 @@ def test_trainer_rejects_bad_arguments():
 
 
 # -- CLI ------------------------------------------------------------------------------------------------
-def _main(capsys, *args):
-    """Run the CLI in-process (a subprocess costs seconds of imports); returns (exit code, output)."""
-    from shufflekern.__main__ import main
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-        if not isinstance(e.code, int) and e.code is not None:
-            print(e.code, file=sys.stderr)
-    out = capsys.readouterr()
-    return code, out.out + out.err
+from _cli import run_cli as _main  # noqa: E402
 
 
 class _RunsCode:
