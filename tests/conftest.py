@@ -115,3 +115,13 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nTriton launches of this run that shufflekern.triton.aot does not compile (extend its _sweep):\n"
               f"{lines}", file=sys.stderr)
         session.exitstatus = 1
+
+
+@pytest.fixture
+def one_thread():
+    """Runs a test on one ATen thread (training loops are faster on 2 shared cores that way) and restores
+    the thread count: a leaked count changes which ATen paths later tests take."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

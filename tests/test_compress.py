@@ -21,12 +21,7 @@ from shufflekern.distill.trainer import CHECKPOINT_FORMAT
 from shufflekern.models import shufflenet_v1, shufflenet_v2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def randomize_bn(model, seed=0):

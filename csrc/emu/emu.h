@@ -175,7 +175,6 @@ inline const char* warp_op_name(WarpOp op) {
 
 struct Fiber {
   ucontext_t ctx;
-  char* stack = nullptr;
   uint3 tid{0, 0, 0};
   int linear = 0, warp = 0, lane = 0;
   Wait wait = Wait::kNone;
@@ -196,7 +195,7 @@ struct Launch;
 // One global load or store of one thread (the memory-traffic model, enabled by set_traffic).
 struct Access {
   uintptr_t addr;
-  const void* site;  // the path: which buffer of the launch (see record_access)
+  const void* path;  // which buffer of the launch the access touches (see record_access)
   uint32_t bytes;
   bool store;
 };
@@ -444,15 +443,15 @@ inline void record_access(const void* p, uint32_t bytes, bool store) {
 inline void flush_traffic(Executor& ex, Launch& L, int lo, int hi, unsigned lanes = 0xFFFFFFFFu) {
   if (!L.traffic) return;
   struct Key {
-    const void* site;
+    const void* path;
     uint32_t nth;
     bool store;
     uint64_t sector;
     bool operator<(const Key& o) const {
-      return std::tie(site, nth, store, sector) < std::tie(o.site, o.nth, o.store, o.sector);
+      return std::tie(path, nth, store, sector) < std::tie(o.path, o.nth, o.store, o.sector);
     }
     bool operator==(const Key& o) const {
-      return site == o.site && nth == o.nth && store == o.store && sector == o.sector;
+      return path == o.path && nth == o.nth && store == o.store && sector == o.sector;
     }
   };
   static thread_local std::vector<Key> keys, uses;
@@ -466,15 +465,15 @@ inline void flush_traffic(Executor& ex, Launch& L, int lo, int hi, unsigned lane
     for (const Access& a : log) {
       uint32_t nth = 0;
       for (auto& s : seen) {
-        if (s.first == a.site) {
+        if (s.first == a.path) {
           nth = ++s.second;
           break;
         }
       }
-      if (nth == 0) seen.emplace_back(a.site, 0);
+      if (nth == 0) seen.emplace_back(a.path, 0);
       // Bytes asked for: the distinct elements of the request (lanes reading one address share it).
-      uses.push_back(Key{a.site, nth, a.store, (uint64_t(a.addr) << 8) | a.bytes});
-      for (uint64_t sec = a.addr / 32; sec <= (a.addr + a.bytes - 1) / 32; ++sec) keys.push_back(Key{a.site, nth, a.store, sec});
+      uses.push_back(Key{a.path, nth, a.store, (uint64_t(a.addr) << 8) | a.bytes});
+      for (uint64_t sec = a.addr / 32; sec <= (a.addr + a.bytes - 1) / 32; ++sec) keys.push_back(Key{a.path, nth, a.store, sec});
     }
     log.clear();
   }
