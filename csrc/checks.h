@@ -5,7 +5,9 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <array>
 #include <optional>
+#include <tuple>
 
 namespace shufflekern {
 
@@ -88,6 +90,35 @@ inline void check_shuffle_conv1x1_grad_weight_args(const at::Tensor& grad_out, c
                     grad_out.sizes());
   TORCH_CHECK_VALUE(grad_out.size(1) % groups == 0, op, ": out channels of grad_out (", grad_out.size(1),
                     ") must be divisible by groups (", groups, ")");
+}
+
+inline void check_shuffle_conv1x1_backward_args(const at::Tensor& grad_out, const at::Tensor& x,
+                                                const at::Tensor& weight, int64_t groups, int64_t shuffle_groups) {
+  const char* op = "shuffle_conv1x1_backward";
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  TORCH_CHECK_VALUE(grad_out.dim() == 4, op, ": grad_out must be 4-D, got ", grad_out.dim(), "-D");
+  check_shuffle_conv1x1_groups(op, x.size(1), groups, shuffle_groups);
+  check_same(op, "weight", weight, "x", x);
+  check_same(op, "grad_out", grad_out, "x", x);
+  check_shuffle_conv1x1_weight(op, weight, x.size(1), groups);
+  TORCH_CHECK_VALUE(grad_out.size(0) == x.size(0) && grad_out.size(1) == weight.size(0) &&
+                        grad_out.size(2) == x.size(2) && grad_out.size(3) == x.size(3),
+                    op, ": grad_out must be [N, C_out, H, W] = [", x.size(0), ", ", weight.size(0), ", ", x.size(2),
+                    ", ", x.size(3), "], got ", grad_out.sizes());
+}
+
+// shuffle_conv1x1_backward from the two backward ops (grad_input_fn(gy, w, groups, sg), grad_weight_fn(gy, x,
+// groups, sg)) and a sum for the bias: the CPU entry point's composition.  grad_out is taken in x's memory format,
+// so grad_x comes back in it; entries not asked for in output_mask are 0-element tensors.
+template <typename GradInputFn, typename GradWeightFn>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_from_parts(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t groups, int64_t shuffle_groups,
+    std::array<bool, 3> output_mask, GradInputFn grad_input_fn, GradWeightFn grad_weight_fn) {
+  check_shuffle_conv1x1_backward_args(grad_out, x, weight, groups, shuffle_groups);
+  const at::Tensor gy = grad_out.contiguous(format_of(x));
+  return {output_mask[0] ? grad_input_fn(gy, weight, groups, shuffle_groups) : x.new_empty({0}),
+          output_mask[1] ? grad_weight_fn(gy, x, groups, shuffle_groups) : weight.new_empty({0}),
+          output_mask[2] ? gy.sum({0, 2, 3}) : weight.new_empty({0})};
 }
 
 }  // namespace shufflekern

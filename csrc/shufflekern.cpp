@@ -33,6 +33,12 @@ TORCH_LIBRARY(shufflekern, m) {
   def_family(m, "shuffle_conv1x1", "(Tensor x, Tensor weight, Tensor? bias, int groups, int shuffle_groups) -> Tensor");
   def_family(m, "shuffle_conv1x1_grad_input", "(Tensor grad_out, Tensor weight, int groups, int shuffle_groups) -> Tensor");
   def_family(m, "shuffle_conv1x1_grad_weight", "(Tensor grad_out, Tensor x, int groups, int shuffle_groups) -> Tensor");
+  // shuffle_conv1x1_backward: what the autograd calls, like aten::convolution_backward: (grad_x in x's memory
+  // format, grad_weight, grad_bias) in one op, so a kernel family can compute them in one pass over grad_out;
+  // output_mask says which (the others are 0-element tensors).
+  def_family(m, "shuffle_conv1x1_backward",
+             "(Tensor grad_out, Tensor x, Tensor weight, int groups, int shuffle_groups, bool[3] output_mask) "
+             "-> (Tensor, Tensor, Tensor)");
 
   // kd_loss_forward: one op for sk.kd_kl_div (alpha = 1, no target) and sk.kd_loss.  Returns the loss and,
   // when asked, the gradients of the loss w.r.t. the logits (computed in the same pass; 0-element tensors

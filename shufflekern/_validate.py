@@ -15,6 +15,7 @@ from torch._prims_common import suggest_memory_format
 
 __all__ = ["suggest_memory_format", "check_tensor", "check_int", "check_number", "check_channel_shuffle",
            "check_shuffle_conv1x1", "check_shuffle_conv1x1_grad_input", "check_shuffle_conv1x1_grad_weight",
+           "check_shuffle_conv1x1_backward",
            "check_kd", "check_kd_target_range", "check_kd_loss_forward", "check_batch_norm_act",
            "check_batch_norm_act_backward", "kd_reduction_code", "KD_REDUCTIONS"]
 
@@ -111,6 +112,22 @@ def check_shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups, op="s
     if (grad_out.shape[0], grad_out.shape[2], grad_out.shape[3]) != (n, h, w):
         raise ValueError(f"{op}: grad_out must be [N, C_out, H, W] with N, H, W of x {tuple(x.shape)}, got "
                          f"{tuple(grad_out.shape)}")
+
+
+def check_shuffle_conv1x1_backward(grad_out, x, weight, groups, shuffle_groups, output_mask,
+                                   op="shuffle_conv1x1_backward"):
+    check_tensor(op, "grad_out", grad_out, 4)
+    check_shuffle_conv1x1(x, weight, None, groups, shuffle_groups, op=op)
+    n, _, h, w = x.shape
+    if tuple(grad_out.shape) != (n, weight.shape[0], h, w):
+        raise ValueError(f"{op}: grad_out must be [N, C_out, H, W] = {[n, weight.shape[0], h, w]}, got "
+                         f"{list(grad_out.shape)}")
+    if grad_out.dtype != x.dtype or grad_out.device != x.device:
+        raise TypeError(f"{op}: grad_out must have the dtype and device of x ({x.dtype}, {x.device}), got "
+                        f"{grad_out.dtype}, {grad_out.device}")
+    if len(output_mask) != 3:
+        raise ValueError(f"{op}: output_mask must have 3 entries (grad_x, grad_weight, grad_bias), got "
+                         f"{len(output_mask)}")
 
 
 # --------------------------------------------------------------------------------------------------

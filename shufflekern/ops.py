@@ -62,7 +62,7 @@ def _nchw(t, n, c, h, w):
 _register("channel_shuffle", V.check_channel_shuffle, lambda x, groups: _like(x),
           OpSpec("x", cpu=ANY, cuda=ANY, triton=NOT_COMPLEX), "channel_shuffle")
 
-# shuffle_conv1x1: y = conv2d(channel_shuffle(x, sg), W, b, groups=G) and its two backward ops ------------
+# shuffle_conv1x1: y = conv2d(channel_shuffle(x, sg), W, b, groups=G); its backward (one op) and its two parts
 _SCONV = OpSpec("x", cpu=(torch.float32, torch.float64, torch.bfloat16), cuda=_FLOATS,
                 triton=(torch.float32, torch.float16, torch.bfloat16))
 _register("shuffle_conv1x1", V.check_shuffle_conv1x1,
@@ -74,6 +74,15 @@ _register("shuffle_conv1x1_grad_input", V.check_shuffle_conv1x1_grad_input,
           _SCONV._replace(arg="grad_out"), "shuffle_conv1x1")
 _register("shuffle_conv1x1_grad_weight", V.check_shuffle_conv1x1_grad_weight,
           lambda grad_out, x, groups, shuffle_groups: x.new_empty((grad_out.shape[1], x.shape[1] // groups, 1, 1)),
+          _SCONV, "shuffle_conv1x1", dtype_arg=1)
+
+
+def _shuffle_conv1x1_backward_fake(grad_out, x, weight, groups, shuffle_groups, output_mask):
+    return (_like(x) if output_mask[0] else x.new_empty(0), torch.empty_like(weight) if output_mask[1] else
+            weight.new_empty(0), weight.new_empty(weight.shape[0] if output_mask[2] else 0))
+
+
+_register("shuffle_conv1x1_backward", V.check_shuffle_conv1x1_backward, _shuffle_conv1x1_backward_fake,
           _SCONV, "shuffle_conv1x1", dtype_arg=1)
 
 

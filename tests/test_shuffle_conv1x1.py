@@ -168,6 +168,36 @@ def test_opcheck(family):
                               (gy, w.detach(), g, sg))
         torch.library.opcheck(getattr(torch.ops.shufflekern, "shuffle_conv1x1_grad_weight" + family),
                               (gy, x.detach(), g, sg))
+        for mask in ([True, True, True], [True, False, False], [False, True, True]):
+            torch.library.opcheck(getattr(torch.ops.shufflekern, "shuffle_conv1x1_backward" + family),
+                                  (gy, x.detach(), w.detach(), g, sg, mask))
+
+
+@pytest.mark.parametrize("family", ["", "_triton"])
+@pytest.mark.parametrize("layout", FORMATS)
+def test_backward_op_against_fp64(family, layout):
+    """shuffle_conv1x1_backward directly: each requested gradient equals the fp64 eager one, the others are
+    0-element; grad_out in the other memory format than x still gives grad_x in x's format."""
+    fmt = FORMATS[layout]
+    other = torch.contiguous_format if fmt == torch.channels_last else torch.channels_last
+    x, w, _ = make_inputs(3, 12, 5, 3, 3, 4, torch.float32, fmt, False)
+    gy = torch.randn(3, 12, 5, 3).contiguous(memory_format=other)
+    xd, wd = x.double().requires_grad_(), w.double().requires_grad_()
+    bd = torch.zeros(12, dtype=torch.float64, requires_grad=True)
+    yd = F.conv2d(torch.channel_shuffle(xd, 2), wd, bd, groups=3)
+    exact = torch.autograd.grad(yd, (xd, wd, bd), gy.double())
+    op = getattr(torch.ops.shufflekern, "shuffle_conv1x1_backward" + family)
+    for mask in ([True, True, True], [False, True, False], [True, False, True]):
+        got = op(gy, x, w, 3, 2, mask)
+        for want, g, e in zip(mask, got, exact):
+            if want:
+                torch.testing.assert_close(g.double(), e, rtol=1e-5, atol=1e-5)
+            else:
+                assert g.numel() == 0
+        if mask[0]:
+            assert got[0].is_contiguous(memory_format=fmt)
+    with pytest.raises(ValueError, match="grad_out"):
+        op(gy[:, :6], x, w, 3, 2, [True, True, True])
 
 
 @pytest.mark.parametrize("layout", FORMATS)

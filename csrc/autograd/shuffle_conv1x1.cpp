@@ -3,6 +3,7 @@
 //   grad_x = P^T W_bd^T grad_y          (shuffle_conv1x1_grad_input)
 //   grad_W = grad_y (P x)^T per group   (shuffle_conv1x1_grad_weight, summed over images and pixels)
 //   grad_b = grad_y summed over N, H, W
+// all three from one op, shufflekern::shuffle_conv1x1_backward (the parts are ops of their own too).
 #include <torch/library.h>
 
 #include "autograd/common.h"
@@ -21,17 +22,14 @@ at::Tensor forward_op(const at::Tensor& x, const at::Tensor& w, const std::optio
 }
 
 template <typename Fam>
-at::Tensor grad_input_op(const at::Tensor& gy, const at::Tensor& w, int64_t groups, int64_t sg) {
-  static const auto op =
-      family_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t), Fam>("shuffle_conv1x1_grad_input");
-  return op.call(gy, w, groups, sg);
-}
-
-template <typename Fam>
-at::Tensor grad_weight_op(const at::Tensor& gy, const at::Tensor& x, int64_t groups, int64_t sg) {
-  static const auto op =
-      family_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t), Fam>("shuffle_conv1x1_grad_weight");
-  return op.call(gy, x, groups, sg);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& gy, const at::Tensor& x,
+                                                           const at::Tensor& w, int64_t groups, int64_t sg,
+                                                           std::array<bool, 3> mask) {
+  static const auto op = family_op<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                                       const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t,
+                                       std::array<bool, 3>),
+                                   Fam>("shuffle_conv1x1_backward");
+  return op.call(gy, x, w, groups, sg, mask);
 }
 
 template <typename Fam>
@@ -47,7 +45,6 @@ struct ShuffleConv1x1 : torch::autograd::Function<ShuffleConv1x1<Fam>> {
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["shuffle_groups"] = sg;
     ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->saved_data["channels_last"] = format_of(x) == at::MemoryFormat::ChannelsLast;
     return y;
   }
 
@@ -56,14 +53,15 @@ struct ShuffleConv1x1 : torch::autograd::Function<ShuffleConv1x1<Fam>> {
     const at::Tensor &x = saved[0], &weight = saved[1];
     const int64_t groups = ctx->saved_data["groups"].toInt(), sg = ctx->saved_data["shuffle_groups"].toInt();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    // grad_x comes back in x's memory format, as for torch's convolutions.
-    const at::Tensor gy = grads[0].contiguous(ctx->saved_data["channels_last"].toBool()
-                                                  ? at::MemoryFormat::ChannelsLast
-                                                  : at::MemoryFormat::Contiguous);
+    // One op for the three gradients (grad_x in x's memory format, as for torch's convolutions), so a family
+    // may compute them in one pass over grad_out.
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      has_bias && ctx->needs_input_grad(2)};
     at::Tensor gx, gw, gb;
-    if (ctx->needs_input_grad(0)) gx = grad_input_op<Fam>(gy, weight, groups, sg);
-    if (ctx->needs_input_grad(1)) gw = grad_weight_op<Fam>(gy, x, groups, sg);
-    if (has_bias && ctx->needs_input_grad(2)) gb = gy.sum({0, 2, 3});
+    if (mask[0] || mask[1] || mask[2]) std::tie(gx, gw, gb) = backward_op<Fam>(grads[0], x, weight, groups, sg, mask);
+    if (!mask[0]) gx = at::Tensor();
+    if (!mask[1]) gw = at::Tensor();
+    if (!mask[2]) gb = at::Tensor();
     return {gx, gw, gb, at::Tensor(), at::Tensor()};
   }
 };

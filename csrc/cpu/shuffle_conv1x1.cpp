@@ -1,4 +1,4 @@
-// CPU entry points of shufflekern::shuffle_conv1x1 and its two backward ops.
+// CPU entry points of shufflekern::shuffle_conv1x1 and its backward ops.
 //
 // The GEMMs run in csrc/cpu/vec/shuffle_conv1x1.cpp on x / grad_out in place: the shuffle lives in their
 // index tables (built here, with the packed weights), so no shuffled copy of x is ever made.
@@ -217,6 +217,14 @@ at::Tensor shuffle_conv1x1_grad_weight_cpu(const at::Tensor& grad_out, const at:
   return gw;
 }
 
+// Two passes over grad_out on CPU (each GEMM streams it once; a fused pass buys nothing there).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t groups, int64_t shuffle_groups,
+    std::array<bool, 3> output_mask) {
+  return shuffle_conv1x1_backward_from_parts(grad_out, x, weight, groups, shuffle_groups, output_mask,
+                                             shuffle_conv1x1_grad_input_cpu, shuffle_conv1x1_grad_weight_cpu);
+}
+
 }  // namespace
 
 // Routed: under sk.backend("emulated") the CUDA kernels run instead, in the emulator (csrc/emu/route.h).
@@ -224,6 +232,7 @@ TORCH_LIBRARY_IMPL(shufflekern, CPU, m) {
   m.impl("shuffle_conv1x1", SK_ROUTED("shuffle_conv1x1", shuffle_conv1x1_cpu));
   m.impl("shuffle_conv1x1_grad_input", SK_ROUTED("shuffle_conv1x1_grad_input", shuffle_conv1x1_grad_input_cpu));
   m.impl("shuffle_conv1x1_grad_weight", SK_ROUTED("shuffle_conv1x1_grad_weight", shuffle_conv1x1_grad_weight_cpu));
+  m.impl("shuffle_conv1x1_backward", SK_ROUTED("shuffle_conv1x1_backward", shuffle_conv1x1_backward_cpu));
 }
 
 }  // namespace shufflekern::cpu

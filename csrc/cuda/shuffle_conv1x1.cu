@@ -417,10 +417,19 @@ at::Tensor shuffle_conv1x1_grad_weight_cuda(const at::Tensor& grad_out, const at
 
 }  // namespace
 
+// The autograd's entry: the two backward kernels and a sum for the bias.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t groups, int64_t shuffle_groups,
+    std::array<bool, 3> output_mask) {
+  return shuffle_conv1x1_backward_from_parts(grad_out, x, weight, groups, shuffle_groups, output_mask,
+                                             shuffle_conv1x1_grad_input_cuda, shuffle_conv1x1_grad_weight_cuda);
+}
+
 SK_DEVICE_IMPL(m) {
   m.impl("shuffle_conv1x1", &shuffle_conv1x1_cuda);
   m.impl("shuffle_conv1x1_grad_input", &shuffle_conv1x1_grad_input_cuda);
   m.impl("shuffle_conv1x1_grad_weight", &shuffle_conv1x1_grad_weight_cuda);
+  m.impl("shuffle_conv1x1_backward", &shuffle_conv1x1_backward_cuda);
 }
 
 }  // namespace shufflekern::SK_DEV_NS

@@ -190,3 +190,12 @@ def shuffle_conv1x1_grad_weight(grad_out, x, groups, shuffle_groups):
         gy.stride(0), gy.stride(1), gy.stride(3), x.stride(0), x.stride(1), x.stride(3),
         BLOCK_M=bm, BLOCK_J=bj, BLOCK_P=bp, UPCAST=_upcast(x))
     return gw.to(x.dtype)
+
+
+def shuffle_conv1x1_backward(grad_out, x, weight, groups, shuffle_groups, output_mask):
+    """The autograd's op: the two backward kernels above (grad_out in x's memory format) and a sum for the bias;
+    0-element tensors where output_mask is False."""
+    gy = grad_out.contiguous(memory_format=suggest_memory_format(x))
+    return (shuffle_conv1x1_grad_input(gy, weight, groups, shuffle_groups) if output_mask[0] else x.new_empty(0),
+            shuffle_conv1x1_grad_weight(gy, x, groups, shuffle_groups) if output_mask[1] else weight.new_empty(0),
+            gy.sum((0, 2, 3)) if output_mask[2] else weight.new_empty(0))
