@@ -14,7 +14,7 @@ from torch import nn
 
 import shufflekern as sk
 from shufflekern.compress import (count_params, mid_channels, prune_structured, prune_unstructured,
-                                  v1_kept_per_block, zero_removed)
+                                  recalibrate_bn, v1_kept_per_block, zero_removed)
 from shufflekern.distill import Trainer, build_model, load_checkpoint_model, load_data
 from shufflekern.distill.report import atomic_torch_save
 from shufflekern.distill.trainer import CHECKPOINT_FORMAT
@@ -134,6 +134,42 @@ def test_unstructured_masks_zero_weights_but_keep_shapes():
 TINY = ["--batch-size", "32", "--limit-train", "64", "--limit-val", "48", "--no-progress", "--latency-rounds", "2"]
 
 
+def test_recalibrate_bn_is_the_exact_average_over_the_batches():
+    """After pruning, every BatchNorm's running statistics become the average over the batches of the batch
+    mean and unbiased variance of its input (as seen in train mode), the weights do not move, momentum and the
+    eval mode come back; the fused model (whose units call the BatchNorms' kernels without their forward)
+    ends with the same statistics."""
+    small, _ = prune_structured(randomize_bn(MODELS["v2"](False)).double(), 0.5)
+    small.eval()
+    fused = sk.fuse(small, fold_bn=False)
+    params = {k: v.clone() for k, v in small.named_parameters()}
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(4, 3, 32, 32, generator=gen, dtype=torch.float64) for _ in range(3)]
+    bns = [m for m in small.modules() if isinstance(m, nn.BatchNorm2d)]
+    seen = {bn: [] for bn in bns}
+    hooks = [bn.register_forward_pre_hook(lambda m, a: seen[m].append(a[0].detach().clone())) for bn in bns]
+    try:
+        assert recalibrate_bn(small, batches) == len(bns)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert not small.training
+    for bn in bns:
+        assert len(seen[bn]) == 3 and bn.momentum == 0.1
+        means = torch.stack([t.mean((0, 2, 3)) for t in seen[bn]])
+        varis = torch.stack([t.var((0, 2, 3), unbiased=True) for t in seen[bn]])
+        torch.testing.assert_close(bn.running_mean, means.mean(0), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(bn.running_var, varis.mean(0), rtol=1e-10, atol=1e-12)
+    for k, v in small.named_parameters():
+        assert torch.equal(v, params[k]), k
+    assert recalibrate_bn(fused, batches) == len(bns)
+    want = sk.unfuse(fused).state_dict()
+    for k, v in small.state_dict().items():
+        torch.testing.assert_close(want[k], v, rtol=1e-9, atol=1e-11, msg=k)
+    with pytest.raises(ValueError, match="batches is empty"):
+        recalibrate_bn(small, [])
+
+
 def test_cli_prune_kd_fine_tune_round_trips(tmp_path, capsys):
     torch.manual_seed(0)
     student = _save_ckpt(randomize_bn(shufflenet_v2(0.5, 10, small_input=True)), tmp_path / "s.pt",
@@ -145,7 +181,7 @@ def test_cli_prune_kd_fine_tune_round_trips(tmp_path, capsys):
     assert code == 0, log
     js = json.loads((out / "metrics.json").read_text())
     for k in ("params_before", "params_after", "final_acc", "mflops_before", "mflops_after", "latency_before_ms",
-              "latency_after_ms", "acc_after_prune"):
+              "latency_after_ms", "acc_after_prune", "acc_after_bn_recalib"):
         assert js[k] is not None, k
     assert js["params_after"] < js["params_before"] and js["mflops_after"] < js["mflops_before"]
     assert js["fine_tune"]["loss"] == "kd" and len(js["history"]) == 1

@@ -87,6 +87,9 @@ def prune_main(argv=None):
     k = p.add_argument_group("distillation (with --teacher)")
     k.add_argument("--temperature", type=float, default=4.0)
     k.add_argument("--alpha", type=float, default=0.9)
+    p.add_argument("--bn-recalib", type=int, default=512, metavar="N",
+                   help="re-estimate the BatchNorm statistics on N training images right after pruning, before "
+                        "fine-tuning (0: keep the unpruned model's statistics)")
     p.add_argument("--latency-rounds", type=int, default=15, help="rounds of the interleaved timing")
     _common(p, default_epochs=2)
     args = p.parse_args(argv)
@@ -95,6 +98,8 @@ def prune_main(argv=None):
     epochs = args.epochs
     if epochs < 0:
         p.error(f"--epochs must be >= 0 (0: no fine-tuning), got {epochs}")
+    if args.bn_recalib < 0:
+        p.error(f"--bn-recalib must be >= 0 (0: no recalibration), got {args.bn_recalib}")
     args.epochs = max(1, epochs)
     _check(p, args)
     args.epochs = epochs
@@ -136,8 +141,17 @@ def prune_main(argv=None):
         import copy
         model = prune.prune_unstructured(copy.deepcopy(student), args.ratio)
     acc_pruned = _accuracy(model.eval(), data)
+    acc_recalib = None
+    if args.bn_recalib:
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.seed))
+        order = order[:args.bn_recalib].tolist()
+        prune.recalibrate_bn(model, [torch.stack([data.train[i][0] for i in order[s:s + 64]])
+                                     for s in range(0, len(order), 64)])
+        acc_recalib = _accuracy(model.eval(), data)
     print(f"prune ({args.method}, R={args.ratio:g}): {before['params']:,} params, top-1 {before['acc']:.2f}% "
-          f"-> {measure.count_params(model):,} params, top-1 {acc_pruned:.2f}% before fine-tuning", flush=True)
+          f"-> {measure.count_params(model):,} params, top-1 {acc_pruned:.2f}% before fine-tuning"
+          + (f", {acc_recalib:.2f}% after recalibrating BatchNorm on {len(order)} images"
+             if acc_recalib is not None else ""), flush=True)
 
     meta = {"arch": smeta["arch"], "num_classes": data.num_classes, "model_kwargs": kwargs,
             "data": args.data, "pruned_from": os.path.abspath(args.student), "prune_ratio": args.ratio,
@@ -176,7 +190,8 @@ def prune_main(argv=None):
         "params_before": before["params"], "params_after": measure.count_params(model),
         "nonzero_params_after": measure.count_nonzero(model),
         "mflops_before": before["mflops"], "mflops_after": measure.count_mflops(model, x1.shape),
-        "acc_before": before["acc"], "acc_after_prune": acc_pruned, "final_acc": final_acc,
+        "acc_before": before["acc"], "acc_after_prune": acc_pruned, "acc_after_bn_recalib": acc_recalib,
+        "bn_recalib_images": min(args.bn_recalib, len(data.train)), "final_acc": final_acc,
         "latency_before_ms": lat["before_bs16"], "latency_after_ms": lat["after_bs16"],
         "latency_before_bs1_ms": lat["before_bs1"], "latency_after_bs1_ms": lat["after_bs1"],
         "speedup_bs16": lat["before_bs16"] / lat["after_bs16"], "latency_batch": BATCH,

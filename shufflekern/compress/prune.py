@@ -38,7 +38,7 @@ from ..models.shufflenetv1 import FusedShuffleV1Unit, ShuffleNetV1, ShuffleV1Uni
 from ..models.shufflenetv2 import FusedInvertedResidual, InvertedResidual, ShuffleNetV2
 
 __all__ = ["prune_structured", "prune_unstructured", "finalize_unstructured", "mid_channels", "is_fused",
-           "v1_kept_per_block", "zero_removed"]
+           "v1_kept_per_block", "zero_removed", "recalibrate_bn"]
 
 
 def is_fused(model):
@@ -234,3 +234,35 @@ def finalize_unstructured(model):
         if tprune.is_pruned(m) and hasattr(m, "weight_mask"):
             tprune.remove(m, "weight")
     return model
+
+
+@torch.no_grad()
+def recalibrate_bn(model, batches):
+    """Re-estimate every BatchNorm's running statistics of `model` from `batches` (an iterable of inputs):
+    statistics reset, then the exact average over the batches (momentum None), weights untouched.  After
+    structured pruning the BatchNorms after a pruned conv input (V2: the branch's last 1x1 conv; V1: the
+    grouped conv after the depthwise) normalise with statistics of the unpruned sum, which no longer holds;
+    masks (unstructured) shift them too.  Returns the number of BatchNorms recalibrated; the model's mode is
+    restored."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError("recalibrate_bn: batches is empty")
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+           and m.track_running_stats]
+    if not bns:
+        return 0
+    was_training = model.training
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for bn, mom in zip(bns, saved):
+            bn.momentum = mom
+        model.train(was_training)
+    return len(bns)
+
