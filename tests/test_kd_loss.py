@@ -274,6 +274,42 @@ def test_triton_all_ignored():
         assert sk.kd_loss(s, t, torch.full((3,), -100)).item() == 0
 
 
+def test_triton_launcher_reads_no_tensor_on_the_host(monkeypatch):
+    """What a CUDA call of the Triton launcher would synchronise on: reading a tensor's value on the host.  The
+    host range check of the target runs for CPU tensors only (replaced here, as on CUDA); nothing else may read
+    a value, whatever the reduction and target."""
+    import shufflekern.triton.kd_loss as tkd
+
+    def refuse(*a, **k):
+        raise AssertionError("the Triton KD launcher read a tensor value on the host")
+
+    monkeypatch.setattr(tkd, "check_kd_target_range", lambda *a, **k: None)
+    s, t = logits((4, 11)), logits((4, 11), seed=1)
+    y = targets((4,), 11, (1,))
+    for reduction in range(4):
+        for target in (None, y):
+            with monkeypatch.context() as m:
+                for name in ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy"):
+                    m.setattr(torch.Tensor, name, refuse)
+                out = tkd.kd_loss_forward(s, t, target, 2.0, 0.7 if target is not None else 1.0, -100, reduction,
+                                          True, True)
+            with sk.backend("triton"):
+                want = torch.ops.shufflekern.kd_loss_forward_triton(
+                    s, t, target, 2.0, 0.7 if target is not None else 1.0, -100, reduction, True, True)
+            for a, b in zip(out, want):
+                torch.testing.assert_close(a, b)
+
+
+def test_triton_out_of_range_target_without_the_host_check_is_nan(monkeypatch):
+    """On CUDA the launcher skips the host check (no sync): the kernel's row loss is NaN, never a number."""
+    import shufflekern.triton.kd_loss as tkd
+    monkeypatch.setattr(tkd, "check_kd_target_range", lambda *a, **k: None)
+    s, t = logits((3, 9)), logits((3, 9), seed=1)
+    for alpha in (1.0, 0.5):
+        loss, _, _ = tkd.kd_loss_forward(s, t, torch.tensor([1, 9, -100]), 2.0, alpha, -100, 0, False, False)
+        assert loss[0].isfinite() and loss[1].isnan() and loss[2] == 0
+
+
 # ---- registration: opcheck, gradcheck, torch.compile -----------------------------------------------------
 def _samples():
     s, t = logits((4, 13), torch.float64), logits((4, 13), torch.float64, seed=1)

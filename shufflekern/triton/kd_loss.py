@@ -70,6 +70,8 @@ def _kd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C,
     tgt = -1
     if HAS_TARGET:
         tgt = tl.load(tgt_ptr + row)
+        # CUDA: the launcher does not read the target on the host (no sync); a bad one is NaN, asserted with TRITON_DEBUG=1
+        tl.device_assert((tgt == ignore_index) | ((tgt >= 0) & (tgt < C)), "kd_loss: target out of range")
     if CE:
         if CE_SEP:
             M1 = tl.max(m1, axis=0)
@@ -83,7 +85,7 @@ def _kd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C,
         cc = (1 - alpha) * ce_scale
         loss += cc * (M1 + tl.log(Z1) - s_tgt)
     if HAS_TARGET:
-        loss = tl.where(tgt != ignore_index, loss, 0.0)
+        loss = tl.where(tgt == ignore_index, 0.0, tl.where((tgt >= 0) & (tgt < C), loss, float("nan")))
     tl.store(loss_ptr + row, loss)
     if GRAD_S or GRAD_T:
         K = My + tl.log(Zy) - Mx - tl.log(Zx) + kl
@@ -119,28 +121,34 @@ def _rows(x):
 def kd_loss_forward(student, teacher, target, temperature, alpha, ignore_index, reduction, grad_student,
                     grad_teacher):
     """(loss, grad_student, grad_teacher) as the C++ op computes them (see csrc/cpu/kd_loss.cpp).  The
-    arguments were checked by shufflekern/ops.py; the target's values are checked here, where they are read."""
+    arguments were checked by shufflekern/ops.py.  No host synchronisation on CUDA: the count of the rows that
+    count and the scales it gives stay on the device.  The target's values are checked on the host for CPU
+    tensors (the interpreter); on CUDA an out-of-range target gives a NaN loss (and a device-side assert
+    under TRITON_DEBUG=1), where the native CUDA kernel reports a device-side assert."""
     temperature, alpha = float(temperature), float(alpha)
     C = student.shape[-1]
     s, t = _rows(student), _rows(teacher)
     R = s.shape[0]
-    counted = R
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
     tgt = s  # placeholder pointer when there is no target
     if target is not None:
         tgt = target.reshape(-1).to(torch.int64).contiguous()
-        check_kd_target_range(tgt, C, ignore_index, op="kd_loss_forward")
-        counted = int((tgt != ignore_index).sum())
-    n = float(max(counted, 1))
+        if tgt.device.type == "cpu":
+            check_kd_target_range(tgt, C, ignore_index, op="kd_loss_forward")
+        n = (tgt != ignore_index).sum().clamp_min(1).to(acc)
+    else:
+        n = torch.full((), float(max(R, 1)), dtype=acc, device=student.device)
+    one = torch.ones((), dtype=acc, device=student.device)
     kl_scale, ce_scale = {KD_REDUCTIONS["mean"]: (1.0 / (n * C), 1.0 / n),
-                          KD_REDUCTIONS["batchmean"]: (1.0 / n, 1.0 / n)}.get(reduction, (1.0, 1.0))
+                          KD_REDUCTIONS["batchmean"]: (1.0 / n, 1.0 / n)}.get(reduction, (one, one))
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
     row_loss = torch.empty(R, dtype=acc, device=student.device)
     gs = torch.empty_like(student, memory_format=torch.contiguous_format) if grad_student else student.new_empty(0)
     gt = torch.empty_like(teacher, memory_format=torch.contiguous_format) if grad_teacher else teacher.new_empty(0)
     if R > 0:
         ce = target is not None and alpha != 1.0
-        params = torch.tensor([1.0 / temperature, temperature, alpha, kl_scale, ce_scale], dtype=acc,
-                              device=student.device)
+        # fills and a stack: no host-to-device copy, no synchronisation
+        params = torch.stack([one * (1.0 / temperature), one * temperature, one * alpha, kl_scale, ce_scale])
         _kd_loss_kernel[(R,)](
             s, t, tgt, gs, gt, row_loss, params, C, s.stride(0), t.stride(0), ignore_index,
             HAS_TARGET=target is not None, CE=ce, CE_SEP=ce and temperature != 1.0, GRAD_S=grad_student,
