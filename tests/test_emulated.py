@@ -585,7 +585,7 @@ def test_schedules_agree_with_inorder(name, dtype, schedule):
 def _global_functions():
     names = set()
     for path in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
-        names |= set(re.findall(r"__global__\s+void\s+(\w+)\s*\(", open(path).read()))
+        names |= set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(", open(path).read()))
     return names
 
 

@@ -3,14 +3,30 @@
 // csrc/emu/batch_norm_act.cpp runs the same source under the emulator.
 //
 // Element (p, c), p = n*HW + q, lives at n*sN + c*sC + q*sQ (NCHW: sQ = 1; channels_last: sC = 1).
-// Passes over activation-sized tensors (the minimum for a two-pass BatchNorm):
-//   forward, training:  _bn_reduce (read x) -> per-channel partial sums;  _bn_finalize (C threads) -> mean, var,
-//                       scale, shift;  _bn_apply (read x [, r], write y)
-//   backward:           _bn_reduce (read g, x [, r], [write gr = dL/dz]) -> partial sums of gz, gz (x - mean);
-//                       _bn_finalize -> grad_weight, grad_bias, the grad_x coefficients;  _bn_grad_apply
-//                       (read g or gr, x, write gx)
-// Partial sums are [2, tiles, C] in the accumulation type, added by the finalize kernels in double in a fixed
-// order: no atomics, the same bits every run.  Nothing is synchronised with the host.
+//
+// BatchNorm in training needs two passes over its input: the statistics (forward) or the sums (backward)
+// must be complete before any output.  The kernels keep the data of the second pass on chip when it fits,
+// the way the persistent softmax keeps a row in registers:
+//   tile      the unit one block reads in whole 32-byte sectors: NCHW one channel over N*H*W; channels_last
+//             the channels of one sector (8 fp32) over N*H*W when a pixel's C channels are whole sectors,
+//             else every channel (partial sectors would be moved by two blocks)
+//   cached    (the tile's x [and dL/dz] fit kCacheBudget, 224 KiB, and the device's shared memory) one block a
+//             tile: forward _bn_cached_fwd_kernel reads x once into shared memory, takes mean and variance
+//             from there (two passes over shared memory), writes y; backward _bn_cached_bwd_kernel reads
+//             g, x [, r] once, keeps x and dL/dz on chip, writes grad_residual as it forms it and grad_x from
+//             the cache.  Every input read once, every output written once.
+//   streamed  (otherwise) _bn_reduce (or, channels_last rows that are not whole sectors, _bn_rows_reduce) ->
+//             per-channel partial sums [2, tiles, C]; _bn_finalize (C threads) -> mean, var, scale, shift /
+//             grad_weight, grad_bias, the grad_x coefficients; _bn_apply / _bn_grad_apply (_bn_rows_apply)
+//             re-reading x (and dL/dz: grad_residual, or grad_y re-masked).
+// Loads and stores of the tile and row kernels go through for_slots: 16-byte vectors (elements when a buffer
+// or a span is not 16-byte aligned) laid on the buffer's sectors, so that no sector is moved twice.
+// Evaluation mode has no statistics: one elementwise pass.  Partial sums are added in a fixed order (warp
+// shuffles, then shared memory, then the finalize kernels in double): no atomics, the same bits every run.
+// Nothing is synchronised with the host.
+//
+// A cached tile is one block on one multiprocessor: with few tiles (channels_last 8x240x28x28 fp32: 30 blocks
+// of 196 KiB) a GPU has idle multiprocessors, which the traffic model (bytes, not time) does not show.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -32,7 +48,9 @@ using namespace ::shufflekern::bn_checks;
 constexpr int kWarp = 32, kRows = 8;   // a block is kWarp x kRows threads
 constexpr int64_t kChunk = 512;        // positions a block of _bn_reduce sums
 constexpr int kApplyThreads = 256;
-constexpr int kThreads = 256;          // a block of the tile kernels
+constexpr int kThreads = 256;          // a block of the row kernels and of small cached tiles
+constexpr int kBigThreads = 1024;      // a block of cached tiles of kBigTile bytes or more (latency hiding)
+constexpr int64_t kBigTile = 32 * 1024;
 constexpr int64_t kCacheBudget = 224 * 1024;  // bytes of cached activations a block (an H100: 227 KiB)
 constexpr int64_t kRowsStage = 48 * 1024;     // bytes a block of the channels_last row streams stages
 constexpr int kMaxGridY = 65535;
@@ -363,7 +381,7 @@ struct SmemPlan {
   int64_t acc_bytes, tile_bytes;
   SK_HOST_DEVICE static int64_t up16(int64_t b) { return (b + 15) / 16 * 16; }
   SK_HOST_DEVICE SmemPlan(int64_t nacc, int64_t ct, int64_t np, int64_t acc_size, int64_t t_size)
-      : acc_bytes(up16((nacc * ct + 2 * (kThreads / 32)) * acc_size)), tile_bytes(up16(ct * np * t_size)) {}
+      : acc_bytes(up16((nacc * ct + 2 * (kBigThreads / 32)) * acc_size)), tile_bytes(up16(ct * np * t_size)) {}
   SK_HOST_DEVICE int64_t total(int64_t ntiles) const { return acc_bytes + ntiles * tile_bytes; }
 };
 
@@ -371,7 +389,7 @@ struct SmemPlan {
 // channels' mean and variance from there (two passes over shared memory: the mean, then the squared
 // deviations), stores mean and var, and writes y = relu(x * scale + shift [+ r]) from the cache.
 template <typename T, typename Acc, bool kVec>
-__global__ void _bn_cached_fwd_kernel(
+__global__ void __launch_bounds__(kBigThreads) _bn_cached_fwd_kernel(
     SK_GLOBAL(const T) x, SK_GLOBAL(const T) r, SK_GLOBAL(const T) weight, SK_GLOBAL(const T) bias,
     SK_GLOBAL(T) mean, SK_GLOBAL(T) var, SK_GLOBAL(T) y, BnGeo geo, int kind, int64_t ct_, double eps, bool relu) {
   SK_DYNAMIC_SHARED(unsigned char, smem);
@@ -425,7 +443,7 @@ __global__ void _bn_cached_fwd_kernel(
 // The backward with the tile on chip: x and dL/dz (grad_y masked by the recomputed ReLU) stay in shared
 // memory between the sums and grad_x; grad_residual (= dL/dz) is written as it is formed, never read back.
 template <typename T, typename Acc, bool kVec>
-__global__ void _bn_cached_bwd_kernel(
+__global__ void __launch_bounds__(kBigThreads) _bn_cached_bwd_kernel(
     SK_GLOBAL(const T) g, SK_GLOBAL(const T) x, SK_GLOBAL(const T) r, SK_GLOBAL(const T) weight,
     SK_GLOBAL(const T) bias, SK_GLOBAL(const T) mean, SK_GLOBAL(const T) var, SK_GLOBAL(T) gx, SK_GLOBAL(T) gr,
     SK_GLOBAL(T) grad_weight, SK_GLOBAL(T) grad_bias, BnGeo geo, int kind, int64_t ct_, double eps, bool relu,
@@ -506,7 +524,7 @@ __global__ void _bn_cached_bwd_kernel(
 // writes the chunk's per-channel partial sums, as _bn_reduce_kernel does (kStats: x - k, (x - k)^2 with k the
 // channel's first value; kGrad: gz, gz (x - mean), writing gr = gz).
 template <typename T, typename Acc, bool kVec, Sums kSums>
-__global__ void _bn_rows_reduce_kernel(
+__global__ void __launch_bounds__(kThreads) _bn_rows_reduce_kernel(
     SK_GLOBAL(const T) x, SK_GLOBAL(const T) g, SK_GLOBAL(const T) r, SK_GLOBAL(const Acc) coef, SK_GLOBAL(T) gr,
     SK_GLOBAL(Acc) partial, BnGeo geo, int64_t chunk, bool relu) {
   SK_DYNAMIC_SHARED(unsigned char, smem);
@@ -572,7 +590,7 @@ __global__ void _bn_rows_reduce_kernel(
 // The elementwise passes over such rows (y, or grad_x from src = gr or the masked grad_y), the chunk's
 // coefficients for every channel in shared memory.
 template <typename T, typename Acc, bool kVec, bool kGrad>
-__global__ void _bn_rows_apply_kernel(
+__global__ void __launch_bounds__(kThreads) _bn_rows_apply_kernel(
     SK_GLOBAL(const T) src, SK_GLOBAL(const T) x, SK_GLOBAL(const T) r, SK_GLOBAL(const Acc) coef, SK_GLOBAL(T) out,
     BnGeo geo, int64_t chunk, bool relu) {
   SK_DYNAMIC_SHARED(unsigned char, smem);
@@ -658,9 +676,10 @@ int64_t smem_limit() {
 // Whether `ntiles` caches of the whole tile (x; x and dL/dz) fit kCacheBudget and the device; *smem: the
 // launch's shared memory.
 bool fits_on_chip(const TilePlan& tp, const BnGeo& geo, int64_t esize, int64_t acc_size, int ntiles, int nacc,
-                  int64_t* smem) {
+                  int64_t* smem, int* threads) {
   const SmemPlan sp(nacc, tp.ct, geo.P, acc_size, esize);
   *smem = sp.total(ntiles);
+  *threads = ntiles * sp.tile_bytes >= kBigTile ? kBigThreads : kThreads;
   return ntiles * sp.tile_bytes <= kCacheBudget && *smem <= smem_limit();
 }
 
@@ -716,13 +735,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cuda(
   const TilePlan tp = tile_plan(geo, esize);
   const bool vec = vec_ok(tp, geo, esize, {x, r, y});
   int64_t smem = 0;
-  if (training && fits_on_chip(tp, geo, esize, acc_size, 1, 3, &smem)) {
+  int threads = kThreads;
+  if (training && fits_on_chip(tp, geo, esize, acc_size, 1, 3, &smem, &threads)) {
     // x read once: statistics and y from the block's shared memory
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_act_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       with_vec(vec, [&](auto v) {
         SK_LAUNCH((_bn_cached_fwd_kernel<scalar_t, acc_t, decltype(v)::value>), dim3(unsigned(tp.tiles)),
-                  dim3(kThreads), size_t(smem), SK_RT::dptr<scalar_t>(x), opt_ptr<scalar_t>(r), opt_ptr<scalar_t>(w),
+                  dim3(threads), size_t(smem), SK_RT::dptr<scalar_t>(x), opt_ptr<scalar_t>(r), opt_ptr<scalar_t>(w),
                   opt_ptr<scalar_t>(b), SK_RT::dptr<scalar_t>(mean), SK_RT::dptr<scalar_t>(var),
                   SK_RT::dptr<scalar_t>(y), geo, tp.kind, tp.ct, eps, relu);
       });
@@ -792,13 +812,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward_cuda(
   const TilePlan tp = tile_plan(geo, esize);
   const bool vec = vec_ok(tp, geo, esize, {g, x, r, gx, gr});
   int64_t smem = 0;
-  if (fits_on_chip(tp, geo, esize, acc_size, 2, kCoefRows + 2, &smem)) {
+  int threads = kThreads;
+  if (fits_on_chip(tp, geo, esize, acc_size, 2, kCoefRows + 2, &smem, &threads)) {
     // g, x, r read once, gx and gr written once: x and dL/dz stay in the block's shared memory
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_act_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       with_vec(vec, [&](auto v) {
         SK_LAUNCH((_bn_cached_bwd_kernel<scalar_t, acc_t, decltype(v)::value>), dim3(unsigned(tp.tiles)),
-                  dim3(kThreads), size_t(smem), SK_RT::dptr<scalar_t>(g), SK_RT::dptr<scalar_t>(x),
+                  dim3(threads), size_t(smem), SK_RT::dptr<scalar_t>(g), SK_RT::dptr<scalar_t>(x),
                   opt_ptr<scalar_t>(r), opt_ptr<scalar_t>(w), opt_ptr<scalar_t>(b), SK_RT::dptr<scalar_t>(mean),
                   SK_RT::dptr<scalar_t>(var), opt_ptr<scalar_t>(gx), opt_ptr<scalar_t>(gr), opt_ptr<scalar_t>(gw),
                   opt_ptr<scalar_t>(gb), geo, tp.kind, tp.ct, eps, relu, training);
