@@ -10,9 +10,20 @@ distinct 32-byte sector its lanes touch; it asks for its distinct elements (a br
                     counts again)
   sector_efficiency requested / moved (1.0: every sector fully used)
   bytes_min         every input read once and every output written once, except where the maths needs a
-                    second pass over data that cannot stay on chip: a KD row whose student and teacher rows do
-                    not fit the kernel's 160 KiB shared-memory budget, and BatchNorm's input in training (the
-                    statistics must be complete before any output) are counted twice
+                    second pass over data that cannot stay on chip (the case is then labelled):
+                    - kd_loss: a row whose student and teacher rows do not fit the kernel's 160 KiB shared-memory
+                      budget is read twice ("rows read twice");
+                    - batch_norm_act in training: the statistics (forward) or the sums (backward) must be
+                      complete before any output, so what the second pass needs (forward: x; backward: x and
+                      dL/dz) stays on chip between the passes if the tile one streaming multiprocessor holds
+                      fits BN_CACHE_BUDGET (224 KiB: an H100's 227 KiB of shared memory a block, less room for
+                      the per-channel coefficients).  The tile is one channel over N*H*W in NCHW; in
+                      channels_last the channels of one 32-byte sector (8 fp32) over N*H*W when a pixel's
+                      channels are whole sectors, else every channel (partial sectors would be moved by two
+                      blocks).  Otherwise ("read twice") the second pass re-reads x (forward), or x and dL/dz
+                      (backward: grad_residual when there is a residual, else grad_y re-masked).  A cluster of
+                      SMs sharing a tile through distributed shared memory is not counted: a kernel could do
+                      better than this minimum there.
   eager_bytes       the sum, over the ATen ops that the eager PyTorch composition dispatches (views excluded),
                     of their input + output bytes: an optimistic eager, as if every ATen kernel were ideal
   h100_us           bytes_moved / 3.35 TB/s, the HBM3 bandwidth of an H100 SXM (NVIDIA's H100 datasheet): a
@@ -36,6 +47,7 @@ from ._backend import backend
 
 H100_BYTES_PER_S = 3.35e12
 SMEM_BUDGET = 160 * 1024  # the KD kernel's shared-memory budget for cached rows (csrc/cuda/kd_loss.cu)
+BN_CACHE_BUDGET = 224 * 1024  # batch_norm_act's cached tile (kCacheBudget in csrc/cuda/batch_norm_act.cu)
 
 
 def _nbytes(t):
@@ -209,6 +221,15 @@ def _kd_cases():
                    passes * (_nbytes(s) + _nbytes(t)) + _nbytes(y) + _nbytes(s))
 
 
+def bn_tile_fits(layout, n, c, hw, esize, tensors):
+    """Whether `tensors` activation-sized arrays of a batch_norm_act tile fit on chip (see bytes_min)."""
+    if layout == "nchw":
+        ct = 1
+    else:
+        ct = 32 // esize if (c * esize) % 32 == 0 else c
+    return tensors * ct * n * hw * hw * esize <= BN_CACHE_BUDGET
+
+
 def _bn_cases():
     op = torch.ops.shufflekern.batch_norm_act
     for c, hw, res in [(240, 28, True), (480, 14, True), (60, 28, False)]:
@@ -218,6 +239,8 @@ def _bn_cases():
             r = torch.randn(8, c, hw, hw, generator=gen).contiguous(memory_format=fmt) if res else None
             w, b = torch.ones(c), torch.zeros(c)
             case = f"8x{c}x{hw}x{hw}{' +residual' if res else ''} relu {layout} fp32 train"
+            fits_fwd = bn_tile_fits(layout, 8, c, hw, 4, 1)
+            fits_bwd = bn_tile_fits(layout, 8, c, hw, 4, 2)
 
             def ours(x=x, r=r, w=w, b=b):
                 return op(x, w, b, r, None, None, True, 1e-5, True)
@@ -227,8 +250,9 @@ def _bn_cases():
                 return F.relu(z + r if r is not None else z)
             xb = _nbytes(x)
             rb = _nbytes(r) if r is not None else 0
-            # x twice (statistics, then apply: the whole tensor does not stay on chip), r once, y once
-            yield ("batch_norm_act", case, "fwd", ours, eager, 2 * xb + rb + xb)
+            # x [twice], r once, y once
+            yield ("batch_norm_act", case + ("" if fits_fwd else " (x read twice)"), "fwd", ours, eager,
+                   (1 if fits_fwd else 2) * xb + rb + xb)
             gy = torch.randn_like(x)
 
             def ours_bwd(x=x, r=r, w=w, b=b, gy=gy):
@@ -244,8 +268,9 @@ def _bn_cases():
                     z = F.batch_norm(x_, None, None, w_, b_, True, 0.1, 1e-5)
                     return F.relu(z + rr[0] if rr else z)
                 return _eager_backward(f, inputs, gy)
-            # g, x read twice (sums, then grad_x), grad_x and grad_residual written once
-            yield ("batch_norm_act", case, "bwd", ours_bwd, eager_bwd, 4 * xb + xb + rb)
+            # grad_y, x [, r] read once, grad_x [, grad_residual] written once; streamed: x and dL/dz read again
+            yield ("batch_norm_act", case + ("" if fits_bwd else " (x, dL/dz read twice)"), "bwd", ours_bwd,
+                   eager_bwd, 3 * xb + 2 * rb + (0 if fits_bwd else 2 * xb))
 
 
 def cases():
@@ -258,7 +283,7 @@ def cases():
 # ---- the report ----------------------------------------------------------------------------------------------
 
 def report(sample_blocks=48, ops=None, progress=None):
-    rows, fwd_launches = [], {}
+    rows, fwd_launches = [], 0
     for op, case, mode, ours, eager, bytes_min in cases():
         if ops and op not in ops:
             continue
@@ -268,9 +293,9 @@ def report(sample_blocks=48, ops=None, progress=None):
         if mode == "bwd":
             # ours runs forward and backward: leave out the forward's launches, counted on the fwd row that
             # every case yields just before its bwd row
-            log = log[fwd_launches[case]:]
+            log = log[fwd_launches:]
         else:
-            fwd_launches[case] = len(log)
+            fwd_launches = len(log)
         tot = summarize(log)
         eb = eager() if mode == "bwd" else eager_bytes(eager)
         moved, req = tot["moved"], tot["requested"]

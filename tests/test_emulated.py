@@ -393,6 +393,103 @@ def test_batch_norm_act_models_train_step_matches_native():
         torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-10)
 
 
+# Shapes that take each path of csrc/cuda/batch_norm_act.cu: the tile (NCHW: a channel; channels_last: the
+# channels of a 32-byte sector, or whole rows when a pixel's channels are not whole sectors) kept in shared
+# memory (x read once) or streamed (too large for the 224 KiB cache: statistics / sums, then the elementwise
+# pass re-reading x), with 16-byte vectors or element by element; the kernels each one must launch.
+CACHED_FWD, CACHED_BWD = "_bn_cached_fwd_kernel", "_bn_cached_bwd_kernel"
+BN_PATHS = {  # fp64: (shape, layout, forward kernel, backward kernel)
+    "cached-planes-vec": ((3, 4, 8, 6), "nchw", CACHED_FWD, CACHED_BWD),
+    "cached-planes-odd": ((2, 3, 5, 3), "nchw", CACHED_FWD, CACHED_BWD),
+    "cached-sectors": ((2, 12, 5, 5), "channels_last", CACHED_FWD, CACHED_BWD),
+    "cached-rows": ((2, 3, 5, 3), "channels_last", CACHED_FWD, CACHED_BWD),
+    "cached-rows-vec": ((2, 6, 5, 3), "channels_last", CACHED_FWD, CACHED_BWD),
+    "streamed-planes": ((1, 2, 170, 170), "nchw", "_bn_reduce_kernel", "_bn_grad_apply_kernel"),
+    "streamed-sectors": ((1, 8, 85, 85), "channels_last", "_bn_reduce_kernel", "_bn_grad_apply_kernel"),
+    "streamed-rows": ((1, 3, 98, 98), "channels_last", "_bn_rows_reduce_kernel", "_bn_rows_apply_kernel"),
+    "streamed-rows-vec": ((1, 6, 70, 70), "channels_last", "_bn_rows_reduce_kernel", "_bn_rows_apply_kernel"),
+    "bwd-streamed-rows-vec": ((1, 6, 50, 50), "channels_last", CACHED_FWD, "_bn_rows_reduce_kernel"),
+}
+
+
+def _launched_during(fn):
+    before = dict(sk.testing.emulated_launches())
+    out = fn()
+    after = sk.testing.emulated_launches()
+    return out, {k for k, v in after.items() if v > before.get(k, 0)}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("residual,relu", [(True, True), (False, False), (False, True)], ids=["res-relu", "plain", "relu"])
+@pytest.mark.parametrize("path", list(BN_PATHS))
+def test_batch_norm_act_paths_fp64(path, residual, relu, training):
+    """Every path of the CUDA kernels against the eager composition in fp64, forward and every gradient."""
+    import test_batch_norm_act as tbn
+    shape, layout, fwd_kernel, bwd_kernel = BN_PATHS[path]
+    x, w, b, r, rm, rv = tbn.make(shape, torch.float64, tsc.FORMATS[layout], residual)
+    g = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=tsc.FORMATS[layout])
+    xs, ws, bs, rs = tbn.leaves(x, w, b, r)
+    xe, we, be, re_ = tbn.leaves(x, w, b, r)
+    with sk.backend(EMU):
+        (y, mean, var), fwd = _launched_during(
+            lambda: torch.ops.shufflekern.batch_norm_act(xs, ws, bs, rs, rm, rv, training, 1e-5, relu))
+        got, bwd = _launched_during(lambda: tbn.grads_of(y, [xs, ws, bs, rs], g))
+    if training:
+        assert fwd_kernel in fwd, fwd
+    assert bwd_kernel in bwd, bwd
+    _, ye = tbn.eager(xe, we, be, re_, rm, rv, training, relu)
+    want = tbn.grads_of(ye, [xe, we, be, re_], g)
+    torch.testing.assert_close(y, ye, rtol=1e-9, atol=1e-11)
+    if training:
+        torch.testing.assert_close(mean, x.mean((0, 2, 3)), rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False), rtol=1e-9, atol=1e-11)
+    for a, e in zip(got, want):
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-9)
+
+
+BN_LOW_PATHS = {  # (shape, layout) per path, for fp32 / fp16 / bf16
+    "cached-planes-vec": ((3, 4, 8, 8), "nchw"),
+    "cached-sectors": ((2, 16, 5, 5), "channels_last"),
+    "cached-rows": ((2, 3, 5, 3), "channels_last"),
+    "cached-rows-vec": ((2, 12, 5, 3), "channels_last"),
+    "streamed-rows-vec": ((1, 12, 70, 70), "channels_last"),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("path", list(BN_LOW_PATHS))
+def test_batch_norm_act_paths_low_precision(path, dtype):
+    """Each path in reduced precision against the fp64 op on the same (rounded) inputs: y with a residual
+    and ReLU, the statistics, and without the ReLU (whose mask may flip where z rounds across 0) every
+    gradient; errors within a few units of the dtype's rounding, relative to the values' scale."""
+    import test_batch_norm_act as tbn
+    shape, layout = BN_LOW_PATHS[path]
+    if path.startswith("streamed") and dtype != torch.float32:
+        pytest.skip("one streamed shape, in fp32: half the bytes would fit the cache")
+    x, w, b, r, rm, rv = tbn.make(shape, dtype, tsc.FORMATS[layout], True)
+    g = torch.randn(shape, dtype=torch.float64).to(dtype).contiguous(memory_format=tsc.FORMATS[layout])
+    tol = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+
+    def close(a, e):
+        err = (a.double() - e).abs().max().item()
+        assert err <= tol * max(1.0, e.abs().max().item()), (err, e.abs().max().item())
+    for relu in (True, False):
+        ins = tbn.leaves(x, w, b, r)
+        ref = tbn.leaves(*[t.double() for t in (x, w, b, r)])
+        with sk.backend(EMU):
+            y, mean, var = torch.ops.shufflekern.batch_norm_act(*ins, None, None, True, 1e-5, relu)
+            assert y.dtype == dtype
+            got = tbn.grads_of(y, ins, g) if not relu else None
+        _, ye = tbn.eager(*ref, None, None, True, relu)
+        close(y, ye)
+        close(mean, x.double().mean((0, 2, 3)))
+        close(var, x.double().var((0, 2, 3), unbiased=False))
+        if got is not None:
+            for a, e in zip(got, tbn.grads_of(ye, ref, g.double())):
+                close(a, e)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_kd_loss_streamed_rows(dtype):
     """Rows too large for the kernel's shared-memory budget are streamed from global memory twice; one
@@ -458,6 +555,12 @@ def _run_all(dtype):
             rb = torch.randn(x.shape, generator=g, dtype=dtype).requires_grad_(True)
             yb, mean, var = torch.ops.shufflekern.batch_norm_act(xb, wb, bb, rb, None, None, True, 1e-5, True)
             out += [yb, mean, var] + list(torch.autograd.grad(yb, (xb, wb, bb, rb), torch.ones_like(yb)))
+            # too large to keep on chip: streamed (NCHW through the plane kernels, channels_last rows of 12
+            # bytes through the row kernels), forward and backward
+            for shape, fmt in (((1, 1, 240, 240), torch.contiguous_format), ((1, 3, 140, 140), torch.channels_last)):
+                xl = torch.randn(shape, generator=g, dtype=dtype).contiguous(memory_format=fmt).requires_grad_(True)
+                yl, ml, vl = torch.ops.shufflekern.batch_norm_act(xl, None, None, None, None, None, True, 1e-5, True)
+                out += [yl, ml, vl] + list(torch.autograd.grad(yl, xl, torch.ones_like(yl)))
         # NCHW: whole planes (channels_last above goes through shared-memory row spans)
         xn = x.contiguous().requires_grad_(True)
         yn = sk.channel_shuffle(xn, 3)
@@ -482,7 +585,7 @@ def test_schedules_agree_with_inorder(name, dtype, schedule):
 def _global_functions():
     names = set()
     for path in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
-        names |= set(re.findall(r"__global__\s+void\s+(\w+)\s*\(", open(path).read()))
+        names |= set(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(", open(path).read()))
     return names
 
 

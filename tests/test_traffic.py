@@ -56,3 +56,25 @@ def test_cli_writes_json(tmp_path):
         for key in ("op", "case", "bytes_min", "bytes_moved", "sector_efficiency", "eager_bytes", "h100_us_model"):
             assert key in row
         assert row["sector_efficiency"] >= 0.9 and row["bytes_moved"] <= 1.15 * row["bytes_min"]
+
+
+def test_batch_norm_act_moves_its_minimum_cached_or_streamed():
+    """batch_norm_act in training: a tile that fits on chip (traffic.bn_tile_fits) is read once by the cached
+    kernel, one that does not is streamed and reads x twice; either way the bytes moved are the minimum the
+    report counts (up to the per-channel parameters and partial sums) and the sectors are used."""
+    op = torch.ops.shufflekern.batch_norm_act
+    for shape, layout in [((4, 16, 16, 16), "nchw"), ((4, 16, 16, 16), "channels_last"),
+                          ((2, 6, 10, 10), "channels_last"), ((1, 1, 240, 240), "nchw"),
+                          ((1, 3, 140, 140), "channels_last")]:
+        n, c, h, w = shape
+        fmt = traffic.FORMATS[layout]
+        x = torch.randn(shape).contiguous(memory_format=fmt)
+        r = torch.randn(shape).contiguous(memory_format=fmt)
+        fits = traffic.bn_tile_fits(layout, n, c, h, 4, 1)
+        _, log = traffic.emulated_traffic(lambda: op(x, None, None, r, None, None, True, 1e-5, True))
+        tot = traffic.summarize(log)
+        assert ("_bn_cached_fwd_kernel" in tot["kernels"]) == fits, (shape, layout, tot["kernels"])
+        xb = x.numel() * 4
+        want = (1 if fits else 2) * xb + 2 * xb
+        assert want <= tot["moved"] <= 1.03 * want + 4096, (shape, layout, tot["moved"], want)
+        assert tot["requested"] / tot["moved"] >= 0.95, (shape, layout)
