@@ -8,6 +8,8 @@ hint, plain CE.
 fused op is compared with).  It follows DESIGN.md: rows are the leading dims, `batchmean` divides by
 the number of counted rows, rows whose target is `ignore_index` count in neither term.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,8 +105,9 @@ def dkd_loss_eager(student_logits, teacher_logits, target, *, temperature=4.0, a
     `ignore_index` count nowhere (not in the sum, not in the divisor; 0 under `none`); all ignored -> 0.
     `mean` divides by counted rows x C (a KL term, as kd_loss's).  Computed in fp32 (fp64 stays fp64),
     returned in the input dtype.  This is the reference the fused `sk.dkd_loss` is tested against, and
-    what `--no-fused` runs.  (mdistiller's log of the summed student softmax gives -inf when the student
-    puts all its mass on one side; the reference keeps that formula, as the published code does.)
+    what `--no-fused` runs.  One deviation in evaluation, not in value: the binary distributions are
+    formed in log space (log p(rest) from the non-target log-sum-exp), where mdistiller takes the log of
+    the summed softmax and gets -inf once the student's non-target mass underflows.
     """
     dtype = student_logits.dtype
     work = torch.float64 if dtype == torch.float64 else torch.float32
@@ -115,19 +118,27 @@ def dkd_loss_eager(student_logits, teacher_logits, target, *, temperature=4.0, a
     keep = y != ignore_index
     y_safe = torch.where(keep, y, torch.zeros_like(y))
     gt = torch.zeros_like(s).scatter_(1, y_safe.unsqueeze(1), 1).bool()
-    other = ~gt
-    p_s = F.softmax(s / temperature, dim=1)
-    p_t = F.softmax(t / temperature, dim=1)
+    # The binary distributions [p(target), p(rest)] in log space: log p(target) from log_softmax, log p(rest)
+    # from the non-target log-sum-exp (mdistiller sums the softmax and takes the log, which is -inf once the
+    # rest underflows; same value otherwise).
+    def log_binary(z):
+        z = z / temperature
+        lse = torch.logsumexp(z, dim=1, keepdim=True)
+        log_target = z.gather(1, y_safe.unsqueeze(1)) - lse
+        log_rest = torch.logsumexp(z.masked_fill(gt, float("-inf")), dim=1, keepdim=True) - lse
+        return torch.cat([log_target, log_rest], dim=1)
 
-    def cat_mask(p):
-        return torch.cat([(p * gt).sum(1, keepdim=True), (p * other).sum(1, keepdim=True)], dim=1)
-
-    b_s, b_t = cat_mask(p_s), cat_mask(p_t)
+    log_b_s, log_b_t = log_binary(s), log_binary(t)
+    b_t = log_b_t.exp()
     # F.kl_div(log b_s, b_t) elementwise: b_t * (log b_t - log b_s), 0 where b_t == 0
-    tckd = (torch.xlogy(b_t, b_t) - b_t * torch.log(b_s)).sum(1) * temperature ** 2
-    p_t2 = F.softmax(t / temperature - 1000.0 * gt, dim=1)
+    tckd = torch.where(b_t > 0, b_t * (log_b_t - log_b_s), torch.zeros_like(b_t)).sum(1) * temperature ** 2
+    # NCKD exactly as mdistiller: the target logit pushed down by 1000 before the softmaxes
+    # (the teacher's log-probabilities from log_softmax, so that the target column, whose probability is
+    # 0, has a finite log and a zero gradient; a teacher logit of -inf contributes 0)
+    log_p_t2 = F.log_softmax(t / temperature - 1000.0 * gt, dim=1)
     log_p_s2 = F.log_softmax(s / temperature - 1000.0 * gt, dim=1)
-    nckd = (torch.xlogy(p_t2, p_t2) - p_t2 * log_p_s2).sum(1) * temperature ** 2
+    p_t2 = log_p_t2.exp()
+    nckd = torch.where(p_t2 > 0, p_t2 * (log_p_t2 - log_p_s2), torch.zeros_like(p_t2)).sum(1) * temperature ** 2
     rows = alpha * tckd + beta * nckd
     rows = torch.where(keep, rows, torch.zeros_like(rows))
     return _reduce_rows(rows, keep, reduction, c, dtype, target.shape)
@@ -212,7 +223,11 @@ def _rkd_angles(e, eps=1e-12):
     diag = g.diagonal()
     sq = (diag.unsqueeze(0) - 2 * g + diag.unsqueeze(1)).clamp(min=0)  # |x_b - x_a|^2 at [a, b]
     inv = sq.clamp(min=eps * eps).rsqrt()  # 1 / max(|x_b - x_a|, eps), F.normalize's divisor
-    inv = inv * (1 - torch.eye(len(e), dtype=e.dtype, device=e.device))  # x_a - x_a is exactly 0
+    # x_a - x_a is exactly 0, and so is the difference of two equal samples, where the Gram form leaves
+    # rounding noise: a squared distance below the rounding level of the Gram entries counts as 0 (then
+    # F.normalize gives the zero vector and the cosine 0, as RepDistiller's construction does).
+    tol = 4 * math.sqrt(e.shape[1]) * torch.finfo(e.dtype).eps * (diag.unsqueeze(0) + diag.unsqueeze(1))
+    inv = torch.where(sq > tol, inv, torch.zeros_like(inv))
     num = g.unsqueeze(0) - g.unsqueeze(2) - g.unsqueeze(1) + diag.view(-1, 1, 1)  # [a, b, c]
     return (num * inv.unsqueeze(2) * inv.unsqueeze(1)).reshape(-1)
 
