@@ -4,8 +4,8 @@ teacher -> student pairs (a ResNet -> ShuffleNetV2 and a VGG -> MobileNetV2), me
     PYTHONPATH=. python scripts/methods_results.py            # ~20-25 min on 2 shared CPU cores
     PYTHONPATH=. python scripts/methods_results.py --quick    # smoke run (1 seed, 1 epoch each)
 
-Writes docs/results_methods.md (--md) and docs/results_methods.json.  Each (pair, seed) is one task
-(a teacher and its six students); --jobs tasks run at once, each process single-threaded.  Every method
+Writes docs/results_methods.md (--md) and docs/results_methods.json.  Each pair's teacher is trained once
+(seed 0); each student run (pair, seed, method) is one task; --jobs tasks run at once, one thread each.  Every method
 runs through the Trainer exactly as `python -m shufflekern distill --method ...` does, with the published
 weights (KD T=4 alpha=0.9; DKD alpha=1 beta=8 T=4 with mdistiller's warm-up scaled to the run; AT beta=1000
 on the paired stage outputs; RKD 25/50 on the penultimate features; CE weight 1 except with KD), on the
@@ -64,22 +64,32 @@ def _fit(model, data, args, seed, *, epochs, lr, teacher=None, methods=("kd",)):
     return m, t.model, time.perf_counter() - t0
 
 
-def task(pair, seed, args):
-    """One teacher and its students for one seed: {row: (final val acc, seconds)}."""
+def teacher_task(pair, args):
+    """The pair's teacher, trained once (seed 0): (pair, state_dict, final val acc, seconds)."""
+    torch.set_num_threads(1)
+    t_name = PAIRS[pair][0]
+    torch.manual_seed(0)
+    m, teacher, s = _fit(_model(t_name, args), load_data("digits", seed=0), args, 0, epochs=args.teacher_epochs,
+                         lr=args.teacher_lr)
+    print(f"{pair}: teacher {t_name} {m['final_acc']:.2f}% ({s:.0f} s)", flush=True)
+    return pair, teacher.state_dict(), m["final_acc"], s
+
+
+def student_task(pair, seed, row, teacher_state, args):
+    """One student run: (pair, seed, row, final val acc, seconds)."""
     torch.set_num_threads(1)
     t_name, s_name = PAIRS[pair]
+    methods = dict(ROWS)[row]
     data = load_data("digits", seed=seed)
-    out = {}
-    torch.manual_seed(seed)
-    m, teacher, s = _fit(_model(t_name, args), data, args, seed, epochs=args.teacher_epochs, lr=args.teacher_lr)
-    out["teacher"] = (m["final_acc"], s)
-    for row, methods in ROWS:
-        torch.manual_seed(1000 + seed)  # every student of a seed starts from the same weights
-        kw = {} if methods is None else {"teacher": teacher, "methods": methods}
-        m, _, s = _fit(_model(s_name, args), data, args, seed, epochs=args.student_epochs, lr=args.student_lr, **kw)
-        out[row] = (m["final_acc"], s)
-    print(f"{pair} seed {seed}: " + "  ".join(f"{k} {v[0]:.2f}" for k, v in out.items()), flush=True)
-    return pair, seed, out
+    kw = {}
+    if methods is not None:
+        teacher = _model(t_name, args)
+        teacher.load_state_dict(teacher_state)
+        kw = {"teacher": teacher, "methods": methods}
+    torch.manual_seed(1000 + seed)  # every student of a seed starts from the same weights
+    m, _, s = _fit(_model(s_name, args), data, args, seed, epochs=args.student_epochs, lr=args.student_lr, **kw)
+    print(f"{pair} seed {seed} {row}: {m['final_acc']:.2f}% ({s:.0f} s)", flush=True)
+    return pair, seed, row, m["final_acc"], s
 
 
 def _mean_std(xs):
@@ -98,7 +108,7 @@ def main(argv=None):
     p.add_argument("--student-lr", type=float, default=0.05)
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.9)
-    p.add_argument("--jobs", type=int, default=2, help="tasks (pair, seed) run at once, one thread each")
+    p.add_argument("--jobs", type=int, default=2, help="training runs at once, one thread each")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch each: a smoke run")
     p.add_argument("--md", default="docs/results_methods.md")
     args = p.parse_args(argv)
@@ -108,15 +118,18 @@ def main(argv=None):
                                                              else " " + " ".join(argv if argv is not None
                                                                                  else sys.argv[1:]))
     t_all = time.perf_counter()
-    tasks = [(pair, seed) for pair in args.pairs for seed in args.seeds]
-    results = {pair: {} for pair in args.pairs}
-    if args.jobs > 1:
-        with cf.ProcessPoolExecutor(max_workers=args.jobs) as ex:
-            for pair, seed, out in ex.map(task, *zip(*tasks), [args] * len(tasks)):
-                results[pair][seed] = out
-    else:
-        for pair, seed in tasks:
-            results[pair][seed] = task(pair, seed, args)[2]
+    results = {pair: {seed: {} for seed in args.seeds} for pair in args.pairs}
+    with cf.ProcessPoolExecutor(max_workers=args.jobs) as ex:
+        teachers = {}
+        for pair, state, acc, s in ex.map(teacher_task, args.pairs, [args] * len(args.pairs)):
+            teachers[pair] = state
+            for seed in args.seeds:
+                results[pair][seed]["teacher"] = (acc, s)
+        jobs = [(pair, seed, row) for pair in args.pairs for seed in args.seeds for row, _ in ROWS]
+        futures = [ex.submit(student_task, pair, seed, row, teachers[pair], args) for pair, seed, row in jobs]
+        for f in futures:
+            pair, seed, row, acc, s = f.result()
+            results[pair][seed][row] = (acc, s)
     total = time.perf_counter() - t_all
 
     warm = dkd_warmup_epochs(None, args.student_epochs)
@@ -124,7 +137,8 @@ def main(argv=None):
         "# Distillation methods on `digits`",
         "",
         f"scikit-learn's bundled digits (1,797 8x8 images upsampled to 32x32; fixed split 1,437 train / 360 "
-        f"val). Val top-1 (%) after the last epoch, mean ± std over seeds {args.seeds} (a teacher per seed). "
+        f"val). Val top-1 (%) after the last epoch, mean ± std over student seeds {args.seeds} (seed: data "
+        "order, augmentation and initialisation; the teacher of a pair is trained once, with seed 0). "
         f"Teachers {args.teacher_epochs} epochs at lr {args.teacher_lr}, students {args.student_epochs} epochs "
         f"at lr {args.student_lr}; batch {args.batch_size}, SGD (Nesterov, wd 5e-4), cosine decay. All "
         "students of a seed start from the same initialisation. Losses (CE weight 1 unless KD is used): "
@@ -144,8 +158,10 @@ def main(argv=None):
         methods_of = dict(ROWS)
         for row in ["teacher"] + [r for r, _ in ROWS]:
             accs = [results[pair][s][row][0] for s in args.seeds]
-            secs = [results[pair][s][row][1] for s in args.seeds]
-            mu, sd = _mean_std(accs)
+            secs = [results[pair][s][row][1] for s in (args.seeds[:1] if row == "teacher" else args.seeds)]
+            mu, sd = _mean_std(accs[:1] if row == "teacher" else accs)
+            if row == "teacher":
+                accs = accs[:1]
             label = f"teacher: {t_name}" if row == "teacher" else f"student: {row}" if row != "vanilla" else \
                 "student: vanilla (CE)"
             path = "-" if row == "teacher" else _path(methods_of[row])

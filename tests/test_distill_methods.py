@@ -304,3 +304,196 @@ def test_rkd_bad_input():
         L.rkd_loss_eager(torch.randn(1, 3), torch.randn(1, 3))
     with pytest.raises(TypeError, match="angle_weight"):
         sk.nn.RKDLoss(angle_weight=None)
+
+
+# -- the trainer and `distill --method` -------------------------------------------------------------------
+import json  # noqa: E402
+
+from shufflekern.distill import Trainer, TrainConfig, build_model, load_data  # noqa: E402
+from shufflekern.distill.trainer import dkd_warmup_epochs, parse_methods  # noqa: E402
+
+from _cli import run_cli  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    from shufflekern.__main__ import main
+    out = tmp_path_factory.mktemp("teacher")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["train", "--model", "resnet8_tiny", "--epochs", "2", "--batch-size", "32", "--limit-train",
+                     "128", "--limit-val", "32", "--no-progress", "--lr", "0.1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return str(out / "best.pt")
+
+
+_COMMON = ["--epochs", "3", "--batch-size", "32", "--limit-train", "128", "--limit-val", "32", "--no-progress",
+           "--scheduler", "constant", "--lr", "0.02"]
+
+
+@pytest.mark.parametrize("method,terms", [
+    ("kd", {"kd"}), ("dkd", {"ce", "dkd"}), ("at", {"ce", "at"}), ("rkd", {"ce", "rkd"}),
+    ("fitnet", {"ce", "fitnet"}), ("kd,at", {"kd", "at"}), ("dkd,rkd", {"ce", "dkd", "rkd"}),
+])
+def test_cli_each_method_trains_its_terms_down(method, terms, teacher_ckpt, tmp_path, capsys):
+    """Each method through `distill --method`: metrics written, the history holds each weighted term, the
+    terms add up to the loss, and over three epochs every distillation term and the loss go down."""
+    out = tmp_path / "s"
+    code, log = run_cli(capsys, "distill", "--teacher", teacher_ckpt, "--student", "resnet8_tiny", "--method",
+                        method, "--no-fused", "--out", str(out), *_COMMON)
+    assert code == 0, log
+    js = json.loads((out / "metrics.json").read_text())
+    assert js["config"]["method"] == method.split(",") and js["config"]["fused"] is False
+    hist = js["history"]
+    assert len(hist) == 3 and (out / "best.pt").exists() and (out / "metrics.csv").exists()
+    for h in hist:
+        assert set(h["train_terms"]) == terms
+        assert sum(h["train_terms"].values()) == pytest.approx(h["train_loss"], rel=1e-5)
+        assert all(v > 0 for v in h["train_terms"].values())
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"], hist
+    for k in terms - {"ce"}:
+        assert hist[-1]["train_terms"][k] < hist[0]["train_terms"][k], (k, hist)
+    if method == "fitnet":
+        assert js["config"]["hint_weight"] == 100.0  # RepDistiller's FitNet weight
+
+
+def test_cli_fused_shufflenet_student_with_feature_methods(teacher_ckpt, tmp_path, capsys):
+    """The taps work on the fused ShuffleNetV2 student (its stages are fused unit sequences)."""
+    code, log = run_cli(capsys, "distill", "--teacher", teacher_ckpt, "--student", "shufflenet_v2", "--method",
+                        "kd,at,rkd", "--no-fused", "--out", str(tmp_path), "--epochs", "1", "--batch-size", "32",
+                        "--limit-train", "64", "--limit-val", "32", "--no-progress")
+    assert code == 0, log
+    h = json.loads((tmp_path / "metrics.json").read_text())["history"][0]
+    assert set(h["train_terms"]) == {"kd", "at", "rkd"} and all(v > 0 for v in h["train_terms"].values())
+
+
+def test_cli_vgg_teacher_and_mobilenetv2_student(tmp_path, capsys):
+    common = ["--epochs", "1", "--batch-size", "16", "--limit-train", "32", "--limit-val", "16", "--no-progress"]
+    code, log = run_cli(capsys, "train", "--model", "vgg8", "--out", str(tmp_path / "t"), *common)
+    assert code == 0, log
+    code, log = run_cli(capsys, "distill", "--teacher", str(tmp_path / "t" / "best.pt"), "--student",
+                        "mobilenetv2", "--method", "kd,at,rkd", "--out", str(tmp_path / "s"), "--no-fused",
+                        *common)
+    assert code == 0, log
+    js = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert set(js["history"][0]["train_terms"]) == {"kd", "at", "rkd"}
+    from shufflekern.distill import load_checkpoint_model
+    m, meta = load_checkpoint_model(str(tmp_path / "s" / "best.pt"))
+    assert meta["arch"] == "mobilenetv2" and sum(p.numel() for p in m.parameters()) == 812_836 - 90 * 1281
+
+
+def test_legacy_hint_weight_adds_fitnet_to_kd(teacher_ckpt, tmp_path, capsys):
+    code, log = run_cli(capsys, "distill", "--teacher", teacher_ckpt, "--student", "resnet8_tiny", "--no-fused",
+                        "--hint-weight", "0.5", "--out", str(tmp_path), "--epochs", "1", "--batch-size", "32",
+                        "--limit-train", "64", "--limit-val", "32", "--no-progress")
+    assert code == 0, log
+    js = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(js["history"][0]["train_terms"]) == {"kd", "fitnet"}
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--method", "crd"], "unknown distillation method 'crd'"),
+    (["--method", "kd,kd"], "twice"),
+    (["--method", ""], "unknown distillation method ''"),
+    (["--method", "fitnet", "--hint-weight", "0"], "--hint-weight > 0"),
+    (["--dkd-beta", "-1"], "--dkd-beta must be >= 0"),
+    (["--at-weight", "nan"], "--at-weight must be >= 0"),
+    (["--dkd-warmup", "-2"], "--dkd-warmup must be >= 0"),
+])
+def test_cli_method_flag_errors(args, match, capsys):
+    code, out = run_cli(capsys, "distill", "--teacher", "x.pt", *args)
+    assert code != 0 and "Traceback" not in out
+    import re
+    assert re.search(match, out), out
+
+
+def _tiny():
+    return load_data("digits", seed=0, limit_train=64, limit_val=32)
+
+
+def test_dkd_warmup_follows_mdistiller_scaled_to_the_run():
+    assert dkd_warmup_epochs(None, 240) == 20 and dkd_warmup_epochs(None, 3) == 1
+    assert dkd_warmup_epochs(None, 36) == 3 and dkd_warmup_epochs(None, 1000) == 20
+    assert dkd_warmup_epochs(5, 3) == 5 and dkd_warmup_epochs(0, 10) == 0
+    t = Trainer(TrainConfig(epochs=240, batch_size=32, methods=("dkd",), fused=False, progress=False),
+                build_model("resnet8_tiny", 10), _tiny(), teacher=build_model("resnet8_tiny", 10))
+    assert t.dkd_warmup == 20 and t.dkd_factor(0) == 1 / 20 and t.dkd_factor(9) == 0.5 and t.dkd_factor(30) == 1
+    t0 = Trainer(TrainConfig(epochs=2, batch_size=32, methods=("dkd",), fused=False, progress=False, dkd_warmup=0),
+                 build_model("resnet8_tiny", 10), _tiny(), teacher=build_model("resnet8_tiny", 10))
+    assert t0.dkd_factor(0) == 1.0
+
+
+def test_dkd_warmup_scales_the_first_epoch():
+    """--dkd-warmup 4: epoch 1 weighs the DKD term 1/4 (mdistiller: min(epoch / warmup, 1))."""
+    torch.manual_seed(0)
+    teacher = build_model("resnet8_tiny", 10)
+
+    def run(warm):
+        torch.manual_seed(1)
+        cfg = TrainConfig(epochs=1, batch_size=32, methods=("dkd",), fused=False, progress=False, dkd_warmup=warm,
+                          lr=1e-9, momentum=0.0, weight_decay=0.0)
+        return Trainer(cfg, build_model("resnet8_tiny", 10), _tiny(), teacher=teacher, log=lambda m: None).fit()
+    full, quarter = run(0)["history"][0]["train_terms"], run(4)["history"][0]["train_terms"]
+    assert quarter["dkd"] == pytest.approx(full["dkd"] / 4, rel=1e-4)
+    assert quarter["ce"] == pytest.approx(full["ce"], rel=1e-4)
+
+
+def test_trainer_method_arguments():
+    assert parse_methods("kd, at") == ("kd", "at") and parse_methods(["rkd"]) == ("rkd",)
+    d, m, t = _tiny(), build_model("resnet8_tiny", 10), build_model("resnet8_tiny", 10)
+    with pytest.raises(ValueError, match="unknown distillation method 'x'"):
+        Trainer(TrainConfig(methods=("x",), fused=False, progress=False), m, d, teacher=t)
+    with pytest.raises(ValueError, match="fitnet.*hint_weight > 0"):
+        Trainer(TrainConfig(methods=("fitnet",), fused=False, progress=False), m, d, teacher=t)
+    with pytest.raises(ValueError, match="at_weight"):
+        Trainer(TrainConfig(methods=("at",), at_weight=-1.0, fused=False, progress=False), m, d, teacher=t)
+    with pytest.raises(ValueError, match="dkd_warmup"):
+        Trainer(TrainConfig(methods=("dkd",), dkd_warmup=1.5, fused=False, progress=False), m, d, teacher=t)
+    # without a teacher the methods do not apply: plain CE
+    assert Trainer(TrainConfig(methods=("at",), fused=False, progress=False), m, d).methods == ()
+
+
+@pytest.mark.parametrize("method,op", [("dkd", "dkd_loss"), ("at", "at_loss")])
+def test_fused_default_needs_the_fused_op(method, op):
+    d, m, t = _tiny(), build_model("resnet8_tiny", 10), build_model("resnet8_tiny", 10)
+    cfg = TrainConfig(epochs=1, batch_size=32, methods=(method,), progress=False)
+    if not hasattr(shufflekern, op):  # no silent eager fallback presented as the fused kernel
+        with pytest.raises(RuntimeError, match=f"sk.{op}.*--no-fused"):
+            Trainer(cfg, m, d, teacher=t)
+        return
+    torch.manual_seed(0)
+    a = Trainer(cfg, build_model("resnet8_tiny", 10), d, teacher=t, log=lambda s: None).fit()
+    torch.manual_seed(0)
+    b = Trainer(cfg.replace(fused=False), build_model("resnet8_tiny", 10), d, teacher=t, log=lambda s: None).fit()
+    assert a["history"][0]["train_loss"] == pytest.approx(b["history"][0]["train_loss"], rel=1e-4)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAfterOne(Trainer):
+    def _save(self, epoch, improved):
+        super()._save(epoch, improved)
+        if epoch == 1:
+            raise _Crash
+
+
+def test_resume_with_feature_methods_equals_uninterrupted(tmp_path):
+    def run(out, cls=Trainer, resume=False):
+        torch.manual_seed(0)
+        teacher = build_model("resnet8_tiny", 10)
+        torch.manual_seed(1)
+        cfg = TrainConfig(epochs=2, batch_size=32, methods=("dkd", "at", "rkd"), fused=False, progress=False,
+                          out_dir=str(out), resume=resume, seed=3)
+        return cls(cfg, build_model("shufflenet_v2", 10, width_mult=0.5, small_input=True), _tiny(),
+                   teacher=teacher, log=lambda m: None)
+    ref = run(tmp_path / "ref").fit()
+    with pytest.raises(_Crash):
+        run(tmp_path / "res", _CrashAfterOne).fit()
+    torch.manual_seed(999)
+    res = run(tmp_path / "res", resume=True).fit()
+    strip = [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in ref["history"]]
+    assert [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in res["history"]] == strip
