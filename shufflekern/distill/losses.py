@@ -47,9 +47,9 @@ def kd_loss_eager(student_logits, teacher_logits, target, *, temperature=4.0, al
 
 
 def kd_loss_fused(student_logits, teacher_logits, target, **kw):
-    from .. import kd_loss  # sk.kd_loss: the fused op
+    from .. import functional  # sk.kd_loss is functional.kd_loss: the fused op
 
-    return kd_loss(student_logits, teacher_logits, target, **kw)
+    return functional.kd_loss(student_logits, teacher_logits, target, **kw)
 
 
 def fused_available():
