@@ -4,6 +4,9 @@
     python -m shufflekern train --model shufflenet_v2 --width-mult 0.5 --out runs/vanilla
     python -m shufflekern distill --teacher runs/teacher/best.pt --student shufflenet_v2 --width-mult 0.5 \\
         --out runs/kd
+    python -m shufflekern train --model vgg13 --out runs/vgg13
+    python -m shufflekern distill --teacher runs/vgg13/best.pt --student mobilenetv2 --method dkd --out runs/dkd
+    python -m shufflekern distill --teacher runs/vgg13/best.pt --student mobilenetv2 --method kd,at --out runs/kdat
 
 Multi-process: `torchrun --nproc_per_node=2 -m shufflekern distill ...` (--batch-size stays global).
 """
@@ -108,7 +111,10 @@ def train_config(args, *, device, out_dir, meta, record, kd):
     extra = {}
     if kd:
         extra = dict(temperature=args.temperature, alpha=args.alpha, hint_weight=args.hint_weight,
-                     hint_stage=args.hint_stage, fused=args.fused)
+                     hint_stage=args.hint_stage, fused=args.fused, methods=tuple(args.method),
+                     dkd_alpha=args.dkd_alpha, dkd_beta=args.dkd_beta, dkd_warmup=args.dkd_warmup,
+                     at_weight=args.at_weight, rkd_distance_weight=args.rkd_distance_weight,
+                     rkd_angle_weight=args.rkd_angle_weight)
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                        momentum=args.momentum, weight_decay=args.weight_decay, scheduler=args.scheduler,
                        warmup_epochs=args.warmup_epochs, amp=args.amp, clip_grad=args.clip_grad, device=device,
@@ -193,14 +199,44 @@ def distill_main(argv=None):
     p.add_argument("--teacher", required=True, metavar="CKPT", help="OUT/best.pt of a `train` run")
     _model_args(p, "--student", "shufflenet_v2")
     k = p.add_argument_group("distillation")
-    k.add_argument("--temperature", type=float, default=4.0)
+    k.add_argument("--method", default="kd", metavar="M[,M...]",
+                   help="kd (Hinton), dkd (decoupled KD), at (attention transfer), rkd (relational KD), "
+                        "fitnet (hint) or a comma list, e.g. kd,at: the losses add up; CE (weight 1) is "
+                        "added unless kd is used (kd has its own (1 - alpha) CE)")
+    k.add_argument("--temperature", type=float, default=4.0, help="kd and dkd temperature")
     k.add_argument("--alpha", type=float, default=0.9, help="weight of the KD term (1 - alpha: CE)")
-    k.add_argument("--hint-weight", type=float, default=0.0, help="FitNets hint weight (0: off)")
+    k.add_argument("--dkd-alpha", type=float, default=1.0, help="DKD: weight of TCKD (mdistiller: 1)")
+    k.add_argument("--dkd-beta", type=float, default=8.0, help="DKD: weight of NCKD (mdistiller: 8)")
+    k.add_argument("--dkd-warmup", type=int, default=None, metavar="EPOCHS",
+                   help="DKD: linear warm-up of the DKD term over this many epochs (mdistiller: 20 of 240; "
+                        "default min(20, max(1, round(epochs / 12))); 0: none)")
+    k.add_argument("--at-weight", type=float, default=1000.0,
+                   help="attention transfer weight, summed over the paired stages (RepDistiller: 1000)")
+    k.add_argument("--rkd-distance-weight", type=float, default=25.0, help="RKD distance weight (25)")
+    k.add_argument("--rkd-angle-weight", type=float, default=50.0, help="RKD angle weight (50)")
+    k.add_argument("--hint-weight", type=float, default=None,
+                   help="FitNets hint weight (default: 100 with --method fitnet as RepDistiller, else 0 = off;"
+                        " > 0 adds the hint to any method)")
     k.add_argument("--hint-stage", type=int, default=-1, help="stage index for the hint (-1: last)")
     k.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
-                   help="fused sk.kd_loss (default) or the same loss from eager PyTorch ops (--no-fused)")
+                   help="fused sk.kd_loss / sk.dkd_loss / sk.at_loss (default) or the same losses from eager "
+                        "PyTorch ops (--no-fused); RKD and the hint are eager either way")
     _common(p, default_epochs=15)
     args = p.parse_args(argv)
+    from .trainer import parse_methods
+    try:
+        args.method = list(parse_methods(args.method))
+    except ValueError as e:
+        p.error(f"--method: {e}")
+    if args.hint_weight is None:
+        args.hint_weight = 100.0 if "fitnet" in args.method else 0.0
+    elif "fitnet" in args.method and not args.hint_weight > 0:
+        p.error(f"--method fitnet needs --hint-weight > 0, got {args.hint_weight}")
+    for name in ("dkd_alpha", "dkd_beta", "at_weight", "rkd_distance_weight", "rkd_angle_weight"):
+        if not getattr(args, name) >= 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.dkd_warmup is not None and args.dkd_warmup < 0:
+        p.error(f"--dkd-warmup must be >= 0, got {args.dkd_warmup}")
     if not args.temperature > 0:
         p.error(f"--temperature must be > 0, got {args.temperature}")
     if not 0 <= args.alpha <= 1:

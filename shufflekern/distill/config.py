@@ -17,8 +17,15 @@ class TrainConfig:
     optimizer: "sgd" (momentum, Nesterov), "adamw", or a callable params -> torch.optim.Optimizer.
     scheduler: "cosine" (per-step, `warmup_epochs` linear warm-up), "constant", or a callable
         (optimizer, steps_per_epoch, epochs) -> LR scheduler stepped once per training step.
-    temperature, alpha: Hinton KD (only with a teacher); fused=False runs the eager-PyTorch loss.
-    hint_weight > 0: add hint_weight * MSE(adapter(student stage), teacher stage) on stage `hint_stage`.
+    methods: the distillation losses (with a teacher), any of "kd", "dkd", "at", "rkd", "fitnet"; their
+        sum is the loss, plus CE with weight 1 unless "kd" is one of them (kd_loss has its (1 - alpha) CE):
+    temperature, alpha: Hinton KD ("kd") and DKD's temperature; fused=False runs the eager-PyTorch losses.
+    dkd_alpha, dkd_beta, dkd_warmup: DKD (mdistiller: 1, 8, 20 epochs of linear warm-up of the DKD term);
+        dkd_warmup None: min(20, max(1, round(epochs / 12))) (mdistiller's 20 of 240 epochs, scaled).
+    at_weight: attention transfer, summed over the paired stages (RepDistiller's beta = 1000).
+    rkd_distance_weight, rkd_angle_weight: relational KD on the penultimate features (25, 50), weight 1.
+    hint_weight > 0: add hint_weight * MSE(adapter(student stage), teacher stage) on stage `hint_stage`
+        ("fitnet"; hint_weight > 0 adds it to any method list, as before the method list existed).
     amp: False, True (bf16 on CPU, fp16 on CUDA), "bf16" or "fp16".   clip_grad: max grad norm or None.
     out_dir: where last.pt / best.pt / metrics.* go (None: write nothing).  resume: continue from
         out_dir/last.pt if it exists.
@@ -37,6 +44,13 @@ class TrainConfig:
     temperature: float = 4.0
     alpha: float = 0.9
     hint_weight: float = 0.0
+    methods: tuple = ("kd",)
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    dkd_warmup: Optional[int] = None
+    at_weight: float = 1000.0
+    rkd_distance_weight: float = 25.0
+    rkd_angle_weight: float = 50.0
     hint_stage: int = -1
     fused: bool = True
     amp: Union[bool, str] = False

@@ -33,13 +33,45 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from . import dist as D
 from .config import TrainConfig
-from .losses import HintLoss, fused_available, kd_loss_eager, kd_loss_fused
-from .models import feature_stages
+from .losses import (HintLoss, at_loss_eager, at_loss_fused, at_pool_pair, dkd_loss_eager, dkd_loss_fused,
+                     fused_op_available, kd_loss_eager, kd_loss_fused, rkd_loss_eager)
+from .models import feature_stages, penultimate_module
 from .report import atomic_torch_save, write_metrics
 
-__all__ = ["Trainer", "TrainConfig", "NonFiniteLossError", "load_checkpoint", "load_checkpoint_model", "CHECKPOINT_FORMAT"]
+__all__ = ["Trainer", "TrainConfig", "NonFiniteLossError", "load_checkpoint", "load_checkpoint_model", "CHECKPOINT_FORMAT",
+           "METHODS", "parse_methods", "dkd_warmup_epochs"]
 
 CHECKPOINT_FORMAT = "shufflekern-distill-1"
+
+METHODS = ("kd", "dkd", "at", "rkd", "fitnet")
+_FUSED_OP = {"kd": "kd_loss", "dkd": "dkd_loss", "at": "at_loss"}  # rkd, fitnet: eager by design
+
+
+def parse_methods(methods):
+    """("kd", "at") from "kd,at", ["kd", "at"] or ("kd", "at"); ValueError naming a bad entry."""
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",")]
+    try:
+        methods = tuple(methods)
+    except TypeError:
+        raise ValueError(f"methods must be a comma list or a sequence of {', '.join(METHODS)}, "
+                         f"got {methods!r}") from None
+    if not methods:
+        raise ValueError(f"methods must name at least one of {', '.join(METHODS)}")
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown distillation method {m!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"methods lists a method twice: {','.join(methods)}")
+    return methods
+
+
+def dkd_warmup_epochs(dkd_warmup, epochs):
+    """The DKD warm-up length: as given, or (None) mdistiller's 20 of 240 epochs scaled to this run,
+    min(20, max(1, round(epochs / 12))), so that a short run is not spent mostly warming up."""
+    if dkd_warmup is None:
+        return min(20, max(1, round(epochs / 12)))
+    return dkd_warmup
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -75,13 +107,27 @@ class _StageTap:
         self.out = out
 
 
-class _Student(nn.Module):
-    """Student + optional hint adapter as one module, so that DDP sees (and syncs) both."""
+class _InputTap:
+    """Forward pre-hook that keeps the input of a module (the penultimate features, at the classifier)."""
 
-    def __init__(self, student, hint=None, hint_stage=-1):
+    def __init__(self, module):
+        self.out = None
+        self.handle = module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, _m, inp):
+        self.out = inp[0]
+
+
+class _Student(nn.Module):
+    """Student + optional hint adapter as one module, so that DDP sees (and syncs) both.  stage_taps /
+    pen_tap keep the student's stage outputs (attention transfer) and penultimate features (RKD)."""
+
+    def __init__(self, student, hint=None, hint_stage=-1, stages=False, penultimate=False):
         super().__init__()
         self.student, self.hint = student, hint
         self.tap = _StageTap(feature_stages(student)[hint_stage]) if hint is not None else None
+        self.stage_taps = [_StageTap(m) for m in feature_stages(student)] if stages else None
+        self.pen_tap = _InputTap(penultimate_module(student)) if penultimate else None
 
     def forward(self, x, teacher_feature=None):
         logits = self.student(x)
@@ -160,6 +206,10 @@ class Trainer:
     scheduler: "cosine" (per-step, with `warmup_epochs` linear warm-up), "constant", or a callable
         (optimizer, steps_per_epoch, epochs) -> LR scheduler stepped once per training step.
     temperature, alpha: Hinton KD (only with a teacher); fused=False runs the eager-PyTorch loss.
+    methods (with a teacher): "kd", "dkd", "at", "rkd", "fitnet" or a list of them (see TrainConfig);
+        fused=True runs sk.kd_loss / sk.dkd_loss / sk.at_loss (a RuntimeError if the build lacks one),
+        fused=False their eager references; RKD is always eager.  Attention transfer pairs the first
+        min(#student, #teacher) entries of feature_stages as RepDistiller zips feat[1:-1].
     hint_weight > 0: add hint_weight * MSE(adapter(student stage), teacher stage) on stage `hint_stage`
         (index into feature_stages, -1 = last) through a learned 1x1 conv adapter.
     amp: False, True (bf16 on CPU, fp16 on CUDA), "bf16" or "fp16".   clip_grad: max grad norm or None.
@@ -185,9 +235,19 @@ class Trainer:
         self.rank, self.world = D.rank(), D.world_size()
         self.is_main = self.rank == 0
         self._check_args(epochs, batch_size, lr, c.temperature, c.alpha, hint_weight, c.clip_grad)
-        if teacher is not None and c.fused and not fused_available():
-            raise RuntimeError("fused=True needs sk.kd_loss, which this shufflekern build lacks; "
-                               "use fused=False (--no-fused) for the eager loss")
+        methods = parse_methods(c.methods)
+        if hint_weight > 0 and "fitnet" not in methods:
+            methods += ("fitnet",)  # the hint before the method list existed: hint_weight > 0 adds it
+        if "fitnet" in methods and not hint_weight > 0:
+            raise ValueError("method 'fitnet' needs hint_weight > 0 (RepDistiller uses 100)")
+        self._check_method_args(c)
+        self.methods = methods if teacher is not None else ()
+        if teacher is not None and c.fused:
+            for m in self.methods:
+                if m in _FUSED_OP and not fused_op_available(_FUSED_OP[m]):
+                    raise RuntimeError(f"fused=True needs sk.{_FUSED_OP[m]} for method {m!r}, which this "
+                                       "shufflekern build lacks; use fused=False (--no-fused) for the eager loss")
+        self.dkd_warmup = dkd_warmup_epochs(c.dkd_warmup, epochs)
         self.epochs, self.batch_size, self.seed = epochs, batch_size, c.seed
         self.temperature, self.alpha, self.fused = c.temperature, c.alpha, c.fused
         self.hint_weight, self.clip_grad, self.out_dir = hint_weight, c.clip_grad, c.out_dir
@@ -226,7 +286,17 @@ class Trainer:
             if self.teacher is None:
                 raise ValueError("hint_weight > 0 needs a teacher")
             hint, self.teacher_tap = self._make_hint(hint_stage)
-        self.net = _Student(self.model, hint, hint_stage).to(self.device)
+        self.teacher_stage_taps = self.teacher_pen_tap = None
+        if "at" in self.methods:
+            self.teacher_stage_taps = [_StageTap(m) for m in feature_stages(self.teacher)]
+        if "rkd" in self.methods:
+            self.teacher_pen_tap = _InputTap(penultimate_module(self.teacher))
+        self.net = _Student(self.model, hint, hint_stage, stages="at" in self.methods,
+                            penultimate="rkd" in self.methods).to(self.device)
+        if "at" in self.methods:
+            n_s, n_t = len(self.net.stage_taps), len(self.teacher_stage_taps)
+            # RepDistiller zips the stage lists (the first min(n_s, n_t) pairs)
+            self.at_pairs = min(n_s, n_t)
         self.ddp = None
         if self.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
@@ -241,6 +311,16 @@ class Trainer:
         self.sync_checks = 0  # epochs at which the DDP replicas were verified bit-identical
 
     # -- setup helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _check_method_args(c):
+        for name in ("dkd_alpha", "dkd_beta", "at_weight", "rkd_distance_weight", "rkd_angle_weight"):
+            v = getattr(c, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        w = c.dkd_warmup
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
+            raise ValueError(f"dkd_warmup must be None or an int >= 0, got {w!r}")
+
     @staticmethod
     def _check_args(epochs, batch_size, lr, temperature, alpha, hint_weight, clip_grad):
         def bad(name, value, want):
@@ -356,7 +436,12 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
-    def _loss(self, x, y):
+    def dkd_factor(self, epoch):
+        """mdistiller's warm-up of the DKD term: min(epoch / warmup, 1) with 1-based epochs."""
+        return 1.0 if self.dkd_warmup == 0 else min((epoch + 1) / self.dkd_warmup, 1.0)
+
+    def _loss(self, x, y, epoch=0):
+        """(loss, {term: weighted value}) — the terms add up to the loss."""
         t_logits = t_feat = None
         if self.teacher is not None:
             with torch.no_grad():
@@ -366,18 +451,43 @@ class Trainer:
         logits, hint = (self.ddp or self.net)(x, t_feat)
         if self.teacher is None:
             loss = F.cross_entropy(logits.float(), y)
-        else:
+            return loss, {}
+        terms = {}
+        if "kd" in self.methods:  # Hinton: alpha * KD + (1 - alpha) * CE in one op
             kd = kd_loss_fused if self.fused else kd_loss_eager
-            loss = kd(logits, t_logits, y, temperature=self.temperature, alpha=self.alpha).float()
+            terms["kd"] = kd(logits, t_logits, y, temperature=self.temperature, alpha=self.alpha).float()
+        else:  # RepDistiller (gamma = 1) and mdistiller (CE_WEIGHT = 1) add plain CE
+            terms["ce"] = F.cross_entropy(logits.float(), y)
+        if "dkd" in self.methods:
+            dkd = dkd_loss_fused if self.fused else dkd_loss_eager
+            terms["dkd"] = self.dkd_factor(epoch) * dkd(
+                logits, t_logits, y, temperature=self.temperature, alpha=self.cfg.dkd_alpha,
+                beta=self.cfg.dkd_beta).float()
+        if "at" in self.methods:
+            at = at_loss_fused if self.fused else at_loss_eager
+            total = 0.0
+            for s_tap, t_tap in list(zip(self.net.stage_taps, self.teacher_stage_taps))[:self.at_pairs]:
+                fs, ft = at_pool_pair(s_tap.out, t_tap.out)
+                total = total + at(fs, ft).float()
+            terms["at"] = self.cfg.at_weight * total
+        if "rkd" in self.methods:
+            terms["rkd"] = rkd_loss_eager(self.net.pen_tap.out, self.teacher_pen_tap.out,
+                                          distance_weight=self.cfg.rkd_distance_weight,
+                                          angle_weight=self.cfg.rkd_angle_weight)
         if hint is not None:
-            loss = loss + self.hint_weight * hint
-        return loss
+            terms["fitnet"] = self.hint_weight * hint.float()
+        loss = sum(terms.values())
+        return loss, terms
 
     def _step(self, x, y, epoch, step):
         with self._autocast():
-            loss = self._loss(x, y)
+            loss, terms = self._loss(x, y, epoch)
         # The mean over ranks both for the log and for the NaN check, so that every rank stops together.
-        value = D.all_reduce_sum(loss.detach().float().reshape(1).clone()) / self.world
+        names = list(terms)
+        packed = torch.stack([loss.detach().float()] + [terms[k].detach().float() for k in names])
+        packed = D.all_reduce_sum(packed.clone()) / self.world
+        value = packed[:1]
+        self._last_terms = dict(zip(names, packed[1:].tolist()))
         if not torch.isfinite(value).all():
             last = (f"the last good checkpoint is {os.path.join(self.out_dir, 'last.pt')} (epoch {epoch})"
                     if self.out_dir and epoch > 0 else "no checkpoint was written yet")
@@ -424,16 +534,20 @@ class Trainer:
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
                        leave=False, dynamic_ncols=True)
         total, n, t0 = 0.0, 0, time.perf_counter()
+        self.epoch_terms = {}
         for step, (x, y) in enumerate(self.train_loader):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             total += self._step(x, y, epoch, step)
             n += 1
+            for k, v in self._last_terms.items():
+                self.epoch_terms[k] = self.epoch_terms.get(k, 0.0) + v
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{total / n:.4f}",
                                 img_s=f"{n * self.batch_size / (time.perf_counter() - t0):.0f}")
         if bar is not None:
             bar.close()
+        self.epoch_terms = {k: v / max(n, 1) for k, v in self.epoch_terms.items()}
         return total / max(n, 1), n * self.batch_size / (time.perf_counter() - t0)
 
     def metrics(self):
@@ -469,6 +583,8 @@ class Trainer:
             self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                                  "val_acc": val_acc, "lr": self.optimizer.param_groups[0]["lr"],
                                  "seconds": time.perf_counter() - t0, "images_per_s": img_s})
+            if self.epoch_terms:  # distillation: the mean of each weighted loss term (they add up)
+                self.history[-1]["train_terms"] = self.epoch_terms
             if self.is_main:
                 self.log(f"epoch {epoch + 1}/{self.epochs}  train_loss {train_loss:.4f}  val_loss "
                          f"{val_loss:.4f}  val_acc {val_acc:.2f}%  ({img_s:.0f} img/s, "
