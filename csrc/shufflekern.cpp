@@ -60,6 +60,18 @@ TORCH_LIBRARY(shufflekern, m) {
   def_family(m, "batch_norm_act_backward",
              "(Tensor grad_y, Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, Tensor mean, Tensor var, "
              "bool training, float eps, bool relu, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // ---- at_loss (issue 14) ----
+  // at_loss: attention transfer (RepDistiller, p = 2): loss = mean((a_s - a_t)^2), a = F.normalize(f.pow(2)
+  // .mean(1).view(N, -1)).  Returns the 0-dim loss (the maps' dtype) and q = f.pow(2).mean(1) of each map as
+  // [N, H*W] in the accumulation type (float64 for float64, else float32), what the backward reads.  The
+  // backward returns the gradients of f_student and f_teacher (each in its map's memory format; output_mask
+  // says which, the others are 0-element tensors).  Maths: csrc/at_loss.h.
+  def_family(m, "at_loss", "(Tensor f_student, Tensor f_teacher) -> (Tensor, Tensor, Tensor)");
+  def_family(m, "at_loss_backward",
+             "(Tensor grad, Tensor f_student, Tensor f_teacher, Tensor q_student, Tensor q_teacher, "
+             "bool[2] output_mask) -> (Tensor, Tensor)");
+  // ---- end at_loss ----
 }
 
 namespace {

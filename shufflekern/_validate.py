@@ -18,6 +18,7 @@ __all__ = ["suggest_memory_format", "check_tensor", "check_int", "check_number",
            "check_shuffle_conv1x1_backward",
            "check_kd", "check_kd_target_range", "check_kd_loss_forward", "check_batch_norm_act",
            "check_batch_norm_act_backward", "kd_reduction_code", "KD_REDUCTIONS"]
+__all__ += ["check_at_loss", "check_at_loss_backward", "at_acc_dtype"]  # at_loss (issue 14)
 
 
 def check_tensor(op, name, t, dims=None):
@@ -161,6 +162,59 @@ def check_batch_norm_act_backward(grad_y, x, weight, bias, residual, mean, var, 
     for name, t in (("mean", mean), ("var", var)):
         if t.dim() != 1 or t.shape[0] != x.shape[1]:
             raise ValueError(f"{op}: {name} must be 1-D of length C = {x.shape[1]}, got shape {tuple(t.shape)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# at_loss (issue 14): attention transfer
+# --------------------------------------------------------------------------------------------------
+
+def check_at_loss(f_student, f_teacher, op="at_loss"):
+    """f_student and f_teacher: 4-D [N, C, H, W] floating maps of one dtype and device, N and H x W equal (the
+    channel counts may differ), at least one sample, pixel and channel each (the checks of csrc/at_loss.h)."""
+    for name, f in (("f_student", f_student), ("f_teacher", f_teacher)):
+        check_tensor(op, name, f, 4)
+        if not f.is_floating_point():
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got {f.dtype}")
+    if f_teacher.dtype != f_student.dtype:
+        raise TypeError(f"{op}: f_teacher must have the dtype of f_student ({f_student.dtype}), got {f_teacher.dtype}")
+    if f_teacher.device != f_student.device:
+        raise ValueError(f"{op}: f_teacher must be on the device of f_student ({f_student.device}), got "
+                         f"{f_teacher.device}")
+    n, _, h, w = f_student.shape
+    if f_teacher.shape[0] != n:
+        raise ValueError(f"{op}: f_teacher must have f_student's batch size N = {n}, got shape "
+                         f"{tuple(f_teacher.shape)}")
+    if tuple(f_teacher.shape[2:]) != (h, w):
+        raise ValueError(f"{op}: f_teacher must have f_student's H x W = {h} x {w}, got shape "
+                         f"{tuple(f_teacher.shape)} (pool the larger map first, e.g. F.adaptive_avg_pool2d)")
+    if n == 0 or h * w == 0:
+        raise ValueError(f"{op}: f_student must have at least one sample and one pixel, got shape "
+                         f"{tuple(f_student.shape)}")
+    for name, f in (("f_student", f_student), ("f_teacher", f_teacher)):
+        if f.shape[1] == 0:
+            raise ValueError(f"{op}: {name} must have at least one channel, got shape {tuple(f.shape)}")
+
+
+def at_acc_dtype(dtype):
+    """The dtype at_loss accumulates in and returns q in: float64 for float64 maps, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_at_loss_backward(grad, f_student, f_teacher, q_student, q_teacher, output_mask, op="at_loss_backward"):
+    check_at_loss(f_student, f_teacher, op=op)
+    check_tensor(op, "grad", grad)
+    if grad.numel() != 1:
+        raise ValueError(f"{op}: grad must hold one value (the loss's gradient), got shape {tuple(grad.shape)}")
+    n, _, h, w = f_student.shape
+    acc = at_acc_dtype(f_student.dtype)
+    for name, q in (("q_student", q_student), ("q_teacher", q_teacher)):
+        check_tensor(op, name, q)
+        if tuple(q.shape) != (n, h * w):
+            raise ValueError(f"{op}: {name} must be [N, H*W] = [{n}, {h * w}], got shape {tuple(q.shape)}")
+        if q.dtype != acc:
+            raise TypeError(f"{op}: {name} must be {acc}, got {q.dtype}")
+    if len(output_mask) != 2:
+        raise ValueError(f"{op}: output_mask must have 2 entries (f_student, f_teacher), got {len(output_mask)}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ from torch import Tensor
 from . import ops  # noqa: F401  (registers the fake kernels, dtypes and Triton twins)
 from ._backend import select
 from ._validate import check_channel_shuffle, check_int, check_kd, check_shuffle_conv1x1
+from ._validate import check_at_loss  # issue 14
 
 __all__ = ["channel_shuffle", "shuffle_conv1x1", "kd_kl_div", "kd_loss"]
+__all__ += ["at_loss"]  # issue 14
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -79,3 +81,28 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Optional[Ten
     if target is None:
         raise TypeError("kd_loss: target must be a tensor of class indices; use sk.kd_kl_div for the KL term alone")
     return _kd("kd_loss", student_logits, teacher_logits, target, temperature, alpha, reduction, ignore_index)
+
+
+# ---- at_loss (issue 14) ------------------------------------------------------------------------------
+def at_loss(f_student: Tensor, f_teacher: Tensor) -> Tensor:
+    """Attention transfer (Zagoruyko & Komodakis), as RepDistiller's `distiller_zoo/AT.py` computes it (p = 2).
+
+    For maps of shape `[N, C_s, H, W]` and `[N, C_t, H, W]` (channel counts may differ; N, H and W must be
+    equal, else a ValueError naming f_teacher):
+
+        a(f) = F.normalize(f.pow(2).mean(1).view(N, -1))      # per sample, over the H*W pixels; eps = 1e-12
+        loss = (a(f_student) - a(f_teacher)).pow(2).mean()     # mean over N*H*W
+
+    Returns a 0-dim tensor in the maps' dtype.  F.normalize's eps clamp is kept exactly: a sample whose
+    `||f.pow(2).mean(1)||` is below 1e-12 is divided by 1e-12 and gets no gradient through the norm (torch's
+    clamp_min).  Differentiable w.r.t. both maps (the teacher's gradient is computed only when it requires
+    grad); not twice differentiable.  One fused kernel: each map is read once forward and once backward, its
+    gradient written once; f.pow(2) is never materialised.  Sums: the channel mean of squares in float32
+    (float64 for float64 maps), the per-sample norms and the loss's sums in float64 on CPU; on CUDA / Triton
+    the per-sample norms in float32 (float64 for float64) and the loss's sum over samples in float64.  Both
+    memory formats (each map in its own; any strides: copied to the suggested format first).  dtypes: CPU
+    float32, float64; CUDA and Triton also float16 and bfloat16.  Empty maps (N, H*W or C = 0) raise.
+    """
+    check_at_loss(f_student, f_teacher)
+    loss, _, _ = select("at_loss", f_student.device, f_student.dtype)(f_student, f_teacher)
+    return loss

@@ -117,3 +117,22 @@ _BN = OpSpec("x", cpu=_F32_64, cuda=_FLOATS, triton=_FLOATS)
 _register("batch_norm_act", V.check_batch_norm_act, _batch_norm_act_fake, _BN, "batch_norm_act")
 _register("batch_norm_act_backward", V.check_batch_norm_act_backward, _batch_norm_act_backward_fake, _BN,
           "batch_norm_act", dtype_arg=1)
+
+
+# ---- at_loss (issue 14): attention transfer; (loss, q_student, q_teacher) and its backward ---------------
+def _at_loss_fake(f_student, f_teacher):
+    n, _, h, w = f_student.shape
+    acc = V.at_acc_dtype(f_student.dtype)
+    return (f_student.new_empty(()), f_student.new_empty((n, h * w), dtype=acc),
+            f_student.new_empty((n, h * w), dtype=acc))
+
+
+def _at_loss_backward_fake(grad, f_student, f_teacher, q_student, q_teacher, output_mask):
+    return (_like(f_student) if output_mask[0] else f_student.new_empty(0),
+            _like(f_teacher) if output_mask[1] else f_teacher.new_empty(0))
+
+
+_AT = OpSpec("f_student", cpu=_F32_64, cuda=_FLOATS, triton=_FLOATS)
+_register("at_loss", V.check_at_loss, _at_loss_fake, _AT, "at_loss")
+_register("at_loss_backward", V.check_at_loss_backward, _at_loss_backward_fake, _AT, "at_loss", dtype_arg=1)
+# ---- end at_loss ----

@@ -525,6 +525,25 @@ def test_kd_loss_strided_rows_cached(rows, C):
         torch.testing.assert_close(g_, w_, rtol=2e-5, atol=2e-6)
 
 
+# ---- at_loss (issue 14): the emulated C++/CUDA kernels against the fp64 RepDistiller formula ----------------
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("fmts", [("nchw", "cl"), ("cl", "nchw")], ids="-".join)
+def test_at_loss_matches_reference(dtype, fmts):
+    import test_at_loss as tat
+    # more than one block of pixels and of samples; C_t > 32 (several channel steps a warp)
+    f_s = tat.make(3, 116, 7, 9, dtype, fmts[0], seed=0)
+    f_t = tat.make(3, 232, 7, 9, dtype, fmts[1], seed=1)
+    tat.check(f_s, f_t, EMU)
+
+
+def test_at_loss_eps_branch_and_bench_case():
+    import test_at_loss as tat
+    f_s = tat.make(2, 3, 28, 28, torch.float64, "cl", seed=2)
+    f_s[0] = 0
+    f_t = tat.make(2, 5, 28, 28, torch.float64, "nchw", seed=3)
+    tat.check(f_s, f_t, EMU)
+
+
 # ---- schedules: results must not depend on the order of a block's threads between barriers -------------
 
 GRAD_WEIGHT = 7  # index of the shuffle_conv1x1 weight gradient in _run_all's list
@@ -561,6 +580,13 @@ def _run_all(dtype):
                 xl = torch.randn(shape, generator=g, dtype=dtype).contiguous(memory_format=fmt).requires_grad_(True)
                 yl, ml, vl = torch.ops.shufflekern.batch_norm_act(xl, None, None, None, None, None, True, 1e-5, True)
                 out += [yl, ml, vl] + list(torch.autograd.grad(yl, xl, torch.ones_like(yl)))
+        # ---- at_loss (issue 14): both formats (NCHW student, channels_last teacher), both gradients
+        fa = x.contiguous().requires_grad_(True)
+        ta = torch.randn(2, 40, 7, 5, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        ta.requires_grad_(True)
+        la = sk.at_loss(fa, ta)
+        out += [la] + list(torch.autograd.grad(la * 1.5, (fa, ta)))
+        # ---- end at_loss
         # NCHW: whole planes (channels_last above goes through shared-memory row spans)
         xn = x.contiguous().requires_grad_(True)
         yn = sk.channel_shuffle(xn, 3)

@@ -36,6 +36,7 @@ import sys
 import time
 
 MODULES = ("channel_shuffle", "shuffle_conv1x1", "kd_loss", "batch_norm_act")
+MODULES += ("at_loss",)  # issue 14
 ARCHS = ("sm_80", "sm_90")
 # Launch options a launcher may pass (Triton's, not the kernel's arguments).
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
@@ -208,6 +209,17 @@ def _sweep():
                         for mask in ((True, True, True, True), (True, False, False, False),
                                      (False, True, False, False), (False, False, True, True)):
                             bn.batch_norm_act_backward(x, x, w, b, r, rm, rv, training, 1e-5, relu, mask)
+
+    # ---- at_loss (issue 14): block sizes are fixed; the variants are the dtypes, formats and output masks
+    at = _module("at_loss")
+    for dt in floats:
+        for fmt in fmts:
+            fs = torch.ones(2, 3, 2, 2, dtype=dt).contiguous(memory_format=fmt)
+            ft = torch.ones(2, 5, 2, 2, dtype=dt)
+            loss, qs, qt = at.at_loss(fs, ft)
+            for mask in ((True, True), (True, False), (False, True)):
+                at.at_loss_backward(loss, fs, ft, qs, qt, mask)
+    # ---- end at_loss
 
 
 def launched_variants(select="all"):

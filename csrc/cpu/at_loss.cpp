@@ -1,0 +1,149 @@
+// CPU entry points of shufflekern::at_loss and at_loss_backward (maths: csrc/at_loss.h; the map kernels,
+// per ISA: csrc/cpu/vec/at_loss.cpp).  The per-sample part (norms, loss, d loss / d q) works on the [N, H*W]
+// q's only, in double, one sample at a time in a fixed order.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "at_loss.h"
+#include "cpu/at_loss_kernel.h"
+#include "emu/route.h"
+
+namespace shufflekern::cpu {
+
+SK_DEFINE_KERNEL_TABLE(at_loss_sq_mean_table, AtMapFn);
+SK_DEFINE_KERNEL_TABLE(at_loss_grad_map_table, AtMapFn);
+
+namespace {
+
+using namespace ::shufflekern::at_checks;
+
+bool cpu_dtype(const at::Tensor& f) { return f.scalar_type() == at::kFloat || f.scalar_type() == at::kDouble; }
+constexpr const char* kCpuDtypes = "f_student must be float32 or float64 (the CPU kernel's dtypes)";
+
+AtMapArgs map_args(const at::Tensor& f, at::MemoryFormat fmt) {
+  AtMapArgs a{};
+  a.dtype = f.scalar_type() == at::kDouble ? kAtDouble : kAtFloat;
+  a.channels_last = fmt == at::MemoryFormat::ChannelsLast;
+  a.n = f.size(0);
+  a.c = f.size(1);
+  a.hw = f.size(2) * f.size(3);
+  a.f = f.data_ptr();
+  return a;
+}
+
+// Per sample n: the normalisers of q_s and q_t and the pixel values e = a_s - a_t, in double.
+struct Sample {
+  AtNorm<double> ns, nt;
+};
+
+template <typename T>
+Sample sample_norms(const T* qs, const T* qt, int64_t P) {
+  double ss = 0, st = 0;
+  for (int64_t p = 0; p < P; ++p) {
+    ss += double(qs[p]) * double(qs[p]);
+    st += double(qt[p]) * double(qt[p]);
+  }
+  return Sample{at_norm(ss), at_norm(st)};
+}
+
+template <typename T>
+double forward_loss(const T* qs, const T* qt, int64_t N, int64_t P) {
+  std::vector<double> per(N);
+  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / P), [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      const T *s = qs + n * P, *t = qt + n * P;
+      const Sample sm = sample_norms(s, t, P);
+      double acc = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        const double d = double(s[p]) / sm.ns.m - double(t[p]) / sm.nt.m;
+        acc += d * d;
+      }
+      per[n] = acc;
+    }
+  });
+  double total = 0;
+  for (int64_t n = 0; n < N; ++n) total += per[n];  // fixed order: the same bits at any thread count
+  return total / double(N * P);
+}
+
+template <typename T>
+void grad_q(const T* qs, const T* qt, int64_t N, int64_t P, double grad, T* gs, T* gt) {
+  const double k = 2.0 * grad / double(N * P);
+  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / P), [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) {
+      const T *s = qs + n * P, *t = qt + n * P;
+      const Sample sm = sample_norms(s, t, P);
+      double ds = 0, dt = 0;
+      for (int64_t p = 0; p < P; ++p) {
+        const double as = double(s[p]) / sm.ns.m, at_ = double(t[p]) / sm.nt.m, d = as - at_;
+        ds += as * d;
+        dt += at_ * d;
+      }
+      for (int64_t p = 0; p < P; ++p) {
+        const double as = double(s[p]) / sm.ns.m, at_ = double(t[p]) / sm.nt.m, d = as - at_;
+        if (gs) gs[n * P + p] = T(at_grad_q(k, d, as, ds, sm.ns, 1.0));
+        if (gt) gt[n * P + p] = T(at_grad_q(k, d, at_, dt, sm.nt, -1.0));
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& fs_in, const at::Tensor& ft_in) {
+  check_maps(kOp, fs_in, ft_in, cpu_dtype(fs_in), kCpuDtypes);
+  const auto fmt_s = format_of(fs_in), fmt_t = format_of(ft_in);
+  const at::Tensor fs = fs_in.contiguous(fmt_s), ft = ft_in.contiguous(fmt_t);
+  const int64_t N = fs.size(0), P = fs.size(2) * fs.size(3);
+  const auto qopt = fs.options().dtype(acc_type(fs));
+  at::Tensor qs = at::empty({N, P}, qopt), qt = at::empty({N, P}, qopt);
+  for (auto [f, fmt, q] : {std::tuple{&fs, fmt_s, &qs}, std::tuple{&ft, fmt_t, &qt}}) {
+    AtMapArgs a = map_args(*f, fmt);
+    a.q = q->data_ptr();
+    at_loss_sq_mean_table.get()(a);
+  }
+  double loss = 0;
+  AT_DISPATCH_FLOATING_TYPES(qs.scalar_type(), "at_loss_cpu", [&] {
+    loss = forward_loss(qs.const_data_ptr<scalar_t>(), qt.const_data_ptr<scalar_t>(), N, P);
+  });
+  return {at::scalar_tensor(loss, fs.options()), qs, qt};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_cpu(const at::Tensor& grad_in, const at::Tensor& fs_in,
+                                                const at::Tensor& ft_in, const at::Tensor& qs_in,
+                                                const at::Tensor& qt_in, std::array<bool, 2> mask) {
+  static const char* op = "at_loss_backward";
+  check_maps(op, fs_in, ft_in, cpu_dtype(fs_in), kCpuDtypes);
+  const at::Tensor qs = check_q(op, "q_student", qs_in, fs_in), qt = check_q(op, "q_teacher", qt_in, fs_in);
+  const at::Tensor grad = check_grad(op, grad_in, fs_in);
+  const auto fmt_s = format_of(fs_in), fmt_t = format_of(ft_in);
+  const at::Tensor fs = fs_in.contiguous(fmt_s), ft = ft_in.contiguous(fmt_t);
+  at::Tensor gfs = grad_like(fs, fmt_s, mask[0]), gft = grad_like(ft, fmt_t, mask[1]);
+  if (!mask[0] && !mask[1]) return {gfs, gft};
+  const int64_t N = fs.size(0), P = fs.size(2) * fs.size(3);
+  at::Tensor gqs = mask[0] ? at::empty_like(qs) : at::Tensor(), gqt = mask[1] ? at::empty_like(qt) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(qs.scalar_type(), "at_loss_backward_cpu", [&] {
+    grad_q(qs.const_data_ptr<scalar_t>(), qt.const_data_ptr<scalar_t>(), N, P, grad.item<double>(),
+           mask[0] ? gqs.data_ptr<scalar_t>() : nullptr, mask[1] ? gqt.data_ptr<scalar_t>() : nullptr);
+  });
+  for (auto [f, fmt, gq, out] : {std::tuple{&fs, fmt_s, &gqs, &gfs}, std::tuple{&ft, fmt_t, &gqt, &gft}}) {
+    if (!gq->defined()) continue;
+    AtMapArgs a = map_args(*f, fmt);
+    a.g = gq->const_data_ptr();
+    a.grad = out->data_ptr();
+    at_loss_grad_map_table.get()(a);
+  }
+  return {gfs, gft};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(shufflekern, CPU, m) {
+  m.impl("at_loss", SK_ROUTED("at_loss", forward_cpu));
+  m.impl("at_loss_backward", SK_ROUTED("at_loss_backward", backward_cpu));
+}
+
+}  // namespace shufflekern::cpu

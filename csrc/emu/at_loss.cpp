@@ -1,0 +1,3 @@
+// The at_loss CUDA kernels and host code, built by the host compiler to run under the emulator
+// (csrc/cuda/runtime.h picks it when not under nvcc; reached through sk.backend("emulated")).
+#include "cuda/at_loss.cu"
