@@ -365,6 +365,22 @@ def test_shuffle_conv1x1_backward_fused_deterministic_and_gradcheck():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n,c,h,g,sg,mg", [(1, 300, 5, 1, 3, 4), (2, 40, 3, 1, 2, 200)])
+def test_shuffle_conv1x1_channels_last_wide_chunks(n, c, h, g, sg, mg, dtype):
+    """channels_last plans whose shared-memory output tile holds all outputs of a group at once (more than the
+    128-wide register chunk): grad_x and x's tile of 300 channels in the fused backward, y of 200 outputs."""
+    x, w, b = tsc.make_inputs(n, c, h, h, g, mg, dtype, torch.channels_last, True)
+    gy = torch.randn(n, g * mg, h, h, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    exact_y, _ = tsc.reference(x.double(), w.double(), b.double(), g, sg)
+    eager_y, _ = tsc.reference(x, w, b, g, sg)
+    with sk.backend(EMU):
+        y = sk.shuffle_conv1x1(x, w, b, groups=g, shuffle_groups=sg)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    tsc.assert_flash_close("y", y, eager_y, exact_y)
+    _check_backward(x, w, gy, g, sg, [[True, True, True], [False, True, False], [True, False, False]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_shuffle_conv1x1_large_channel_plans(dtype):
     """Shapes whose input tile does not fit in shared memory: the streamed plan (input chunks, all outputs
     accumulated in shared memory) and the re-reading one (output chunks), forward and the separate grad_input

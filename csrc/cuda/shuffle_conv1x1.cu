@@ -365,6 +365,8 @@ GemmPlan plan_gemm(int64_t pixels, int64_t in_ch, int64_t out_ch, int64_t cg, si
     // single: the whole input tile, outputs in register chunks
     const size_t single = (size_t(in_ch * tp + iw1 * oc + tp * oc)) * acc_size + tab_bytes;
     if (single <= limit) consider(GemmPlan{tp, oc, in_ch, iw1, oc, single});
+    const size_t wide = single + size_t(tp * (out_ch - oc)) * acc_size;  // out_s for all outputs at once
+    if (out_ch > oc && wide <= limit) consider(GemmPlan{tp, oc, in_ch, iw1, out_ch, wide});
     if (single_only || in_ch <= 1) continue;
     // stream: all outputs accumulated in out_s, input chunks as large as fit
     const size_t fixed = size_t(tp * out_ch) * acc_size + tab_bytes;
@@ -395,7 +397,12 @@ PlanCost gemm_cost(const GemmPlan& pl, int64_t tiles, int64_t pixels, int64_t in
   const double in_reads = pl.ic >= in_ch ? 1.0 : std::ceil(O / double(pl.osc));
   // Packed W columns read in the staged (strided) order cost up to sg sectors a useful one.
   const double w_factor = pl.ic < in_ch && packed ? double(std::min<int64_t>(sg, 8)) : 1.0;
-  const double bytes = t * G * (P * I * in_reads + double(tiles) * I * O * w_factor + P * O);
+  // channels_last: a pixel's channels loaded (stored) in chunks of c cost about one more sector a chunk.
+  const double E = 32.0 / t;
+  const double in_factor = packed && pl.ic < in_ch ? 1.0 + E / double(pl.ic) : 1.0;
+  const double out_factor = packed && pl.osc < out_ch ? 1.0 + E / double(pl.osc) : 1.0;
+  const double bytes =
+      t * G * (P * I * in_reads * in_factor + double(tiles) * I * O * w_factor + P * O * out_factor);
   return {bytes, t * G * (P * I + I * O + P * O)};
 }
 // The separate grad_weight op's shared-memory budget (below an A100's 163 KiB opt-in maximum).
@@ -637,9 +644,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
   double best_bytes = 0;
   bool best_ok = false;
   const size_t acc_bytes = size_t(d.mg * d.cg + d.mg) * A;
+  const bool packed = xc.stride(3) != 1;
+  const double E = 32.0 / tb;
   for (int64_t tp = 64; tp <= 1024; tp *= 2) {
     const int64_t oc = kChunkElems / tp, iw = std::min<int64_t>(d.mg, 32);
-    const size_t gemm = size_t(d.mg * tp + iw * oc + tp * oc) * A + size_t(2 * d.cg) * sizeof(int);
+    // channels_last: out_s wide enough for all Cg outputs of grad_x and x's whole tile (whole channel runs a
+    // pixel), when that fits; else chunks, costed about one more sector a chunk.
+    int64_t osc = oc;
+    const int64_t want = std::max<int64_t>(d.cg, (d.cg * (tp + 1) - iw * oc + tp - 1) / tp);
+    if (packed && want > oc &&
+        size_t(d.mg * tp + iw * oc + tp * want) * A + size_t(2 * d.cg) * sizeof(int) <= limit)
+      osc = want;
+    const int64_t XC = std::min<int64_t>(d.cg, (iw * oc + tp * osc) / (tp + 1));
+    const double xf = packed && XC < d.cg ? 1.0 + E / double(XC) : 1.0;
+    const double gf = packed && osc < d.cg ? 1.0 + E / double(osc) : 1.0;
+    const size_t gemm = size_t(d.mg * tp + iw * oc + tp * osc) * A + size_t(2 * d.cg) * sizeof(int);
     const size_t acc_off = (gemm + 15) / 16 * 16;
     if (gemm > limit) continue;
     const int64_t tiles = (d.pixels + tp - 1) / tp;
@@ -647,8 +666,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
       if (per > 1 && acc_off + acc_bytes > limit) break;  // no room for the slice's sums
       const int64_t slices = (tiles + per - 1) / per;
       const double S = double(slices), T = double(tiles);
-      const double bytes = tb * P * double(c_out) + (f.gw ? tb * P * double(c_in) : 0.0) +
-                           (f.gx ? tb * (P * double(c_in) + T * Wn) : 0.0) +
+      const double bytes = tb * P * double(c_out) + (f.gw ? tb * P * double(c_in) * xf : 0.0) +
+                           (f.gx ? tb * (P * double(c_in) * gf + T * Wn) : 0.0) +
                            (f.gw ? double(A) * Wn * (S > 1 ? 2 * S + 1 : 1) : 0.0) +
                            (f.gb ? double(A) * double(c_out) * (S > 1 ? 2 * S + 1 : 1) : 0.0);
       const bool ok = bytes <= kTrafficBudget * min_bytes;
@@ -657,7 +676,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
       else if (!take && ok) take = slices > bp.slices || (slices == bp.slices && bytes < best_bytes);
       else if (!take) take = bytes < best_bytes;
       if (take) {
-        bp = BwdPlan{GemmPlan{tp, oc, d.mg, iw, oc, per > 1 ? acc_off + acc_bytes : gemm}, tiles, slices, per, acc_off};
+        bp = BwdPlan{GemmPlan{tp, oc, d.mg, iw, osc, per > 1 ? acc_off + acc_bytes : gemm}, tiles, slices, per,
+                     acc_off};
         best_bytes = bytes;
         best_ok = ok;
       }
