@@ -286,6 +286,121 @@ def test_shuffle_conv1x1_gradcheck_and_opcheck():
         torch.library.opcheck(torch.ops.shufflekern.shuffle_conv1x1.default, (x.detach(), w.detach(), b.detach(), 3, 4))
 
 
+# ---- shuffle_conv1x1_backward: the fused kernel (grad_x and per-tile grad_W / grad_b partials, summed in order)
+
+MASKS = [[a, b, c] for a in (True, False) for b in (True, False) for c in (True, False)]
+BWD_OP = torch.ops.shufflekern.shuffle_conv1x1_backward
+
+
+def _check_backward(x, w, gy, g, sg, masks=MASKS, launches=True):
+    """Every mask: the requested gradients against the fp64 eager ones (flash rule: error <= 2 x eager's at x's
+    dtype + slack), the others 0-element; grad_x in x's memory format."""
+    exact_y, exact = tsc.reference(x.double(), w.double(), torch.zeros(w.shape[0], dtype=torch.float64), g, sg,
+                                   gy.double())
+    _, eager = tsc.reference(x, w, torch.zeros(w.shape[0], dtype=x.dtype), g, sg, gy)
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    for mask in masks:
+        before = sk.testing.emulated_launches().get("_shuffle_conv1x1_backward_kernel", 0)
+        with sk.backend(EMU):
+            got = BWD_OP(gy, x, w, g, sg, mask)
+        if launches and any(mask):
+            assert sk.testing.emulated_launches().get("_shuffle_conv1x1_backward_kernel", 0) == before + 1
+        for name, want, gt, ea, ex in zip(("grad_x", "grad_weight", "grad_bias"), mask, got, eager, exact):
+            if not want:
+                assert gt.numel() == 0, (name, mask)
+                continue
+            assert gt.dtype == x.dtype and gt.shape == ex.shape, (name, mask)
+            tsc.assert_flash_close(f"{name} {mask}", gt, ea, ex)
+        if mask[0]:
+            assert got[0].is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("layout", tsc.FORMATS)
+@pytest.mark.parametrize("n,c,h,w_,g,sg,mg", [
+    (3, 24, 13, 11, 3, 4, 5),    # 429 pixels: a partial last tile; runs of 2 channels
+    (2, 15, 7, 9, 3, 5, 7),      # odd C, odd H*W
+    (1, 34, 1, 1, 2, 17, 17),    # one pixel
+    (5, 12, 17, 19, 1, 3, 3),    # 1615 pixels: several tiles, summed partials
+])
+def test_shuffle_conv1x1_backward_fused(n, c, h, w_, g, sg, mg, layout, dtype):
+    fmt = tsc.FORMATS[layout]
+    x, w, _ = tsc.make_inputs(n, c, h, w_, g, mg, dtype, fmt, False)
+    gy = torch.randn(n, g * mg, h, w_, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gy = gy.to(dtype).contiguous(memory_format=fmt)
+    masks = MASKS if dtype in (torch.float32, torch.float64) else [[True, True, True], [False, True, False]]
+    _check_backward(x, w, gy, g, sg, masks)
+
+
+@pytest.mark.parametrize("layout", tsc.FORMATS)
+def test_shuffle_conv1x1_backward_fused_non_contiguous_grad_out(layout):
+    fmt = tsc.FORMATS[layout]
+    x, w, _ = tsc.make_inputs(2, 24, 9, 7, 3, 4, torch.float64, fmt, False)
+    base = torch.randn(2, 24, 9, 14, dtype=torch.float64)
+    gy = base[:, ::2, :, ::2]                                  # strided in C and W: neither format
+    assert not gy.is_contiguous() and not gy.is_contiguous(memory_format=torch.channels_last)
+    _check_backward(x, w, gy, 3, 4, [[True, True, True], [True, False, True]])
+    other = torch.randn(2, 12, 9, 7, dtype=torch.float64).contiguous(
+        memory_format=torch.contiguous_format if fmt == torch.channels_last else torch.channels_last)
+    _check_backward(x, w, other, 3, 4, [[True, True, True]])   # grad_out in the other format
+
+
+def test_shuffle_conv1x1_backward_fused_deterministic_and_gradcheck():
+    """Same bits twice (partials summed in a fixed order, no atomics), under another schedule too; gradcheck of
+    the autograd (which calls the fused op) and opcheck of the op."""
+    x, w, _ = tsc.make_inputs(3, 24, 23, 17, 3, 8, torch.float32, torch.channels_last, False)
+    gy = torch.randn(3, 24, 23, 17).contiguous(memory_format=torch.channels_last)
+    with sk.backend(EMU):
+        a = BWD_OP(gy, x, w, 3, 4, [True, True, True])
+        b = BWD_OP(gy, x, w, 3, 4, [True, True, True])
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    xd, wd, bd = tsc.make_inputs(2, 12, 5, 3, 3, 2, torch.float64, torch.channels_last, True)
+    with sk.backend(EMU):
+        assert torch.autograd.gradcheck(lambda *t: sk.shuffle_conv1x1(*t, groups=3, shuffle_groups=2),
+                                        (xd.requires_grad_(), wd.requires_grad_(), bd.requires_grad_()))
+        gyd = torch.randn(2, 6, 5, 3, dtype=torch.float64)
+        for mask in ([True, True, True], [False, True, True], [True, False, False]):
+            torch.library.opcheck(BWD_OP.default, (gyd, xd.detach(), wd.detach(), 3, 2, mask))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n,c,h,g,sg,mg", [(1, 300, 5, 1, 3, 4), (2, 40, 3, 1, 2, 200)])
+def test_shuffle_conv1x1_channels_last_wide_chunks(n, c, h, g, sg, mg, dtype):
+    """channels_last plans whose shared-memory output tile holds all outputs of a group at once (more than the
+    128-wide register chunk): grad_x and x's tile of 300 channels in the fused backward, y of 200 outputs."""
+    x, w, b = tsc.make_inputs(n, c, h, h, g, mg, dtype, torch.channels_last, True)
+    gy = torch.randn(n, g * mg, h, h, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    exact_y, _ = tsc.reference(x.double(), w.double(), b.double(), g, sg)
+    eager_y, _ = tsc.reference(x, w, b, g, sg)
+    with sk.backend(EMU):
+        y = sk.shuffle_conv1x1(x, w, b, groups=g, shuffle_groups=sg)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    tsc.assert_flash_close("y", y, eager_y, exact_y)
+    _check_backward(x, w, gy, g, sg, [[True, True, True], [False, True, False], [True, False, False]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_shuffle_conv1x1_large_channel_plans(dtype):
+    """Shapes whose input tile does not fit in shared memory: the streamed plan (input chunks, all outputs
+    accumulated in shared memory) and the re-reading one (output chunks), forward and the separate grad_input
+    (streamed with 1000 outputs a group); a backward whose grad_out tile does not fit composes the two separate
+    kernels."""
+    for n, c, h, g, sg, mg in ((1, 1920, 3, 1, 4, 6), (1, 1200, 2, 1, 3, 1100), (1, 8, 3, 2, 2, 1000)):
+        x, w, b = tsc.make_inputs(n, c, h, h, g, mg, dtype, torch.channels_last, True)
+        gy = torch.randn(n, g * mg, h, h, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        exact_y, exact = tsc.reference(x.double(), w.double(), b.double(), g, sg, gy.double())
+        eager_y, eager = tsc.reference(x, w, b, g, sg, gy)
+        with sk.backend(EMU):
+            y = sk.shuffle_conv1x1(x, w, b, groups=g, shuffle_groups=sg)
+            gx = torch.ops.shufflekern.shuffle_conv1x1_grad_input(gy, w, g, sg)
+            got = BWD_OP(gy, x, w, g, sg, [True, True, True])
+        tsc.assert_flash_close("y", y, eager_y, exact_y)
+        tsc.assert_flash_close("grad_input op", gx, eager[0], exact[0])
+        for name, gt, ea, ex in zip(("grad_x", "grad_weight", "grad_bias"), got, eager, exact):
+            tsc.assert_flash_close(name, gt, ea, ex)
+
+
 # ---- batch_norm_act (twin of test_batch_norm_act.test_fused_bn_relu_on_cuda_matches_eager) ---------------
 
 @pytest.mark.skipif("batch_norm_act" not in sk._backend.emulated_ops(), reason="batch_norm_act has no CUDA kernel")
@@ -568,6 +683,10 @@ def _run_all(dtype):
         xc, wc = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
         yc = sk.shuffle_conv1x1(xc, wc, groups=3, shuffle_groups=4)
         out += [yc] + list(torch.autograd.grad(yc, (xc, wc), torch.ones_like(yc)))
+        gyc = torch.randn(yc.shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        out += [torch.ops.shufflekern.shuffle_conv1x1_grad_input(gyc, w, 3, 4),
+                torch.ops.shufflekern.shuffle_conv1x1_grad_weight(gyc, x, 3, 4)]
+        out += list(BWD_OP(gyc, x, w, 3, 4, [True, True, True]))
         if "batch_norm_act" in sk._backend.emulated_ops():  # every op with a CUDA kernel, forward and backward
             xb = x.clone().requires_grad_(True)
             wb, bb = (torch.randn(24, generator=g, dtype=dtype).requires_grad_(True) for _ in range(2))

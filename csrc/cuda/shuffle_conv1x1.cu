@@ -7,8 +7,11 @@
 //   gx[p, src(k, j)]     = sum_m gy[p, k*Mg + m] * W[k*Mg + m, j]      (each x channel written once)
 //   gW[k*Mg + m, j]      = sum_p gy[p, k*Mg + m] * x[p, src(k, j)]     (two-stage, deterministic)
 // Forward and grad_input: a block computes ALL outputs of a group for a tile of pixels, so activations are
-// read once and written once (see sconv_gemm); grad_weight reads x and gy once per pixel slice.  Loads and
-// stores run along the contiguous dimension (pixels in NCHW, channel runs in channels_last).
+// read once and written once (see sconv_gemm); grad_weight reads x and gy once per pixel slice.  The backward
+// op (what the autograd calls) is one fused kernel: a block reads its tiles' grad_out and x once and writes
+// grad_x and a partial grad_W / grad_b, summed in order by a second kernel.  Tile sizes are planned from the
+// modeled memory traffic (see "plans").  Loads and stores run along the contiguous dimension (pixels in NCHW,
+// channel runs in channels_last).
 //
 // Written against csrc/cuda/runtime.h: nvcc builds it for CUDA tensors, csrc/emu/shuffle_conv1x1.cpp runs the
 // same source under the emulator.
@@ -50,33 +53,40 @@ struct Dims {
 // The x side is indexed in "packed" order (csrc/shuffle_conv1x1.h): position q of the group's channels sorted
 // by source channel, q -> weight column tab[q] -> x channel sconv_src_channel(k, tab[q]), so channels_last
 // loads and stores run along contiguous channel runs; the shuffle is only this index table.
-// Shared memory (dynamic): in_s [IC][TP] (a chunk of IC input channels of the pixel tile; when IC = I the
-// whole tile, loaded once), w_s [IC][OC] (W' for an output chunk), out_s [TP][OC] (the output chunk, stored
-// coalesced), tab/inv [Cg] ints.  A thread owns kRP pixels x kRO outputs of the chunk in registers.
+// Shared memory (dynamic): in_s [IC][TP] (a chunk of IC inputs of the pixel tile), w_s [IW][OC] (a chunk of W'),
+// out_s [TP][OSC] (the outputs being accumulated, stored coalesced), tab/inv [Cg] ints.  A thread owns kRP
+// pixels x kRO outputs of an OC-wide chunk in registers.  Three plans (plan_gemm picks by modeled traffic):
+//   single  IC = I: the whole input tile staged once, OSC = OC: outputs chunk by chunk, W streamed in chunks
+//   stream  IC < I, OSC = O: input chunks streamed once, partial sums of all O outputs kept in out_s
+//   reread  IC < I, OSC < O: no room for either: the input tile is read once per OSC outputs
 // Loads and stores run along the contiguous dimension: pixels in NCHW, channels in channels_last.
 constexpr int kThreads = 256, kRP = 4, kRO = 8;
 constexpr int64_t kChunkElems = int64_t(kThreads) * kRP * kRO;  // TP * OC
 
 struct GemmPlan {
-  int64_t tp, oc, ic, iw;  // pixels a block, outputs a chunk, input channels staged, W rows a chunk
+  int64_t tp, oc, ic, iw, osc;  // pixels a block, outputs a register chunk, inputs staged, W inputs a chunk,
+                                // outputs accumulated in out_s
   size_t smem;
 };
 
+// Returns with in_s holding inputs [I - icc_last, I) (with a single plan: the whole input tile) and the shared
+// memory after it free; compute = false only stages the whole input tile (plan must be single).
 template <bool kFwd, typename T, typename Acc>
 __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(const T) w, SK_GLOBAL(const T) bias,
                                            SK_GLOBAL(T) out, const Dims& d, const Layout& lin,
-                                           const Layout& lout, const GemmPlan& pl) {
+                                           const Layout& lout, const GemmPlan& pl, bool compute = true,
+                                           int64_t tile = -1) {
   SK_DYNAMIC_SHARED(unsigned char, smem);
-  const int64_t TP = pl.tp, OC = pl.oc, IC = pl.ic;
+  const int64_t TP = pl.tp, OC = pl.oc, IC = pl.ic, OSC = pl.osc;
   Acc* in_s = reinterpret_cast<Acc*>(smem);
   Acc* w_s = in_s + IC * TP;
   Acc* out_s = w_s + pl.iw * OC;
-  int* tab = reinterpret_cast<int*>(out_s + TP * OC);  // packed position -> weight column
-  int* inv = tab + d.cg;                                // weight column -> packed position
+  int* tab = reinterpret_cast<int*>(out_s + TP * OSC);  // packed position -> weight column
+  int* inv = tab + d.cg;                                 // weight column -> packed position
   const int tid = threadIdx.x;
   const int64_t k = blockIdx.z;
   const int64_t I = kFwd ? d.cg : d.mg, O = kFwd ? d.mg : d.cg;
-  const int64_t p0 = int64_t(blockIdx.x) * TP;
+  const int64_t p0 = (tile < 0 ? int64_t(blockIdx.x) : tile) * TP;
   const bool packed = !(kFwd ? lin.s_hw == 1 : lout.s_hw == 1);  // NCHW: natural order, W rows contiguous
   if (tid == 0 && !packed) {
     for (int64_t q = 0; q < d.cg; ++q) tab[q] = inv[q] = int(q);
@@ -92,83 +102,103 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   }
   __syncthreads();
   const bool in_pfast = lin.s_hw == 1, out_pfast = lout.s_hw == 1;
+  // in_s[c][px] = in[p0 + px, input ib + c] for c < icc (0 beyond the last pixel).
+  auto stage = [&](int64_t ib, int64_t icc) {
+    for (int64_t idx = tid; idx < icc * TP; idx += kThreads) {
+      const int64_t c = in_pfast ? idx / TP : idx % icc, px = in_pfast ? idx % TP : idx / icc;
+      const int64_t p = p0 + px, i = ib + c;
+      Acc v = Acc(0);
+      if (p < d.pixels) {
+        const int64_t ch = kFwd ? sconv_src_channel(k, tab[i], d.cg, d.sg, d.cs) : k * d.mg + i;
+        v = Acc(in[lin.pixel(p) + ch * lin.s_c]);
+      }
+      in_s[c * TP + px] = v;
+    }
+  };
+  const bool single = IC >= I;
+  if (!compute) {
+    stage(0, I);
+    __syncthreads();
+    return;
+  }
   const int64_t PG = TP / kRP, OG = kThreads / PG;
   const int64_t pg = tid % PG, og = tid / PG;
-  const bool single = IC >= I;  // the whole input tile staged once; W streamed in chunks of pl.iw inputs
-  const int64_t IW = single ? pl.iw : IC;
-  for (int64_t o0 = 0; o0 < O; o0 += OC) {
-    const int64_t occ = O - o0 < OC ? O - o0 : OC;
-    Acc acc[kRP][kRO];
-#pragma unroll
-    for (int r = 0; r < kRP; ++r)
-#pragma unroll
-      for (int s = 0; s < kRO; ++s) acc[r][s] = Acc(0);
-    for (int64_t i0 = 0; i0 < I; i0 += IW) {
-      const int64_t iwc = I - i0 < IW ? I - i0 : IW;  // this W chunk's inputs
-      if (!single || (o0 == 0 && i0 == 0)) {
-        const int64_t icc = single ? I : iwc;  // inputs staged now
-        const int64_t ib = single ? 0 : i0;
-        for (int64_t idx = tid; idx < icc * TP; idx += kThreads) {
-          const int64_t c = in_pfast ? idx / TP : idx % icc, px = in_pfast ? idx % TP : idx / icc;
-          const int64_t p = p0 + px, i = ib + c;
-          Acc v = Acc(0);
-          if (p < d.pixels) {
-            const int64_t ch = kFwd ? sconv_src_channel(k, tab[i], d.cg, d.sg, d.cs) : k * d.mg + i;
-            v = Acc(in[lin.pixel(p) + ch * lin.s_c]);
-          }
-          in_s[c * TP + px] = v;
-        }
+  for (int64_t os0 = 0; os0 < O; os0 += OSC) {
+    const int64_t osc = O - os0 < OSC ? O - os0 : OSC;
+    for (int64_t i0 = 0; i0 < I; i0 += IC) {
+      const int64_t icc = I - i0 < IC ? I - i0 : IC;
+      if (!single || os0 == 0) {
+        stage(i0, icc);
+        __syncthreads();
       }
-      // w_s[c][oc] = W'[o0 + oc, i0 + c]; global reads run along W's rows (weight columns).
-      if (kFwd) {
-        // W'[o, i] = W[k*Mg + o, tab[i]].  Whole tile staged: the chunk is W's columns [i0, i0 + iwc)
-        // (contiguous reads; in_s row inv[j]); else the packed positions of the staged chunk.
-        for (int64_t idx = tid; idx < OC * iwc; idx += kThreads) {
-          const int64_t oc = idx / iwc, c = idx % iwc;
-          Acc v = Acc(0);
-          if (oc < occ) v = Acc(w[(k * d.mg + o0 + oc) * d.cg + (single ? i0 + c : tab[i0 + c])]);
-          w_s[c * OC + oc] = v;
-        }
-      } else {
-        // W'[o, i] = W[k*Mg + i, tab[o]]: a whole row when one chunk holds all O, else the chunk's columns.
-        const bool all_o = OC >= O;
-        for (int64_t idx = tid; idx < OC * iwc; idx += kThreads) {
-          const int64_t c = idx / OC, e = idx % OC;
-          Acc v = Acc(0);
-          int64_t oc = e;
-          if (e < occ) {
-            const int64_t j = all_o ? e : tab[o0 + e];
-            if (all_o) oc = inv[j];
-            v = Acc(w[(k * d.mg + i0 + c) * d.cg + j]);
-          }
-          w_s[c * OC + oc] = v;
-        }
-      }
-      __syncthreads();
-      for (int64_t c = 0; c < iwc; ++c) {
-        const int64_t row = single ? (kFwd ? inv[i0 + c] : i0 + c) : c;
-        Acc a[kRP], bv[kRO];
-#pragma unroll
-        for (int r = 0; r < kRP; ++r) a[r] = in_s[row * TP + pg + PG * r];
-#pragma unroll
-        for (int s = 0; s < kRO; ++s) bv[s] = w_s[c * OC + og + OG * s];
+      for (int64_t o0 = os0; o0 < os0 + osc; o0 += OC) {
+        const int64_t occ = os0 + osc - o0 < OC ? os0 + osc - o0 : OC;
+        Acc acc[kRP][kRO];
 #pragma unroll
         for (int r = 0; r < kRP; ++r)
 #pragma unroll
-          for (int s = 0; s < kRO; ++s) acc[r][s] += a[r] * bv[s];
+          for (int s = 0; s < kRO; ++s) acc[r][s] = Acc(0);
+        for (int64_t iw0 = 0; iw0 < icc; iw0 += pl.iw) {
+          const int64_t iwc = icc - iw0 < pl.iw ? icc - iw0 : pl.iw;  // this W chunk's inputs
+          // w_s[c][oc] = W'[o0 + oc, i0 + iw0 + c]; global reads run along W's rows (weight columns).
+          if (kFwd) {
+            // W'[o, i] = W[k*Mg + o, tab[i]].  Whole tile staged: the chunk is W's columns iw0 + c (contiguous
+            // reads; in_s row inv[column]); else the packed positions of the staged chunk.
+            for (int64_t idx = tid; idx < OC * iwc; idx += kThreads) {
+              const int64_t oc = idx / iwc, c = idx % iwc;
+              Acc v = Acc(0);
+              if (oc < occ) v = Acc(w[(k * d.mg + o0 + oc) * d.cg + (single ? iw0 + c : tab[i0 + iw0 + c])]);
+              w_s[c * OC + oc] = v;
+            }
+          } else {
+            // W'[o, i] = W[k*Mg + i, tab[o]]: a whole row when one chunk holds all O, else the chunk's columns.
+            const bool all_o = OC >= O;
+            for (int64_t idx = tid; idx < OC * iwc; idx += kThreads) {
+              const int64_t c = idx / OC, e = idx % OC;
+              Acc v = Acc(0);
+              int64_t oc = e;
+              if (e < occ) {
+                const int64_t j = all_o ? e : tab[o0 + e];
+                if (all_o) oc = inv[j];
+                v = Acc(w[(k * d.mg + i0 + iw0 + c) * d.cg + j]);
+              }
+              w_s[c * OC + oc] = v;
+            }
+          }
+          __syncthreads();
+          for (int64_t c = 0; c < iwc; ++c) {
+            const int64_t row = kFwd && single ? inv[iw0 + c] : iw0 + c;
+            Acc a[kRP], bv[kRO];
+#pragma unroll
+            for (int r = 0; r < kRP; ++r) a[r] = in_s[row * TP + pg + PG * r];
+#pragma unroll
+            for (int s = 0; s < kRO; ++s) bv[s] = w_s[c * OC + og + OG * s];
+#pragma unroll
+            for (int r = 0; r < kRP; ++r)
+#pragma unroll
+              for (int s = 0; s < kRO; ++s) acc[r][s] += a[r] * bv[s];
+          }
+          __syncthreads();
+        }
+        // Each out_s element is owned by one thread across the input chunks: no barrier needed here.
+#pragma unroll
+        for (int r = 0; r < kRP; ++r)
+#pragma unroll
+          for (int s = 0; s < kRO; ++s) {
+            const int64_t oc = o0 - os0 + og + OG * s;
+            if (oc < OSC) {
+              Acc* dst = &out_s[(pg + PG * r) * OSC + oc];
+              *dst = i0 == 0 ? acc[r][s] : *dst + acc[r][s];
+            }
+          }
       }
-      __syncthreads();
     }
-#pragma unroll
-    for (int r = 0; r < kRP; ++r)
-#pragma unroll
-      for (int s = 0; s < kRO; ++s) out_s[(pg + PG * r) * OC + og + OG * s] = acc[r][s];
     __syncthreads();
-    for (int64_t idx = tid; idx < occ * TP; idx += kThreads) {
-      const int64_t oc = out_pfast ? idx / TP : idx % occ, px = out_pfast ? idx % TP : idx / occ;
-      const int64_t p = p0 + px, o = o0 + oc;
+    for (int64_t idx = tid; idx < osc * TP; idx += kThreads) {
+      const int64_t oc = out_pfast ? idx / TP : idx % osc, px = out_pfast ? idx % TP : idx / osc;
+      const int64_t p = p0 + px, o = os0 + oc;
       if (p < d.pixels) {
-        Acc v = out_s[px * OC + oc];
+        Acc v = out_s[px * OSC + oc];
         int64_t ch;
         if (kFwd) {
           ch = k * d.mg + o;
@@ -196,38 +226,187 @@ __global__ void _shuffle_conv1x1_grad_input_kernel(SK_GLOBAL(const T) gy, SK_GLO
   sconv_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, pl);
 }
 
-// Pick the pixel tile that minimises the modeled traffic of a launch (activations once when the input tile
-// fits in shared memory, else once per output chunk; W once per block) within kSmemBudget bytes.
-constexpr size_t kSmemBudget = 160 * 1024;  // below an A100's 163 KiB opt-in maximum
+// ---- fused backward: grad_x, grad_weight and grad_bias from one read of grad_out and x ----------------------
+//
+// Block (slice of pixel tiles, group k); for each tile of its slice, in order: the group's grad_out tile is
+// staged once (a single plan of the grad_input GEMM, which writes grad_x of the tile when asked), then x's tile
+// is streamed in chunks of XC packed positions through the shared memory after it, and grad_W[m, j] +=
+// sum_px gy[px, m] x[px, j] (grad_b[m] += sum_px gy[px, m]) accumulate in shared memory, each element owned by
+// one thread, in a fixed order.  The slice's sums go to part_w[slice] (part_b[slice]) once;
+// _shuffle_conv1x1_grad_weight_sum_kernel adds the slices in order: the same bits every run, no atomics.
+// Slices of several tiles let a large grad_out tile count stay within the shared memory while the partials
+// (written and read back once a slice) stay few.
+struct BwdFlags {
+  bool gx, gw, gb;
+};
 
-GemmPlan plan_gemm(int64_t pixels, int64_t in_ch, int64_t out_ch, int64_t cg, size_t acc_size, size_t t_size) {
-  GemmPlan best{0, 0, 0, 0, 0};
-  double best_cost = 0;
+struct BwdPlan {
+  GemmPlan g;
+  int64_t tiles, slices, per_slice;  // pixel tiles, blocks a group, tiles a block
+  size_t acc_off;                    // byte offset of the grad_W / grad_b sums in shared memory
+};
+
+template <typename T, typename Acc>
+__global__ void _shuffle_conv1x1_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x, SK_GLOBAL(const T) w,
+                                                 SK_GLOBAL(T) gx, SK_GLOBAL(Acc) part_w, SK_GLOBAL(Acc) part_b,
+                                                 Dims d, Layout lg, Layout lx, BwdPlan bp, BwdFlags f) {
+  SK_DYNAMIC_SHARED(unsigned char, smem);
+  const GemmPlan& pl = bp.g;
+  const int64_t TP = pl.tp, PS = TP + 1;
+  const Acc* g_s = reinterpret_cast<const Acc*>(smem);  // [Mg][TP]
+  Acc* x_s = reinterpret_cast<Acc*>(smem) + d.mg * TP;   // [XC][PS]
+  const int* tab = reinterpret_cast<const int*>(x_s + pl.iw * pl.oc + TP * pl.osc);
+  const int* inv = tab + d.cg;
+  Acc* acc_w = reinterpret_cast<Acc*>(smem + bp.acc_off);  // [Mg][Cg], weight-column order
+  Acc* acc_b = acc_w + d.mg * d.cg;                         // [Mg]
+  const int tid = threadIdx.x;
+  const int64_t k = blockIdx.z, slice = blockIdx.x;
+  const int64_t xc = (pl.iw * pl.oc + TP * pl.osc) / PS;
+  const int64_t XC = xc < d.cg ? xc : d.cg;
+  const bool xfast = lx.s_hw == 1;
+  const bool direct = bp.per_slice == 1;  // one tile a block: the sums go straight to part_w / part_b
+  const int64_t base_w = (slice * gridDim.z + k) * d.mg * d.cg, base_b = (slice * gridDim.z + k) * d.mg;
+  if (!direct)
+    for (int64_t e = tid; e < d.mg * d.cg + d.mg; e += kThreads) acc_w[e] = Acc(0);  // read after a barrier
+  const int64_t t_end = (slice + 1) * bp.per_slice < bp.tiles ? (slice + 1) * bp.per_slice : bp.tiles;
+  for (int64_t tile = slice * bp.per_slice; tile < t_end; ++tile) {
+    const int64_t p0 = tile * TP;
+    sconv_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, pl, f.gx, tile);  // leaves the gy tile in g_s
+    if (f.gw) {
+      for (int64_t q0 = 0; q0 < d.cg; q0 += XC) {
+        const int64_t xcc = d.cg - q0 < XC ? d.cg - q0 : XC;
+        const bool all = xcc == d.cg;  // the whole tile: sums in weight-column order, row inv[j]
+        for (int64_t idx = tid; idx < xcc * TP; idx += kThreads) {
+          const int64_t q = xfast ? idx / TP : idx % xcc, px = xfast ? idx % TP : idx / xcc;
+          const int64_t p = p0 + px;
+          x_s[q * PS + px] =
+              p < d.pixels ? Acc(x[lx.pixel(p) + sconv_src_channel(k, tab[q0 + q], d.cg, d.sg, d.cs) * lx.s_c])
+                           : Acc(0);
+        }
+        __syncthreads();
+        for (int64_t e = tid; e < d.mg * xcc; e += kThreads) {
+          const int64_t m = e / xcc, jj = e - m * xcc;
+          const int64_t j = all ? jj : tab[q0 + jj], row = all ? inv[jj] : jj;
+          Acc sum = Acc(0);
+          for (int64_t px = 0; px < TP; ++px) sum += g_s[m * TP + px] * x_s[row * PS + px];
+          if (direct) part_w[base_w + m * d.cg + j] = sum;
+          else acc_w[m * d.cg + j] += sum;
+        }
+        __syncthreads();
+      }
+    }
+    if (f.gb) {
+      for (int64_t m = tid; m < d.mg; m += kThreads) {
+        Acc sum = Acc(0);
+        for (int64_t px = 0; px < TP; ++px) sum += g_s[m * TP + px];
+        if (direct) part_b[base_b + m] = sum;
+        else acc_b[m] += sum;
+      }
+    }
+    __syncthreads();  // g_s is restaged by the next tile
+  }
+  if (direct) return;
+  if (f.gw)
+    for (int64_t e = tid; e < d.mg * d.cg; e += kThreads) part_w[base_w + e] = acc_w[e];
+  if (f.gb)
+    for (int64_t m = tid; m < d.mg; m += kThreads) part_b[base_b + m] = acc_b[m];
+}
+
+// ---- plans -------------------------------------------------------------------------------------------------
+//
+// The modeled traffic (csrc/emu/emu.h counts every warp request's 32-byte sectors and models no cache) is
+// what decides: each block reads its group's weights (W'), so fewer, larger pixel tiles move fewer bytes, while
+// a GPU wants many blocks.  The planner takes, among the plans that fit in shared memory, the one with the
+// MOST blocks whose modeled bytes stay within kTrafficBudget x the minimum (every tensor read or written once);
+// when none does, the fewest bytes.  Within one group per block, blocks = tiles x groups.
+constexpr double kTrafficBudget = 1.10;  // the issue's target is 1.15; the margin covers sector rounding
+
+size_t smem_limit() {
+#if defined(__CUDACC__)
+  return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+#else
+  return 227 * 1024;  // the emulator's arena: an H100's opt-in maximum
+#endif
+}
+
+struct PlanCost {
+  double bytes, min_bytes;
+};
+
+// in_ch/out_ch: the GEMM's inputs and outputs a group; cost(plan, tiles) -> modeled bytes of the whole launch.
+template <typename Cost>
+GemmPlan plan_gemm(int64_t pixels, int64_t in_ch, int64_t out_ch, int64_t cg, size_t acc_size, bool single_only,
+                   Cost cost) {
+  GemmPlan best{0, 0, 0, 0, 0, 0};
+  PlanCost best_cost{0, 0};
+  int64_t best_tiles = 0;
+  const size_t limit = smem_limit();
   const size_t tab_bytes = size_t(2 * cg) * sizeof(int);
+  auto consider = [&](const GemmPlan& pl) {
+    const int64_t tiles = (pixels + pl.tp - 1) / pl.tp;
+    const PlanCost c = cost(pl, tiles);
+    const bool ok = c.bytes <= kTrafficBudget * c.min_bytes;
+    bool take = best.tp == 0;
+    if (!take) {
+      const bool best_ok = best_cost.bytes <= kTrafficBudget * best_cost.min_bytes;
+      if (ok != best_ok) take = ok;
+      else if (ok) take = tiles > best_tiles || (tiles == best_tiles && c.bytes < best_cost.bytes);
+      else take = c.bytes < best_cost.bytes;
+    }
+    if (take) {
+      best = pl;
+      best_cost = c;
+      best_tiles = tiles;
+    }
+  };
   for (int64_t tp = 64; tp <= 1024; tp *= 2) {
     const int64_t oc = kChunkElems / tp;
-    const size_t fixed = size_t(tp * oc) * acc_size + tab_bytes;
-    if (fixed >= kSmemBudget) continue;
-    // The whole input tile with W in chunks of up to 32 inputs, else chunks of both.
     const int64_t iw1 = std::min<int64_t>(in_ch, 32);
-    const bool fits = fixed + size_t(in_ch * tp + iw1 * oc) * acc_size <= kSmemBudget;
-    int64_t ic = fits ? in_ch : int64_t((kSmemBudget - fixed) / (acc_size * size_t(tp + oc)));
-    if (ic < 1) continue;
-    ic = std::min(ic, in_ch);
-    const int64_t iw = fits ? iw1 : ic;
-    const int64_t blocks = (pixels + tp - 1) / tp;
-    const int64_t out_chunks = (out_ch + oc - 1) / oc;
-    const double in_reads = ic >= in_ch ? 1.0 : double(out_chunks);
-    const double cost = double(t_size) * (double(pixels) * in_ch * in_reads + double(blocks) * in_ch * out_ch +
-                                          double(pixels) * out_ch);
-    if (best.tp == 0 || cost < best_cost * 0.98) {
-      best = GemmPlan{tp, oc, ic, iw, fixed + size_t(ic * tp + iw * oc) * acc_size};
-      best_cost = cost;
+    // single: the whole input tile, outputs in register chunks
+    const size_t single = (size_t(in_ch * tp + iw1 * oc + tp * oc)) * acc_size + tab_bytes;
+    if (single <= limit) consider(GemmPlan{tp, oc, in_ch, iw1, oc, single});
+    const size_t wide = single + size_t(tp * (out_ch - oc)) * acc_size;  // out_s for all outputs at once
+    if (out_ch > oc && wide <= limit) consider(GemmPlan{tp, oc, in_ch, iw1, out_ch, wide});
+    if (single_only || in_ch <= 1) continue;
+    // stream: all outputs accumulated in out_s, input chunks as large as fit
+    const size_t fixed = size_t(tp * out_ch) * acc_size + tab_bytes;
+    if (fixed < limit) {
+      int64_t ic = std::min<int64_t>(in_ch - 1, int64_t((limit - fixed) / (acc_size * size_t(tp + oc))));
+      if (ic >= 8 || ic >= in_ch - 1) {
+        const int64_t iw = std::min<int64_t>(ic, 32);
+        consider(GemmPlan{tp, oc, ic, iw, out_ch, fixed + size_t(ic * tp + iw * oc) * acc_size});
+      }
+    }
+    // reread: output chunks of oc, input chunks
+    const size_t fixed2 = size_t(tp * oc) * acc_size + tab_bytes;
+    if (fixed2 < limit) {
+      const int64_t ic = std::min<int64_t>(in_ch - 1, int64_t((limit - fixed2) / (acc_size * size_t(tp + oc))));
+      if (ic >= 1) {
+        const int64_t iw = std::min<int64_t>(ic, 32);
+        consider(GemmPlan{tp, oc, ic, iw, oc, fixed2 + size_t(ic * tp + iw * oc) * acc_size});
+      }
     }
   }
-  TORCH_CHECK(best.tp != 0, "shuffle_conv1x1: too many channels a group for the CUDA kernel's shared memory");
   return best;
 }
+
+// Modeled bytes of a forward or grad_input launch (whole grid, all groups); in_ch/out_ch a group.
+PlanCost gemm_cost(const GemmPlan& pl, int64_t tiles, int64_t pixels, int64_t in_ch, int64_t out_ch,
+                   int64_t groups, int64_t sg, bool packed, size_t t_size) {
+  const double P = double(pixels), I = double(in_ch), O = double(out_ch), G = double(groups), t = double(t_size);
+  const double in_reads = pl.ic >= in_ch ? 1.0 : std::ceil(O / double(pl.osc));
+  // Packed W columns read in the staged (strided) order cost up to sg sectors a useful one.
+  const double w_factor = pl.ic < in_ch && packed ? double(std::min<int64_t>(sg, 8)) : 1.0;
+  // channels_last: a pixel's channels loaded (stored) in chunks of c cost about one more sector a chunk.
+  const double E = 32.0 / t;
+  const double in_factor = packed && pl.ic < in_ch ? 1.0 + E / double(pl.ic) : 1.0;
+  const double out_factor = packed && pl.osc < out_ch ? 1.0 + E / double(pl.osc) : 1.0;
+  const double bytes =
+      t * G * (P * I * in_reads * in_factor + double(tiles) * I * O * w_factor + P * O * out_factor);
+  return {bytes, t * G * (P * I + I * O + P * O)};
+}
+// The separate grad_weight op's shared-memory budget (below an A100's 163 KiB opt-in maximum).
+constexpr size_t kSmemBudget = 160 * 1024;
 
 // ---- grad_weight: deterministic two-stage reduction ----------------------------------------------------
 //
@@ -328,7 +507,13 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
   if (out.numel() == 0) return out;
   if (c_in == 0) return b.defined() ? out.copy_(b.view({1, c_out, 1, 1}).expand_as(out)) : out.zero_();
   const Dims d = dims_of(x.size(0) * x.size(2) * x.size(3), c_in, c_out, groups, shuffle_groups);
-  const GemmPlan pl = plan_gemm(d.pixels, d.cg, d.mg, d.cg, x.scalar_type() == at::kDouble ? 8 : 4, x.element_size());
+  const bool packed = in.stride(3) != 1;
+  const GemmPlan pl = plan_gemm(d.pixels, d.cg, d.mg, d.cg, x.scalar_type() == at::kDouble ? 8 : 4, false,
+                                [&](const GemmPlan& p, int64_t tiles) {
+                                  return gemm_cost(p, tiles, d.pixels, d.cg, d.mg, groups, shuffle_groups, packed,
+                                                   x.element_size());
+                                });
+  TORCH_CHECK(pl.tp != 0, "shuffle_conv1x1: too many channels a group for the CUDA kernel's shared memory");
   const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
   check_grid(groups, 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_cuda", [&] {
@@ -352,7 +537,12 @@ at::Tensor shuffle_conv1x1_grad_input_cuda(const at::Tensor& grad_out, const at:
   if (gx.numel() == 0) return gx;
   if (c_out == 0) return gx.zero_();
   const Dims d = dims_of(gy.size(0) * gy.size(2) * gy.size(3), c_in, c_out, groups, shuffle_groups);
-  const GemmPlan pl = plan_gemm(d.pixels, d.mg, d.cg, d.cg, gy.scalar_type() == at::kDouble ? 8 : 4, gy.element_size());
+  const GemmPlan pl = plan_gemm(d.pixels, d.mg, d.cg, d.cg, gy.scalar_type() == at::kDouble ? 8 : 4, false,
+                                [&](const GemmPlan& p, int64_t tiles) {
+                                  return gemm_cost(p, tiles, d.pixels, d.mg, d.cg, groups, shuffle_groups, false,
+                                                   gy.element_size());
+                                });
+  TORCH_CHECK(pl.tp != 0, "shuffle_conv1x1_grad_input: too many channels a group for the CUDA kernel's shared memory");
   const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
   check_grid(groups, 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "shuffle_conv1x1_grad_input_cuda",
@@ -417,12 +607,108 @@ at::Tensor shuffle_conv1x1_grad_weight_cuda(const at::Tensor& grad_out, const at
 
 }  // namespace
 
-// The autograd's entry: the two backward kernels and a sum for the bias.
+// The autograd's entry: one fused kernel (grad_x and per-tile partials of grad_W, grad_b from one read of
+// grad_out and x), then the partials summed over tiles in a fixed order.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t groups, int64_t shuffle_groups,
     std::array<bool, 3> output_mask) {
-  return shuffle_conv1x1_backward_from_parts(grad_out, x, weight, groups, shuffle_groups, output_mask,
-                                             shuffle_conv1x1_grad_input_cuda, shuffle_conv1x1_grad_weight_cuda);
+  check_shuffle_conv1x1_backward_args(grad_out, x, weight, groups, shuffle_groups);
+  SK_RT::Guard guard(x.device());
+  const int64_t c_in = x.size(1), c_out = weight.size(0);
+  const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
+  auto from_parts = [&] {
+    return shuffle_conv1x1_backward_from_parts(grad_out, x, weight, groups, shuffle_groups, output_mask,
+                                               shuffle_conv1x1_grad_input_cuda, shuffle_conv1x1_grad_weight_cuda);
+  };
+  // Nothing to compute a pixel: the separate ops' empty/zero handling.
+  if (pixels == 0 || c_in == 0 || c_out == 0 || !(output_mask[0] || output_mask[1] || output_mask[2]))
+    return from_parts();
+  const auto fmt = format_of(x);
+  const at::Tensor xc = x.contiguous(fmt);
+  const at::Tensor gy = grad_out.contiguous(fmt);
+  const at::Tensor w = weight.contiguous();
+  const Dims d = dims_of(pixels, c_in, c_out, groups, shuffle_groups);
+  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const size_t A = acc_type == at::kDouble ? 8 : 4, t = x.element_size();
+  const BwdFlags f{output_mask[0], output_mask[1], output_mask[2]};
+  // Plans: a single grad_input plan (the whole grad_out tile staged) plus the grad_W / grad_b sums, per pixel
+  // tile; slices of per_slice tiles a block.  Modeled bytes: gy and (for grad_W) x read once, grad_x written
+  // once, W read by every tile (for grad_x), the partial sums written once a slice and read back by the sum
+  // kernel (written straight to the result with one slice).  Among the plans within kTrafficBudget x the
+  // minimum, the most blocks; else the fewest bytes.
+  const size_t limit = smem_limit();
+  const double P = double(d.pixels), Wn = double(c_out) * double(d.cg), tb = double(t);
+  const double min_bytes = tb * P * double(c_out) + (f.gw ? tb * (P * double(c_in) + Wn) : 0.0) +
+                           (f.gx ? tb * (P * double(c_in) + Wn) : 0.0) + (f.gb ? tb * double(c_out) : 0.0);
+  BwdPlan bp{};
+  double best_bytes = 0;
+  bool best_ok = false;
+  const size_t acc_bytes = size_t(d.mg * d.cg + d.mg) * A;
+  const bool packed = xc.stride(3) != 1;
+  const double E = 32.0 / tb;
+  for (int64_t tp = 64; tp <= 1024; tp *= 2) {
+    const int64_t oc = kChunkElems / tp, iw = std::min<int64_t>(d.mg, 32);
+    // channels_last: out_s wide enough for all Cg outputs of grad_x and x's whole tile (whole channel runs a
+    // pixel), when that fits; else chunks, costed about one more sector a chunk.
+    int64_t osc = oc;
+    const int64_t want = std::max<int64_t>(d.cg, (d.cg * (tp + 1) - iw * oc + tp - 1) / tp);
+    if (packed && want > oc &&
+        size_t(d.mg * tp + iw * oc + tp * want) * A + size_t(2 * d.cg) * sizeof(int) <= limit)
+      osc = want;
+    const int64_t XC = std::min<int64_t>(d.cg, (iw * oc + tp * osc) / (tp + 1));
+    const double xf = packed && XC < d.cg ? 1.0 + E / double(XC) : 1.0;
+    const double gf = packed && osc < d.cg ? 1.0 + E / double(osc) : 1.0;
+    const size_t gemm = size_t(d.mg * tp + iw * oc + tp * osc) * A + size_t(2 * d.cg) * sizeof(int);
+    const size_t acc_off = (gemm + 15) / 16 * 16;
+    if (gemm > limit) continue;
+    const int64_t tiles = (d.pixels + tp - 1) / tp;
+    for (int64_t per = 1;; per = per * 2 < tiles ? per * 2 : tiles) {
+      if (per > 1 && acc_off + acc_bytes > limit) break;  // no room for the slice's sums
+      const int64_t slices = (tiles + per - 1) / per;
+      const double S = double(slices), T = double(tiles);
+      const double bytes = tb * P * double(c_out) + (f.gw ? tb * P * double(c_in) * xf : 0.0) +
+                           (f.gx ? tb * (P * double(c_in) * gf + T * Wn) : 0.0) +
+                           (f.gw ? double(A) * Wn * (S > 1 ? 2 * S + 1 : 1) : 0.0) +
+                           (f.gb ? double(A) * double(c_out) * (S > 1 ? 2 * S + 1 : 1) : 0.0);
+      const bool ok = bytes <= kTrafficBudget * min_bytes;
+      bool take = bp.g.tp == 0;
+      if (!take && ok != best_ok) take = ok;
+      else if (!take && ok) take = slices > bp.slices || (slices == bp.slices && bytes < best_bytes);
+      else if (!take) take = bytes < best_bytes;
+      if (take) {
+        bp = BwdPlan{GemmPlan{tp, oc, d.mg, iw, osc, per > 1 ? acc_off + acc_bytes : gemm}, tiles, slices, per,
+                     acc_off};
+        best_bytes = bytes;
+        best_ok = ok;
+      }
+      if (per >= tiles) break;
+    }
+  }
+  // A grad_out tile too large for shared memory (thousands of outputs a group): the two separate kernels.
+  if (bp.g.tp == 0) return from_parts();
+  const int64_t slices = bp.slices;
+  check_grid(groups, 1);
+  TORCH_CHECK(slices <= INT32_MAX, "shuffle_conv1x1_backward: too many pixels for the CUDA grid");
+  at::Tensor gx = f.gx ? at::empty(x.sizes(), x.options().memory_format(fmt)) : x.new_empty({0});
+  at::Tensor gw_acc = f.gw ? at::empty({c_out, d.cg, 1, 1}, x.options().dtype(acc_type)) : at::Tensor();
+  at::Tensor gb_acc = f.gb ? at::empty({c_out}, x.options().dtype(acc_type)) : at::Tensor();
+  at::Tensor part_w = !f.gw ? at::Tensor() : slices == 1 ? gw_acc : at::empty({slices, gw_acc.numel()}, gw_acc.options());
+  at::Tensor part_b = !f.gb ? at::Tensor() : slices == 1 ? gb_acc : at::empty({slices, c_out}, gb_acc.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    SK_LAUNCH((_shuffle_conv1x1_backward_kernel<scalar_t, acc_t>), dim3(slices, 1, groups), dim3(kThreads),
+              bp.g.smem, SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<scalar_t>(w),
+              f.gx ? SK_RT::dptr<scalar_t>(gx) : nullptr, f.gw ? SK_RT::dptr<acc_t>(part_w) : nullptr,
+              f.gb ? SK_RT::dptr<acc_t>(part_b) : nullptr, d, layout_of(gy), layout_of(xc), bp, f);
+    for (const auto& [part, sum] : {std::pair{part_w, gw_acc}, std::pair{part_b, gb_acc}}) {
+      if (!part.defined() || slices == 1) continue;
+      const int64_t n = sum.numel();
+      SK_LAUNCH((_shuffle_conv1x1_grad_weight_sum_kernel<acc_t>), dim3((n + kThreads - 1) / kThreads),
+                dim3(kThreads), 0, SK_RT::dptr<acc_t>(part), SK_RT::dptr<acc_t>(sum), n, slices);
+    }
+  });
+  return {gx, f.gw ? gw_acc.to(x.scalar_type()) : weight.new_empty({0}),
+          f.gb ? gb_acc.to(x.scalar_type()) : weight.new_empty({0})};
 }
 
 SK_DEVICE_IMPL(m) {
