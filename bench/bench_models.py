@@ -8,6 +8,7 @@ part of the provider name):
   eager        the eager model, NCHW (V2: torchvision's ShuffleNetV2 itself)
   eager_cl     the eager model, channels_last
   compile      torch.compile of the eager model, channels_last
+  compile_fused  torch.compile of the fused model (`sk.fuse`), channels_last
 The SGD step of the training case runs at the start of the next round (the harness owns backward), so each
 timed round is one whole step.
 """
@@ -25,21 +26,25 @@ MODELS = {
     "shufflenet_v1_g8_1.0x": lambda: sk.models.shufflenet_v1(8, 1.0, fused=False),
     "shufflenet_v2_1.0x": lambda: torchvision.models.shufflenet_v2_x1_0(),
 }
-PROVIDERS = ("shufflekern", "eager", "eager_cl", "compile")
+PROVIDERS = ("shufflekern", "eager", "eager_cl", "compile", "compile_fused")
+FUSED = ("shufflekern", "compile_fused")
+COMPILED = ("compile", "compile_fused")
 
 
 def build(name, provider, train):
     torch.manual_seed(0)
     model = MODELS[name]().train(train)
-    if provider == "shufflekern":
+    if provider in FUSED:
         model = sk.fuse(model)
     fmt = torch.contiguous_format if provider == "eager" else CL
     return model.to(DEVICE, memory_format=fmt), fmt
 
 
 def is_default(name, batch, train, provider):
-    """The default (quick) set: inference at batch 16 for V1 g=3 and V2, no torch.compile."""
-    return not train and batch == 16 and name != "shufflenet_v1_g8_1.0x" and provider != "compile"
+    """The default set (`make bench`): inference at batch 1 and 16 of V1 g=3 and V2 1.0x, every provider
+    (torch.compile of the eager and of the fused model included: building the 8 graphs is most of the
+    models' share of the default run)."""
+    return not train and name != "shufflenet_v1_g8_1.0x"
 
 
 CASES = [pytest.param(name, batch, train, provider, id=f"{name}-{'train' if train else 'infer'}-b{batch}-{provider}",
@@ -51,7 +56,7 @@ CASES = [pytest.param(name, batch, train, provider, id=f"{name}-{'train' if trai
 def test_model(benchmark, name, batch, train, provider):
     model, fmt = build(name, provider, train)
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=fmt)
-    fwd = compiled(f"{name}-{train}-{batch}", model) if provider == "compile" else model
+    fwd = compiled(f"{name}-{train}-{batch}-{provider}", model) if provider in COMPILED else model
     if train:
         target = torch.randint(0, 1000, (batch,), device=DEVICE)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)

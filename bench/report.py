@@ -113,7 +113,8 @@ def table(cases):
                     provs.append(p)
         provs.sort(key=lambda p: (p != OURS, p))
         others = [p for p in provs if p != OURS]
-        head = ["mode", "shape", "layout", "dtype"] + [f"{p} ms" for p in provs] + [f"x vs {p}" for p in others]
+        head = (["mode", "shape", "layout", "dtype"] + [f"{p} ms" for p in provs] + [f"x vs {p}" for p in others]
+                + ["fastest"])
         if any("peak_bytes" in r for k in keys for r in cases[k].values()):
             head += [f"{p} MB" for p in provs]
         lines += [f"### {op}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -123,6 +124,7 @@ def table(cases):
             cells += [fmt_ms(c[p]) if p in c else "" for p in provs]
             cells += [f"{c[p]['median_s'] / c[OURS]['median_s']:.2f}" if p in c and OURS in c else ""
                       for p in others]
+            cells.append(min(c, key=lambda p: c[p]["median_s"]))
             if len(head) > len(cells):
                 cells += [f"{c[p]['peak_bytes'] / 1e6:.1f}" if p in c and c[p].get("peak_bytes") is not None
                           else "" for p in provs]

@@ -5,9 +5,11 @@ noisy machine a block can land in a slow spell, and sequential ratios of the sam
 between runs here.  This script builds every provider of a model once and then runs them in alternating
 order (ABCD, DCBA, ...) so that a slow spell hits all alike; the medians and ratios it prints come from one
 run.  Providers as in bench/bench_models.py: the fused model (`sk.fuse`; inference: BatchNorm folded) and
-the eager model, each in NCHW and channels_last; `--compile` adds torch.compile of the eager model.
+the eager model, each in NCHW and channels_last; `--compile` adds torch.compile of the eager model and of the
+fused model (compile_fused), both channels_last.
 
     PYTHONPATH=. python scripts/models_interleaved.py [--steps 12] [--settle 3] [--models v1_g3,v2] [--compile]
+        [--cases infer16,train16] [--threads N]
 """
 import argparse
 import statistics
@@ -30,10 +32,10 @@ FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 def provider(name, kind, fmt, train, batch):
     torch.manual_seed(0)
     model = MODELS[name]().train(train)
-    if kind == "fused":
+    if kind in ("fused", "compile_fused"):
         model = sk.fuse(model)
     model = model.to(memory_format=FORMATS[fmt])
-    fwd = torch.compile(model) if kind == "compile" else model
+    fwd = torch.compile(model) if kind in ("compile", "compile_fused") else model
     x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=FORMATS[fmt])
     if not train:
         def infer():
@@ -53,7 +55,7 @@ def provider(name, kind, fmt, train, batch):
 def run(name, train, batch, steps, with_compile, settle=1):
     kinds = [("fused", f) for f in FORMATS] + [("eager", f) for f in FORMATS]
     if with_compile:
-        kinds.append(("compile", "cl"))
+        kinds += [("compile", "cl"), ("compile_fused", "cl")]
     fns = {f"{k}_{f}": provider(name, k, f, train, batch) for k, f in kinds}
     for fn in fns.values():  # warm-up (and compilation)
         fn()
@@ -71,7 +73,10 @@ def run(name, train, batch, steps, with_compile, settle=1):
     fused = min(med["fused_nchw"], med["fused_cl"])
     eager = min(med["eager_nchw"], med["eager_cl"])
     cells = " | ".join(f"{med[k]:.1f}" for k in order)
-    vs_compile = f" | {med['compile_cl'] / fused:.2f}x" if with_compile else ""
+    vs_compile = ""
+    if with_compile:
+        vs_compile = (f" | {med['compile_cl'] / fused:.2f}x | {eager / med['compile_fused_cl']:.2f}x"
+                      f" | {med['compile_cl'] / med['compile_fused_cl']:.2f}x | {min(med, key=med.get)}")
     return f"| {name} | {'train step' if train else 'inference'} | {batch} | {cells} | {eager / fused:.2f}x{vs_compile} |", order
 
 
@@ -84,25 +89,34 @@ def main():
                          "temporaries) extra page faults; 2 or 3 time the steady state a single-model process "
                          "sees, still interleaved")
     ap.add_argument("--models", default="v1_g3,v2", help=f"comma-separated, of {sorted(MODELS)}")
-    ap.add_argument("--compile", action="store_true", help="add torch.compile of the eager model (slow to build)")
+    ap.add_argument("--compile", action="store_true",
+                    help="add torch.compile of the eager and of the fused model (slow to build)")
+    ap.add_argument("--cases", default="infer16,train16",
+                    help="comma-separated, of infer1, infer16, train16 (inference at batch 1 / 16, training "
+                         "step at batch 16; default infer16,train16)")
     ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     rows, header = [], None
+    cases = {"infer1": (False, 1), "infer16": (False, 16), "train16": (True, 16)}
+    for c in a.cases.split(","):
+        if c.strip() not in cases:
+            ap.error(f"--cases: unknown case {c!r}, expected some of {sorted(cases)}")
     for name in a.models.split(","):
-        for train, batch in ((False, 16), (True, 16)):
+        for train, batch in (cases[c.strip()] for c in a.cases.split(",")):
             row, order = run(name.strip(), train, batch, a.steps, a.compile, a.settle)
             print(row, flush=True)
             rows.append(row)
             header = order
     print(f"\nmedian ms over {a.steps} interleaved rounds (each provider called {a.settle}x a round, the last "
           f"timed), 224x224 fp32, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; speed-up = best eager format / best fused format"
-          + ("; vs compile = torch.compile (channels_last) / best fused" if a.compile else ""))
+          f"torch {torch.__version__}, shufflekern CPU kernels {sk._C.runtime_cpu_isa()}; speed-up = best eager format / best fused format"
+          + ("; vs compile = torch.compile of eager (channels_last) / best fused; compile_fused = "
+             "torch.compile of the fused model (channels_last)" if a.compile else ""))
     print("| model | case | batch | " + " | ".join(f"{k} ms" for k in header) + " | fused vs eager |"
-          + (" fused vs compile |" if a.compile else ""))
-    print("|---" * (4 + len(header) + (1 if a.compile else 0)) + "|")
+          + (" fused vs compile | compile_fused vs eager | compile_fused vs compile | fastest |" if a.compile else ""))
+    print("|---" * (4 + len(header) + (4 if a.compile else 0)) + "|")
     print("\n".join(rows))
 
 

@@ -106,6 +106,9 @@ def main(argv):
         tv = ""
     versions = f"shufflekern {__version__} torch {torch.__version__}{tv} threads {torch.get_num_threads()}"
     versions += f" passes {a.passes}"
+    if device.type == "cpu":
+        from shufflekern import _C
+        versions += f" cpu_isa {_C.runtime_cpu_isa()}"  # the kernels' ISA (ATEN_CPU_CAPABILITY honoured)
     if device.type == "cuda":
         versions += f" device {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     text, csv_path, pngs = report.render(json_paths, out, versions)
