@@ -252,10 +252,11 @@ def test_dkd_loss_matches_cpu(dtype, reduction):
 
 def test_dkd_loss_confident_teacher_and_ignored_rows():
     s, t, y = tdkd._confident(torch.float32)
-    ref = tdkd.run(tdkd.reference, s.double(), t.double(), y, reduction="none")
-    got = tdkd.run(tdkd.ours(EMU), s, t, y, reduction="none")
-    for r, o in zip(ref, got):
+    ref = tdkd.run(tdkd.reference, s.double(), t.double(), y, reduction="none", beta=0.0)
+    got = tdkd.run(tdkd.ours(EMU), s, t, y, reduction="none", beta=0.0)
+    for r, o in zip(ref, got):  # TCKD alone keeps its relative precision in fp32 (float finish on the device)
         assert ((o.double() - r).abs().max() / r.abs().max()).item() < 1e-4
+    tdkd.check_close(s, t, y, backend=EMU, reduction="none")
     s, t = tkd.logits((9, 33)), tkd.logits((9, 33), seed=1)
     y = tkd.targets((9,), 33, ()).masked_fill(torch.arange(9) % 4 == 1, 7)
     for reduction in tkd.REDUCTIONS:
