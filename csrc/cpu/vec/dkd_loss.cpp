@@ -4,7 +4,8 @@
 // One task takes whole rows (at::parallel_for over rows, small rows batched).  A row is swept in blocks of
 // kBlock classes: the block's maxima over its non-target classes, then its exponential sums against them,
 // are taken while it sits in L1 (the target class is skipped by splitting the block around it: it is never
-// added and later subtracted), and the blocks' (max, sum) states merge in double with the target element.
+// added and later subtracted), and the blocks' (max, sum) states merge in double; the row's loss and
+// gradient constants (csrc/dkd_loss.h) are then taken in acc_t.
 // When a gradient is wanted, a second sweep (the row is L1/L2-resident) recomputes the exponentials and
 // writes both gradients in the same call.  bf16/fp16 blocks are widened to float in a stack buffer.
 #include <algorithm>
@@ -129,14 +130,14 @@ void dkd_rows(const DkdLossArgs& a) {
         sx = kd_merge(sx, KdStream<double>{sx_empty ? ninf : double(mx), double(b.zx), 0.0});
         sy = kd_merge(sy, KdStream<double>{ty_empty ? ninf : double(my), double(b.zy), double(b.a)});
       }
-      // The target's x_c, y_c as the kernels see them (acc_t), then widened.
-      const double xc = double(acc_t(acc_t(s[c]) * inv_t)), yc = double(acc_t(acc_t(t[c]) * inv_t));
-      DkdRowGrad<double> gd;
-      row_loss[r] = acc_t(dkd_row_finish<double>(sx, sy, xc, yc, a.temperature, a.alpha, a.beta, w,
-                                                 (GS || GT) ? &gd : nullptr));
+      // The row's constants in acc_t (float for the 16/32-bit types, as the CUDA and Triton kernels): the
+      // finish is ~15 transcendentals a row, which in double cost as much as the whole row at C = 100.
+      const KdStream<acc_t> fx{acc_t(sx.m), acc_t(sx.z), acc_t(sx.a)}, fy{acc_t(sy.m), acc_t(sy.z), acc_t(sy.a)};
+      DkdRowGrad<acc_t> g;
+      row_loss[r] = dkd_row_finish<acc_t>(fx, fy, acc_t(acc_t(s[c]) * inv_t), acc_t(acc_t(t[c]) * inv_t),
+                                          acc_t(a.temperature), acc_t(a.alpha), acc_t(a.beta), acc_t(w),
+                                          (GS || GT) ? &g : nullptr);
       if (!GS && !GT) continue;
-      const DkdRowGrad<acc_t> g{acc_t(gd.mx), acc_t(gd.my), acc_t(gd.inv_zx), acc_t(gd.inv_zy), acc_t(gd.cq),
-                                acc_t(gd.cp), acc_t(gd.cb), acc_t(gd.kt), acc_t(gd.gs_c), acc_t(gd.gt_c)};
       scalar_t* gs_row = GS ? GS + r * C : nullptr;
       scalar_t* gt_row = GT ? GT + r * C : nullptr;
       for (int64_t off = 0; off < C; off += kBlock) {
