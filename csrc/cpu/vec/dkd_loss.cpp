@@ -119,8 +119,10 @@ void dkd_rows(const DkdLossArgs& a) {
         // The block's non-target classes: [0, cut) and [cut + 1, nb) (cut = nb when the target is elsewhere).
         const int64_t cut = c >= off && c < off + nb ? c - off : nb;
         const int64_t rest = cut < nb ? nb - cut - 1 : 0;
-        const acc_t ms = std::max(block_max(sp, cut), block_max(sp + cut + 1, rest));
-        const acc_t mt = std::max(block_max(tp, cut), block_max(tp + cut + 1, rest));
+        // The block's maximum is the non-target one unless the target holds it: only then split the sweep.
+        acc_t ms = block_max(sp, nb), mt = block_max(tp, nb);
+        if (cut < nb && !(sp[cut] < ms)) ms = std::max(block_max(sp, cut), block_max(sp + cut + 1, rest));
+        if (cut < nb && !(tp[cut] < mt)) mt = std::max(block_max(tp, cut), block_max(tp + cut + 1, rest));
         const acc_t mx = finite_or_zero(acc_t(ms * inv_t)), my = finite_or_zero(acc_t(mt * inv_t));
         DkdSums<acc_t> b{0, 0, 0};
         piece_sums(sp, tp, cut, inv_t, mx, my, b);
