@@ -13,8 +13,7 @@
 namespace shufflekern {
 
 inline void check_kd_loss_args(const at::Tensor& s, const at::Tensor& t, const std::optional<at::Tensor>& target,
-                               double temperature, double alpha, int64_t reduction) {
-  static const char* op = "kd_loss";
+                               double temperature, double alpha, int64_t reduction, const char* op = "kd_loss") {
   for (const at::Tensor* x : {&s, &t}) {
     const char* name = x == &s ? "student_logits" : "teacher_logits";
     const auto dt = x->scalar_type();
@@ -44,6 +43,17 @@ inline void check_kd_loss_args(const at::Tensor& s, const at::Tensor& t, const s
                       " must be student_logits' shape without the class dimension, ",
                       s.sizes().slice(0, s.dim() - 1));
   }
+}
+
+// dkd_loss_forward: kd_loss's checks, a target (required), beta, and at least two classes (DKD splits the
+// target class from the others).
+inline void check_dkd_loss_args(const at::Tensor& s, const at::Tensor& t, const at::Tensor& target,
+                                double temperature, double alpha, double beta, int64_t reduction) {
+  static const char* op = "dkd_loss";
+  check_kd_loss_args(s, t, target, temperature, alpha, reduction, op);
+  TORCH_CHECK_VALUE(std::isfinite(beta), op, ": beta must be finite, got ", beta);
+  TORCH_CHECK_VALUE(s.size(-1) >= 2, op, ": student_logits must have at least 2 classes (DKD splits the target "
+                    "class from the others), got shape ", s.sizes());
 }
 
 // [R, C] view of logits with contiguous classes (copies only when the class stride is not 1).

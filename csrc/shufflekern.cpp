@@ -48,6 +48,14 @@ TORCH_LIBRARY(shufflekern, m) {
              "(Tensor student, Tensor teacher, Tensor? target, float temperature, float alpha, int ignore_index, "
              "int reduction, bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
 
+  // --- dkd_loss (begin) ---
+  // dkd_loss_forward: sk.dkd_loss, Decoupled KD (alpha TCKD + beta NCKD, mdistiller's dkd_loss); like
+  // kd_loss_forward, the loss and, when asked, its gradients w.r.t. the logits from the same pass.
+  def_family(m, "dkd_loss_forward",
+             "(Tensor student, Tensor teacher, Tensor target, float temperature, float alpha, float beta, "
+             "int ignore_index, int reduction, bool grad_student, bool grad_teacher) -> (Tensor, Tensor, Tensor)");
+  // --- dkd_loss (end) ---
+
   // batch_norm_act (the fused models' BatchNorm [+ residual] + ReLU): y = relu(batch_norm(x) [+ residual])
   // (relu=False: no ReLU) in one op; training=True normalises with the batch statistics, training=False with
   // running_mean and running_var.  Returns y and, in training, the batch mean and biased variance (the caller

@@ -41,7 +41,7 @@ def main(argv):
                                  description="Kernel and model benchmarks vs eager PyTorch and torch.compile.")
     ap.add_argument("--full", action="store_true", help="also run the large cases")
     ap.add_argument("--ops", default=None,
-                    help="comma-separated bench files to run (e.g. channel_shuffle,kd_loss); default: all")
+                    help="comma-separated bench files to run (e.g. channel_shuffle,kd_loss,dkd_loss); default: all")
     ap.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
     ap.add_argument("--out", default=None, help="results directory (default: bench/results/<timestamp>, and the report becomes bench/results/latest.*)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")

@@ -17,8 +17,8 @@ __all__ = ["suggest_memory_format", "check_tensor", "check_int", "check_number",
            "check_shuffle_conv1x1", "check_shuffle_conv1x1_grad_input", "check_shuffle_conv1x1_grad_weight",
            "check_shuffle_conv1x1_backward",
            "check_kd", "check_kd_target_range", "check_kd_loss_forward", "check_batch_norm_act",
-           "check_batch_norm_act_backward", "kd_reduction_code", "KD_REDUCTIONS"]
-__all__ += ["check_at_loss", "check_at_loss_backward", "at_acc_dtype"]  # at_loss (issue 14)
+           "check_batch_norm_act_backward", "kd_reduction_code", "KD_REDUCTIONS",
+           "check_dkd", "check_dkd_loss_forward", "check_at_loss", "check_at_loss_backward", "at_acc_dtype"]
 
 
 def check_tensor(op, name, t, dims=None):
@@ -293,3 +293,31 @@ def check_kd_loss_forward(student, teacher, target, temperature, alpha, ignore_i
         raise ValueError(f"{op}: reduction code must be 0 (none), 1 (mean), 2 (sum) or 3 (batchmean), "
                          f"got {reduction!r}")
     return check_kd(op, student, teacher, target, temperature, alpha, names[reduction], ignore_index)
+
+
+# --- dkd_loss (begin) -----------------------------------------------------------------------------------
+def check_dkd(op, student, teacher, target, temperature, alpha, beta, reduction, ignore_index=-100):
+    """Checks of sk.dkd_loss: check_kd's, a target (required), beta, at least 2 classes.  Returns
+    (T, alpha, beta, code)."""
+    if target is None:
+        raise TypeError(f"{op}: target must be a tensor of class indices (DKD splits the target class from the "
+                        f"others), got None")
+    temperature, alpha, code = check_kd(op, student, teacher, target, temperature, alpha, reduction, ignore_index)
+    beta = check_number(op, "beta", beta)
+    if not math.isfinite(beta):
+        raise ValueError(f"{op}: beta must be finite, got {beta}")
+    if student.shape[-1] < 2:
+        raise ValueError(f"{op}: student_logits must have at least 2 classes (DKD splits the target class from "
+                         f"the others), got shape {tuple(student.shape)}")
+    return temperature, alpha, beta, code
+
+
+def check_dkd_loss_forward(student, teacher, target, temperature, alpha, beta, ignore_index, reduction,
+                           grad_student=False, grad_teacher=False, op="dkd_loss_forward"):
+    """check_dkd for the op's own arguments (reduction as its integer code)."""
+    names = {v: k for k, v in KD_REDUCTIONS.items()}
+    if reduction not in names:
+        raise ValueError(f"{op}: reduction code must be 0 (none), 1 (mean), 2 (sum) or 3 (batchmean), "
+                         f"got {reduction!r}")
+    return check_dkd(op, student, teacher, target, temperature, alpha, beta, names[reduction], ignore_index)
+# --- dkd_loss (end) -------------------------------------------------------------------------------------

@@ -8,10 +8,9 @@ from torch import Tensor
 from . import ops  # noqa: F401  (registers the fake kernels, dtypes and Triton twins)
 from ._backend import select
 from ._validate import check_channel_shuffle, check_int, check_kd, check_shuffle_conv1x1
-from ._validate import check_at_loss  # issue 14
+from ._validate import check_at_loss, check_dkd
 
-__all__ = ["channel_shuffle", "shuffle_conv1x1", "kd_kl_div", "kd_loss"]
-__all__ += ["at_loss"]  # issue 14
+__all__ = ["channel_shuffle", "shuffle_conv1x1", "kd_kl_div", "kd_loss", "dkd_loss", "at_loss"]
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -81,6 +80,36 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Optional[Ten
     if target is None:
         raise TypeError("kd_loss: target must be a tensor of class indices; use sk.kd_kl_div for the KL term alone")
     return _kd("kd_loss", student_logits, teacher_logits, target, temperature, alpha, reduction, ignore_index)
+
+
+# --- dkd_loss (begin) -----------------------------------------------------------------------------------
+def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, *, temperature: float = 4.0,
+             alpha: float = 1.0, beta: float = 8.0, reduction: str = "batchmean", ignore_index: int = -100) -> Tensor:
+    """Decoupled KD (Zhao et al. 2022) as mdistiller's `dkd_loss` computes it: `alpha · TCKD + beta · NCKD`.
+
+    Per row (class dim last, leading dims are rows), with p = softmax(z/T) and c = target:
+    `TCKD = T² · KL([p_t[c], 1 − p_t[c]] ‖ [p_s[c], 1 − p_s[c]])` and
+    `NCKD = T² · KL(softmax(t/T) over the classes ≠ c ‖ the same of s/T)`.  Needs C ≥ 2.
+    Computed in one pass over each row from online softmax statistics; 1 − p[c] is the non-target
+    softmax mass (its own log-sum-exp), never 1 minus a probability, so a confident teacher stays exact.
+    Reductions as sk.kd_loss: `batchmean` divides the summed row losses by the number of counted rows
+    (mdistiller's division by the batch size when no row is ignored), `mean` by counted rows × C, `sum`
+    sums, `none` gives the per-row loss of shape `s.shape[:-1]`.  A row whose target is `ignore_index`
+    counts nowhere (0 under `none`); if every row is ignored the loss is 0.  Teacher probabilities that are
+    exactly 0 contribute 0; a row whose non-target teacher probabilities are all 0 has NCKD = 0.
+    Differentiable w.r.t. both logits (the teacher's gradient is computed only when it requires grad).
+    bf16/fp16 are computed in fp32 and returned in the input dtype.  A target outside [0, C) that is not
+    ignore_index raises as in sk.kd_loss (ValueError on the host; a device-side assertion, RuntimeError,
+    for CUDA tensors and under sk.backend("emulated")).
+    """
+    temperature, alpha, beta, code = check_dkd("dkd_loss", student_logits, teacher_logits, target, temperature,
+                                               alpha, beta, reduction, ignore_index)
+    grad = torch.is_grad_enabled()
+    loss, _, _ = select("dkd_loss_forward", student_logits.device, student_logits.dtype)(
+        student_logits, teacher_logits, target, temperature, alpha, beta, ignore_index, code,
+        grad and student_logits.requires_grad, grad and teacher_logits.requires_grad)
+    return loss
+# --- dkd_loss (end) -------------------------------------------------------------------------------------
 
 
 # ---- at_loss (issue 14) ------------------------------------------------------------------------------

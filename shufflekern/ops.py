@@ -101,6 +101,18 @@ _register("kd_loss_forward", V.check_kd_loss_forward, _kd_loss_fake,
           OpSpec("student_logits", cpu=_FLOATS, cuda=_FLOATS, triton=_FLOATS), "kd_loss")
 
 
+# --- dkd_loss (begin): sk.dkd_loss; outputs as kd_loss_forward's ----------------------------------------
+def _dkd_loss_fake(student, teacher, target, temperature, alpha, beta, ignore_index, reduction, grad_student,
+                   grad_teacher):
+    return _kd_loss_fake(student, teacher, target, temperature, alpha, ignore_index, reduction, grad_student,
+                         grad_teacher)
+
+
+_register("dkd_loss_forward", V.check_dkd_loss_forward, _dkd_loss_fake,
+          OpSpec("student_logits", cpu=_FLOATS, cuda=_FLOATS, triton=_FLOATS), "dkd_loss")
+# --- dkd_loss (end) ---------------------------------------------------------------------------------------
+
+
 # batch_norm_act: relu(batch_norm(x) [+ residual]) for the fused models, and its backward ----------------
 def _batch_norm_act_fake(x, weight, bias, residual, running_mean, running_var, training, eps, relu):
     c = x.shape[1] if training else 0  # evaluation returns 0-element statistics (it used the running ones)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import shufflekern as sk
 import test_channel_shuffle as tcs
+import test_dkd_loss as tdkd  # dkd_loss
 import test_kd_loss as tkd
 import test_shuffle_conv1x1 as tsc
 
@@ -223,6 +224,98 @@ def test_kd_loss_gradcheck_and_opcheck():
             lambda a, b: sk.kd_loss(a, b, y, temperature=2.0, alpha=0.6, reduction="none"), (s, t))
         assert torch.autograd.gradcheck(lambda a, b: sk.kd_kl_div(a, b, temperature=3.0), (s, t))
         torch.library.opcheck(tkd.OP, (s.detach(), t.detach(), y, 2.0, 0.6, -100, 3, True, True))
+
+
+# ---- dkd_loss (begin; twins of test_dkd_loss.test_cuda_*) ---------------------------------------------------
+
+@pytest.mark.parametrize("C", [2, 3, 10, 33, 100, 1025, 4097])
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_dkd_loss_odd_class_counts(C, dtype):
+    s, t = tkd.logits((5, C), dtype), tkd.logits((5, C), dtype, seed=1)
+    y = tkd.targets((5,), C, (2,))
+    tdkd.check_close(s, t, y, backend=EMU, temperature=3.0, alpha=0.7, beta=4.0, reduction="batchmean")
+    tdkd.check_close(s, t, y, backend=EMU, reduction="none")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("reduction", tkd.REDUCTIONS)
+def test_dkd_loss_matches_cpu(dtype, reduction):
+    """Twin of test_dkd_loss.test_cuda_matches_cpu: the emulated kernel against the CPU kernel."""
+    s, t = tkd.logits((33, 1000), dtype), tkd.logits((33, 1000), dtype, seed=1)
+    y = tkd.targets((33,), 1000, (3, 5))
+    want = tdkd.run(tdkd.ours("auto"), s, t, y, temperature=3.0, alpha=0.6, reduction=reduction)
+    got = tdkd.run(tdkd.ours(EMU), s, t, y, temperature=3.0, alpha=0.6, reduction=reduction)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+def test_dkd_loss_confident_teacher_and_ignored_rows():
+    s, t, y = tdkd._confident(torch.float32)
+    ref = tdkd.run(tdkd.reference, s.double(), t.double(), y, reduction="none", beta=0.0)
+    got = tdkd.run(tdkd.ours(EMU), s, t, y, reduction="none", beta=0.0)
+    for r, o in zip(ref, got):  # TCKD alone keeps its relative precision in fp32 (float finish on the device)
+        assert ((o.double() - r).abs().max() / r.abs().max()).item() < 1e-4
+    tdkd.check_close(s, t, y, backend=EMU, reduction="none")
+    s, t = tkd.logits((9, 33)), tkd.logits((9, 33), seed=1)
+    y = tkd.targets((9,), 33, ()).masked_fill(torch.arange(9) % 4 == 1, 7)
+    for reduction in tkd.REDUCTIONS:
+        tdkd.check_close(s, t, y, backend=EMU, reduction=reduction, ignore_index=7)
+    with sk.backend(EMU):
+        loss = sk.dkd_loss(s.requires_grad_(), t, torch.full((9,), -100))
+        loss.backward()
+    assert loss.item() == 0 and (s.grad == 0).all()
+
+
+@pytest.mark.parametrize("layout", ["row_sliced", "transposed", "expanded_teacher"])
+def test_dkd_loss_non_contiguous(layout):
+    if layout == "row_sliced":
+        s, t = tkd.logits((12, 33))[::2], tkd.logits((12, 33), seed=1)[1::2]
+    elif layout == "transposed":
+        s, t = tkd.logits((33, 6)).t(), tkd.logits((33, 6), seed=1).t()
+    else:
+        s, t = tkd.logits((5, 33)), tkd.logits((1, 33), seed=1).expand(5, 33)
+    y = tkd.targets(s.shape[:-1], s.shape[-1])
+    tdkd.check_close(s, t, y, backend=EMU, grad_teacher=layout != "expanded_teacher", temperature=2.0)
+
+
+def test_dkd_loss_streamed_rows():
+    """Rows too large for the shared-memory budget (streamed twice from global memory), misaligned start."""
+    C = 20483
+    s, tw = tkd.logits((3, C)), tkd.logits((6, C), seed=1)
+    y = torch.tensor([0, C - 1, -100])
+
+    def go(name):
+        ss, tt = s.clone().requires_grad_(), tw.clone().requires_grad_()
+        with sk.backend(name):
+            loss = sk.dkd_loss(ss, tt[::2], y, temperature=2.0)
+            loss.backward()
+        return loss.detach(), ss.grad, tt.grad
+    for g_, w_ in zip(go(EMU), go("native")):
+        torch.testing.assert_close(g_, w_, rtol=2e-5, atol=2e-6)
+
+
+def test_dkd_loss_bad_target_is_a_device_assert_and_the_process_keeps_working():
+    s, t = tkd.logits((4, 10)), tkd.logits((4, 10), seed=1)
+    with sk.backend(EMU):
+        for bad in (10, -1):
+            y = torch.tensor([0, bad, 3, -100])
+            with pytest.raises(RuntimeError, match="device-side assert.*_dkd_loss_kernel"):
+                tdkd.OP(s, t, y, 1.0, 1.0, 8.0, -100, 3, False, False)
+        loss = sk.dkd_loss(s, t, torch.tensor([0, 9, 3, -100]))
+    want = tdkd.reference(s.double(), t.double(), torch.tensor([0, 9, 3, -100]))
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_dkd_loss_gradcheck_and_opcheck():
+    s = tkd.logits((3, 7), torch.float64).requires_grad_(True)
+    t = tkd.logits((3, 7), torch.float64, seed=1).requires_grad_(True)
+    y = torch.tensor([1, -100, 6])
+    with sk.backend(EMU):
+        assert torch.autograd.gradcheck(
+            lambda a, b: sk.dkd_loss(a, b, y, temperature=2.0, alpha=0.6, beta=3.0, reduction="none"), (s, t))
+        torch.library.opcheck(tdkd.OP, (s.detach(), t.detach(), y, 2.0, 0.6, 3.0, -100, 3, True, True))
+# ---- dkd_loss (end) ---------------------------------------------------------------------------------------
 
 
 # ---- shuffle_conv1x1 (twin of test_shuffle_conv1x1.test_cuda_matches_reference) -------------------------
@@ -710,6 +803,9 @@ def _run_all(dtype):
         xn = x.contiguous().requires_grad_(True)
         yn = sk.channel_shuffle(xn, 3)
         out += [yn] + list(torch.autograd.grad(yn, xn, yn * 2))
+        sd, td = s.clone().requires_grad_(True), t.clone().requires_grad_(True)  # dkd_loss
+        dloss = sk.dkd_loss(sd, td, y, temperature=3.0, alpha=0.7, beta=4.0, reduction="none")  # dkd_loss
+        out += [dloss] + list(torch.autograd.grad(dloss.sum(), (sd, td)))  # dkd_loss
     return out
 
 

@@ -61,4 +61,44 @@ inline int64_t int_size(const at::Tensor& t, int64_t dim) {
   return t.sym_size(dim).guard_int(__FILE__, __LINE__);
 }
 
+// Losses whose forward op also returns d loss/d student and d loss/d teacher (kd_loss_forward,
+// dkd_loss_forward): the forward saves them, the backward scales them by grad_output.
+inline void save_loss_grads(AutogradContext* ctx, const at::Tensor& gs, const at::Tensor& gt, bool per_row,
+                            bool grad_student, bool grad_teacher) {
+  ctx->mark_non_differentiable({gs, gt});
+  // The gradient outputs get no gradient: do not let autograd build [R, C] zeros for them.
+  ctx->set_materialize_grads(false);
+  ctx->save_for_backward({gs, gt});
+  ctx->saved_data["per_row"] = per_row;
+  ctx->saved_data["grad_student"] = grad_student;
+  ctx->saved_data["grad_teacher"] = grad_teacher;
+}
+
+// grad_output * (precomputed gradient).  loss.backward() passes a 1: the precomputed gradient is then the
+// answer, and skipping the multiply saves a full pass over [rows, classes] (Liger-Kernel does the same).
+// Only for eager CPU values: a traced graph keeps the multiply, and on CUDA the test would synchronise.
+inline at::Tensor scale_loss_grad(const at::Tensor& grad, const at::Tensor& g, bool per_row) {
+  if (g.device().is_cpu() && is_eager_value(g)) {
+    const bool ones = g.numel() == 1 ? g.item<double>() == 1.0 : g.eq(1).all().item<bool>();
+    if (ones) return grad;
+  }
+  return grad * (per_row ? g.unsqueeze(-1) : g);
+}
+
+// Fills out[0] (student) and out[1] (teacher) from what save_loss_grads saved.
+inline void loss_grads_backward(AutogradContext* ctx, const variable_list& grads, variable_list& out,
+                                const char* op, const char* wrappers) {
+  const auto saved = ctx->get_saved_variables();
+  const bool per_row = ctx->saved_data["per_row"].toBool();
+  const char* names[2] = {"student_logits", "teacher_logits"};
+  const char* flags[2] = {"grad_student", "grad_teacher"};
+  for (size_t i = 0; i < 2; ++i) {
+    if (!ctx->needs_input_grad(i)) continue;
+    TORCH_CHECK(ctx->saved_data[flags[i]].toBool(), op, ": the gradient w.r.t. ", names[i],
+                " was not computed in the forward (", flags[i], "=False); use ", wrappers,
+                ", which ask for it whenever the input requires grad");
+    if (grads[0].defined()) out[i] = scale_loss_grad(saved[i], grads[0], per_row);
+  }
+}
+
 }  // namespace shufflekern::autograd

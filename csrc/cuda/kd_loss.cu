@@ -1,5 +1,6 @@
 // CUDA entry point and kernel of shufflekern::kd_loss_forward.  The numerics (online statistics, their
-// merge, the loss and gradient formulas) are csrc/kd_loss.h's, shared with the CPU kernel.
+// merge, the loss and gradient formulas) are csrc/kd_loss.h's, shared with the CPU kernel; the launch shape,
+// vector copies and group reduction are csrc/cuda/loss_rows.cuh's, shared with dkd_loss.cu.
 //
 // A block takes R consecutive rows and gives each a group of G threads (G * R <= 256; G = 2 .. 256, the
 // smallest power of two with at most 8 classes a thread), the layout of PyTorch's persistent softmax
@@ -21,97 +22,13 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
-#include <cstring>
-
+#include "cuda/loss_rows.cuh"
 #include "cuda/runtime.h"
 #include "kd_loss.h"
 #include "kd_loss_checks.h"
 
 namespace shufflekern::SK_DEV_NS {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int64_t kCacheBudget = 160 * 1024;  // bytes of shared memory for cached rows (opt-in above 48 KiB)
-constexpr int kVecBytes = 16;
-
-// A span of n elements of T at global address `addr`: a head, element by element, up to the first 16-byte
-// boundary, whole 16-byte vectors, then the tail (from head + vecs * V).
-template <typename T>
-struct Span {
-  static constexpr int V = kVecBytes / sizeof(T);
-  int64_t head, vecs;
-  __device__ Span(uintptr_t addr, int64_t n) {
-    const int64_t mis = int64_t(addr % kVecBytes) / int64_t(sizeof(T));
-    head = mis == 0 ? 0 : (V - mis < n ? V - mis : n);
-    vecs = (n - head) / V;
-  }
-};
-
-// Copies n elements between global and shared memory with all the block's threads (Span's pieces).  Vectors
-// move through memcpy, not a pointer cast, which would break C++'s aliasing rules on the host compiler.
-template <typename T, typename G>
-__device__ void span_load(T* dst, G src, int64_t n) {
-  const Span<T> sp(SK_ADDR(src), n);
-  constexpr int V = Span<T>::V;
-  const int tid = threadIdx.x, nt = blockDim.x;
-  for (int64_t i = tid; i < sp.head; i += nt) dst[i] = src[i];
-  auto body = SK_VCAST(const uint4, src + sp.head);
-  for (int64_t v = tid; v < sp.vecs; v += nt) {
-    const uint4 u = body[v];
-    T e[V];
-    memcpy(e, &u, sizeof(u));
-#pragma unroll
-    for (int k = 0; k < V; ++k) dst[sp.head + v * V + k] = e[k];
-  }
-  for (int64_t i = sp.head + sp.vecs * V + tid; i < n; i += nt) dst[i] = src[i];
-}
-
-template <typename T, typename G>
-__device__ void span_store(G dst, const T* src, int64_t n) {
-  const Span<T> sp(SK_ADDR(dst), n);
-  constexpr int V = Span<T>::V;
-  const int tid = threadIdx.x, nt = blockDim.x;
-  for (int64_t i = tid; i < sp.head; i += nt) dst[i] = src[i];
-  auto body = SK_VCAST(uint4, dst + sp.head);
-  for (int64_t v = tid; v < sp.vecs; v += nt) {
-    T e[V];
-#pragma unroll
-    for (int k = 0; k < V; ++k) e[k] = src[sp.head + v * V + k];
-    uint4 u;
-    memcpy(&u, e, sizeof(u));
-    body[v] = u;
-  }
-  for (int64_t i = sp.head + sp.vecs * V + tid; i < n; i += nt) dst[i] = src[i];
-}
-
-template <typename acc_t>
-__device__ __forceinline__ KdStream<acc_t> shfl_xor_stream(KdStream<acc_t> v, int o, int width) {
-  return KdStream<acc_t>{__shfl_xor_sync(0xFFFFFFFFu, v.m, o, width), __shfl_xor_sync(0xFFFFFFFFu, v.z, o, width),
-                         __shfl_xor_sync(0xFFFFFFFFu, v.a, o, width)};
-}
-
-// Merges the three streams over the group of G threads; every thread of the group ends with the row's.
-// kd_merge is symmetric, so the butterfly gives every lane the same bits.
-template <typename acc_t>
-__device__ void group_reduce(KdStream<acc_t> (&st)[3], int G, KdStream<acc_t> (*red)[3]) {
-  const int w = G < 32 ? G : 32;
-  for (int o = w / 2; o > 0; o /= 2) {
-#pragma unroll
-    for (int k = 0; k < 3; ++k) st[k] = kd_merge(st[k], shfl_xor_stream(st[k], o, w));
-  }
-  if (G <= 32) return;
-  const int tid = threadIdx.x, warp = tid / 32, warps = G / 32, first = (tid / G) * warps;
-  if (tid % 32 == 0) {
-#pragma unroll
-    for (int k = 0; k < 3; ++k) red[warp][k] = st[k];
-  }
-  __syncthreads();
-#pragma unroll
-  for (int k = 0; k < 3; ++k) {
-    st[k] = red[first][k];
-    for (int i = 1; i < warps; ++i) st[k] = kd_merge(st[k], red[first + i][k]);
-  }
-}
 
 template <typename scalar_t, typename acc_t>
 struct KdRowArgs {
@@ -144,18 +61,7 @@ __global__ void _kd_loss_kernel(SK_GLOBAL(const scalar_t) s_base, SK_GLOBAL(cons
   const int64_t C = a.C;
   scalar_t* cs = cache;                // [R, C] student rows, then their gradients
   scalar_t* ct = cache + int64_t(R) * C;  // [R, C] teacher rows, then their gradients
-  if (cached) {
-    if (a.s_stride == C && a.t_stride == C) {
-      span_load(cs, s_base + r0 * C, nrows * C);
-      span_load(ct, t_base + r0 * C, nrows * C);
-    } else {
-      for (int64_t r = 0; r < nrows; ++r) {
-        span_load(cs + r * C, s_base + (r0 + r) * a.s_stride, C);
-        span_load(ct + r * C, t_base + (r0 + r) * a.t_stride, C);
-      }
-    }
-    __syncthreads();
-  }
+  if (cached) cache_rows(cs, ct, s_base, t_base, r0, nrows, C, a.s_stride, a.t_stride);
   int64_t tgt = -1;
   if (live && target) {
     tgt = target[row];
@@ -215,24 +121,6 @@ __global__ void _kd_loss_kernel(SK_GLOBAL(const scalar_t) s_base, SK_GLOBAL(cons
     if (a.want_gs) gs_row[j] = ignored ? scalar_t(0) : scalar_t(kd_grad_student(g, sv, xv, yv, j == tgt));
     if (a.want_gt) gt_row[j] = ignored ? scalar_t(0) : scalar_t(kd_grad_teacher(g, xv, yv));
   }
-}
-
-// Launch shape: G threads a row (a power of two, at most 8 classes a thread, 2 .. 256), R rows a block, and
-// whether the block's rows fit the shared-memory budget.
-struct KdShape {
-  int G, R;
-  bool cached;
-  size_t smem;
-};
-
-KdShape kd_shape(int64_t C, int64_t esize) {
-  int G = 2;
-  while (G < kThreads && int64_t(G) * 8 < C) G *= 2;
-  int R = kThreads / G;
-  while (R > 1 && 2 * int64_t(R) * C * esize > kCacheBudget) R /= 2;
-  const int64_t bytes = 2 * int64_t(R) * C * esize;
-  const bool cached = bytes <= kCacheBudget;
-  return KdShape{G, R, cached, cached ? size_t(bytes) : size_t(0)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cuda(

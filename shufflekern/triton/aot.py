@@ -37,6 +37,7 @@ import time
 
 MODULES = ("channel_shuffle", "shuffle_conv1x1", "kd_loss", "batch_norm_act")
 MODULES += ("at_loss",)  # issue 14
+MODULES += ("dkd_loss",)  # dkd_loss
 ARCHS = ("sm_80", "sm_90")
 # Launch options a launcher may pass (Triton's, not the kernel's arguments).
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
@@ -195,6 +196,16 @@ def _sweep():
                     for gt in (False, True):
                         for reduction in (0, 1):
                             kd.kd_loss_forward(s, s, target, temperature, alpha, -100, reduction, gs, gt)
+
+    # --- dkd_loss (begin): BLOCK = min(next_pow2(C), 1024), C >= 2 ---
+    dkd = _module("dkd_loss")
+    for dt in floats:
+        for c in (2, 3, 5, 9, 17, 33, 65, 129, 257, 513, 1025):
+            s = torch.zeros(2, c, dtype=dt)
+            for gs in (False, True):
+                for gt in (False, True):
+                    dkd.dkd_loss_forward(s, s, torch.zeros(2, dtype=torch.int64), 4.0, 1.0, 8.0, -100, 3, gs, gt)
+    # --- dkd_loss (end) ---
 
     bn = _module("batch_norm_act")
     for dt in floats:
