@@ -108,3 +108,26 @@ _BN = OpSpec("x", cpu=_F32_64, cuda=_FLOATS, triton=_FLOATS)
 _register("batch_norm_act", V.check_batch_norm_act, _batch_norm_act_fake, _BN, "batch_norm_act")
 _register("batch_norm_act_backward", V.check_batch_norm_act_backward, _batch_norm_act_backward_fake, _BN,
           "batch_norm_act", dtype_arg=1)
+
+
+# ---- unit_v2 / unit_v1: whole-unit inference ops (branch h-units) ------------------------------------------
+# CPU float32/float64 kernels only (csrc/cpu/unit_ops.cpp), no Triton twin and no autograd: the fused models
+# (shufflekern/models/_units.py) call them in eval mode with BatchNorm folded when no gradient is needed.
+def _unit_out(x, c, stride):
+    h, w = (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1
+    return _nchw(x, x.shape[0], c, h, w)
+
+
+def _unit_v2_fake(x, w1, b1, wd, bd, w2, b2, wd1, bd1, wp1, bp1, stride):
+    V.check_unit_v2(x, w1, b1, wd, bd, w2, b2, wd1, bd1, wp1, bp1, stride)
+    return _unit_out(x, 2 * b2.shape[0], stride)
+
+
+def _unit_v1_fake(x, w1, b1, wd, bd, w3, b3, groups1, groups3, stride):
+    V.check_unit_v1(x, w1, b1, wd, bd, w3, b3, groups1, groups3, stride)
+    return _unit_out(x, x.shape[1] + (b3.shape[0] if stride == 2 else 0), stride)
+
+
+torch.library.register_fake("shufflekern::unit_v2")(_unit_v2_fake)
+torch.library.register_fake("shufflekern::unit_v1")(_unit_v1_fake)
+# ---- end unit ops ------------------------------------------------------------------------------------------
