@@ -256,7 +256,7 @@ Plan<T> make_plan(const UnitArgs& a) {
   const bool extra = s == 2;  // V2: branch1's dw + GEMM tiles; V1: the pooled tile
   const int64_t per_in_row = W * (p.lda + p.ldm);
   const int64_t per_out_row = Wo * (p.ldm + p.ldo + (extra ? p.lda + (v2 ? p.ldo : 0) : 0));
-  const int64_t budget = (384 << 10) / (int64_t)sizeof(T);
+  const int64_t budget = (640 << 10) / (int64_t)sizeof(T);
   int64_t th = std::max<int64_t>(1, (budget - 2 * per_in_row) / std::max<int64_t>(1, s * per_in_row + per_out_row));
   th = std::min(th, a.ho);
   int64_t ns = (a.ho + th - 1) / th;
@@ -330,9 +330,13 @@ void task_v2(const UnitArgs& a, const Plan<T>& pl, int64_t img, int64_t oy0, int
   T* D1 = reinterpret_cast<T*>(base + pl.bytes_a + pl.bytes_m + pl.bytes_d + pl.bytes_o);
   T* O1 = reinterpret_cast<T*>(base + pl.bytes_a + pl.bytes_m + pl.bytes_d + pl.bytes_o + pl.bytes_d1);
   const int64_t k1 = pl.k1;
-  gather<T>(a, x, img, ir0, ir1, s == 1 ? a.bf : 0, k1, A, pl.lda);
+  // Stride 1, channels_last: the first GEMM reads x's upper half in place (no tile copy).
+  const bool direct = s == 1 && a.channels_last;
+  const T* A1 = direct ? x + ((img * H + ir0) * W) * a.c_in + a.bf : A;
+  const int64_t lda1 = direct ? a.c_in : pl.lda;
+  if (!direct) gather<T>(a, x, img, ir0, ir1, s == 1 ? a.bf : 0, k1, A, pl.lda);
   const int64_t min_ = (ir1 - ir0) * W, mout = (oy1 - oy0) * Wo;
-  gemm<T, false>(A, pl.lda, nullptr, min_, k1, static_cast<const T*>(a.w1), a.mid, M1, pl.ldm,
+  gemm<T, false>(A1, lda1, nullptr, min_, k1, static_cast<const T*>(a.w1), a.mid, M1, pl.ldm,
                  static_cast<const T*>(a.b1), true);
   dw3x3<T, false>(M1, pl.ldm, ir0, ir1, W, s, static_cast<const T*>(a.wd), static_cast<const T*>(a.bd), a.mid,
                   rup(a.mid, Cfg<T>::G), D, pl.ldm, oy0, oy1, Wo);
@@ -370,13 +374,17 @@ void task_v1(const UnitArgs& a, const Plan<T>& pl, int64_t img, int64_t oy0, int
   T* Pool = reinterpret_cast<T*>(base + pl.bytes_a + pl.bytes_m + pl.bytes_d + pl.bytes_o);
   const int64_t cin = a.c_in, mid = a.mid;
   const int64_t br = a.c_out - (s == 2 ? cin : 0);
-  gather<T>(a, x, img, ir0, ir1, 0, cin, A, pl.lda);
+  // Stride 1, channels_last: the first GEMM reads x in place (no tile copy).
+  const bool direct = s == 1 && a.channels_last;
+  const T* A1 = direct ? x + ((img * H + ir0) * W) * cin : A;
+  const int64_t lda1 = direct ? cin : pl.lda;
+  if (!direct) gather<T>(a, x, img, ir0, ir1, 0, cin, A, pl.lda);
   const int64_t min_ = (ir1 - ir0) * W, mout = (oy1 - oy0) * Wo;
   // conv1: group g reads input channels [g*k1g, (g+1)*k1g), writes mid channels [g*m1, (g+1)*m1) (each group's
   // padded panel spills into the next group's columns, which the next group then overwrites).
   const int64_t k1g = cin / a.g1, m1 = mid / a.g1, m1p = rup(m1, G);
   for (int64_t g = 0; g < a.g1; ++g)
-    gemm<T, false>(A + g * k1g, pl.lda, nullptr, min_, k1g, static_cast<const T*>(a.w1) + g * k1g * m1p, m1,
+    gemm<T, false>(A1 + g * k1g, lda1, nullptr, min_, k1g, static_cast<const T*>(a.w1) + g * k1g * m1p, m1,
                    M1 + g * m1, pl.ldm, static_cast<const T*>(a.b1) + g * m1, true);
   dw3x3<T, false>(M1, pl.ldm, ir0, ir1, W, s, static_cast<const T*>(a.wd), static_cast<const T*>(a.bd), mid,
                   rup(mid, G), D, pl.ldm, oy0, oy1, Wo);
