@@ -80,6 +80,16 @@ TORCH_LIBRARY(shufflekern, m) {
              "(Tensor grad, Tensor f_student, Tensor f_teacher, Tensor q_student, Tensor q_teacher, "
              "bool[2] output_mask) -> (Tensor, Tensor)");
   // ---- end at_loss ----
+  // ---- whole-unit inference kernels (branch h-units; csrc/unit.h, csrc/cpu/unit_ops.cpp) ----------------------
+  // One op a ShuffleNet unit, eval mode, BatchNorm folded, weights prepacked (shufflekern/models/_units.py);
+  // CPU float32/float64 only, no autograd (the fused models use them only when no gradient is needed).
+  // unit_v2: V2 unit (stride 1: split + branch2 + interleave; stride 2: branch1 (wd1, bd1, wp1, bp1) and branch2).
+  // unit_v1: V1 unit (grouped 1x1 + ReLU, shuffle, dw 3x3, grouped 1x1, + residual + ReLU or avg-pool concat).
+  m.def("unit_v2(Tensor x, Tensor w1, Tensor b1, Tensor wd, Tensor bd, Tensor w2, Tensor b2, Tensor? wd1, "
+        "Tensor? bd1, Tensor? wp1, Tensor? bp1, int stride) -> Tensor");
+  m.def("unit_v1(Tensor x, Tensor w1, Tensor b1, Tensor wd, Tensor bd, Tensor w3, Tensor b3, int groups1, "
+        "int groups3, int stride) -> Tensor");
+  // ---- end whole-unit kernels ------------------------------------------------------------------------------
 }
 
 namespace {

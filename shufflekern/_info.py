@@ -30,6 +30,12 @@ def info() -> dict:
     # The fused models' BatchNorm [+ residual] + ReLU: the op where the policy finds a backend, else eager.
     usable["bn_act (fused models)"] = ("shufflekern::batch_norm_act where a backend takes the input (see "
                                        "op_dtypes); otherwise torch's BatchNorm + add + ReLU (eager)")
+    # ---- whole-unit inference ops (branch h-units) ----
+    usable["unit ops (fused eval models)"] = (
+        "shufflekern::unit_v2 / unit_v1 (one op a ShuffleNet unit) for float32/float64 CPU inputs in an eval "
+        "model fused with BatchNorm folded, when no gradient is needed; other dtypes, CUDA tensors, train mode "
+        "or autograd: the per-op fused path")
+    # ---- end whole-unit inference ops ----
     return {
         "shufflekern": _version("shufflekern") or "source tree",
         "python": platform.python_version(),

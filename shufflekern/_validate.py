@@ -321,3 +321,74 @@ def check_dkd_loss_forward(student, teacher, target, temperature, alpha, beta, i
                          f"got {reduction!r}")
     return check_dkd(op, student, teacher, target, temperature, alpha, beta, names[reduction], ignore_index)
 # --- dkd_loss (end) -------------------------------------------------------------------------------------
+
+# --------------------------------------------------------------------------------------------------
+# unit_v2 / unit_v1: whole-unit inference ops (branch h-units; packed layouts: csrc/unit.h)
+# --------------------------------------------------------------------------------------------------
+
+def _unit_granule(x):
+    return 64 // x.element_size()
+
+
+def _check_unit_params(op, x, params):
+    """params: (name, tensor, expected numel); every one a tensor of x's dtype and device."""
+    for name, t, numel in params:
+        check_tensor(op, name, t)
+        if t.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} must have x's dtype ({x.dtype}), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{op}: {name} must be on x's device ({x.device}), got {t.device}")
+        if t.numel() != numel:
+            raise ValueError(f"{op}: {name} must hold {numel} values (the packed layout of csrc/unit.h), "
+                             f"got {t.numel()} (shape {tuple(t.shape)})")
+
+
+def _check_unit_common(op, x, b1, b2, bd, stride):
+    check_tensor(op, "x", x, 4)
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{op}: x must be float32 or float64, got {x.dtype}")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{op}: x must have H, W > 0, got shape {tuple(x.shape)}")
+    check_int(op, "stride", stride)
+    if stride not in (1, 2):
+        raise ValueError(f"{op}: stride must be 1 or 2, got {stride}")
+    for name, b in (("b1", b1), (f"b{'2' if op == 'unit_v2' else '3'}", b2), ("bd", bd)):
+        check_tensor(op, name, b, 1)
+        if b.shape[0] < 1:
+            raise ValueError(f"{op}: {name} must be non-empty")
+
+
+def check_unit_v2(x, w1, b1, wd, bd, w2, b2, wd1, bd1, wp1, bp1, stride, op="unit_v2"):
+    _check_unit_common(op, x, b1, b2, bd, stride)
+    g, mid, bf, cin = _unit_granule(x), b1.shape[0], b2.shape[0], x.shape[1]
+    r = lambda v: (v + g - 1) // g * g  # noqa: E731
+    if stride == 1 and cin != 2 * bf:
+        raise ValueError(f"{op}: a stride-1 unit needs x's channels ({cin}) == 2 * b2's ({bf})")
+    k1 = bf if stride == 1 else cin
+    params = [("w1", w1, k1 * r(mid)), ("b1", b1, mid), ("wd", wd, 9 * r(mid)), ("bd", bd, mid),
+              ("w2", w2, mid * r(bf)), ("b2", b2, bf)]
+    branch1 = (wd1, bd1, wp1, bp1)
+    if stride == 2:
+        if any(t is None for t in branch1):
+            raise ValueError(f"{op}: wd1, bd1, wp1, bp1 (branch1) must all be given for stride 2")
+        params += [("wd1", wd1, 9 * r(cin)), ("bd1", bd1, cin), ("wp1", wp1, cin * r(bf)), ("bp1", bp1, bf)]
+    elif any(t is not None for t in branch1):
+        raise ValueError(f"{op}: wd1, bd1, wp1, bp1 (branch1) must all be None for stride 1")
+    _check_unit_params(op, x, params)
+
+
+def check_unit_v1(x, w1, b1, wd, bd, w3, b3, groups1, groups3, stride, op="unit_v1"):
+    _check_unit_common(op, x, b1, b3, bd, stride)
+    check_int(op, "groups1", groups1, 1)
+    check_int(op, "groups3", groups3, 1)
+    g, mid, br, cin = _unit_granule(x), b1.shape[0], b3.shape[0], x.shape[1]
+    r = lambda v: (v + g - 1) // g * g  # noqa: E731
+    if cin % groups1 or mid % groups1:
+        raise ValueError(f"{op}: x's channels ({cin}) and b1's ({mid}) must be divisible by groups1 ({groups1})")
+    if mid % groups3 or br % groups3:
+        raise ValueError(f"{op}: b1's channels ({mid}) and b3's ({br}) must be divisible by groups3 ({groups3})")
+    if stride == 1 and br != cin:
+        raise ValueError(f"{op}: a stride-1 unit needs b3's channels ({br}) == x's ({cin})")
+    _check_unit_params(op, x, [("w1", w1, cin * r(mid // groups1)), ("b1", b1, mid), ("wd", wd, 9 * r(mid)),
+                               ("bd", bd, mid), ("w3", w3, mid * r(br // groups3)), ("b3", b3, br)])
+# ---- end unit_v2 / unit_v1 ---------------------------------------------------------------------------

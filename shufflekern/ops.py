@@ -148,3 +148,25 @@ _AT = OpSpec("f_student", cpu=_F32_64, cuda=_FLOATS, triton=_FLOATS)
 _register("at_loss", V.check_at_loss, _at_loss_fake, _AT, "at_loss")
 _register("at_loss_backward", V.check_at_loss_backward, _at_loss_backward_fake, _AT, "at_loss", dtype_arg=1)
 # ---- end at_loss ----
+
+# ---- unit_v2 / unit_v1: whole-unit inference ops (branch h-units) ------------------------------------------
+# CPU float32/float64 kernels only (csrc/cpu/unit_ops.cpp), no Triton twin and no autograd: the fused models
+# (shufflekern/models/_units.py) call them in eval mode with BatchNorm folded when no gradient is needed.
+def _unit_out(x, c, stride):
+    h, w = (x.shape[2] - 1) // stride + 1, (x.shape[3] - 1) // stride + 1
+    return _nchw(x, x.shape[0], c, h, w)
+
+
+def _unit_v2_fake(x, w1, b1, wd, bd, w2, b2, wd1, bd1, wp1, bp1, stride):
+    V.check_unit_v2(x, w1, b1, wd, bd, w2, b2, wd1, bd1, wp1, bp1, stride)
+    return _unit_out(x, 2 * b2.shape[0], stride)
+
+
+def _unit_v1_fake(x, w1, b1, wd, bd, w3, b3, groups1, groups3, stride):
+    V.check_unit_v1(x, w1, b1, wd, bd, w3, b3, groups1, groups3, stride)
+    return _unit_out(x, x.shape[1] + (b3.shape[0] if stride == 2 else 0), stride)
+
+
+torch.library.register_fake("shufflekern::unit_v2")(_unit_v2_fake)
+torch.library.register_fake("shufflekern::unit_v1")(_unit_v1_fake)
+# ---- end unit ops ------------------------------------------------------------------------------------------

@@ -119,8 +119,18 @@ def fuse_in_place(model, fold_bn):
         if r.after_fuse is not None:
             model = r.after_fuse(model)
     if fold_bn:
-        return _fold_all(split_bn_relu(model))
+        return _prepack_all(_fold_all(split_bn_relu(model)))
     return join_bn_relu(model)
+
+
+def _prepack_all(model):
+    """Let every unit with a whole-unit inference op (a `prepack` method: models/_units.py) pack its folded
+    weights once, now that the BatchNorms are folded."""
+    for m in model.modules():
+        prepack = getattr(m, "prepack", None)
+        if callable(prepack):
+            prepack()
+    return model
 
 
 def unfuse_in_place(model):

@@ -39,6 +39,8 @@ from torch import nn
 from . import _fusing
 from ._common import (DenseGrad, bn_act, check_mids, eager_channel_shuffle, give_bias, inverse_index, is_bn,
                       shuffle_index)
+from ._units import UnitKernelMixin, pack_1x1, pack_dw
+from ._units import _bias as _unit_bias
 
 __all__ = ["ShuffleNetV1", "ShuffleV1Unit", "FusedShuffleV1Unit", "shufflenet_v1", "v1_channels",
            "SUPPORTED_GROUPS", "SUPPORTED_WIDTHS"]
@@ -126,11 +128,29 @@ class ShuffleV1Unit(nn.Module):
         return s + (f", mid={self.mid}" if self.mid != self.out_channels // 4 else "")
 
 
-class FusedShuffleV1Unit(nn.Module):
+class FusedShuffleV1Unit(UnitKernelMixin, nn.Module):
     """ShuffleNet V1 unit without a shuffle copy (see the module docstring for the algebra).
 
     `bn1`/`bn2`/`bn3` become nn.Identity (and the convs get a bias) when `sk.fuse` folds BatchNorm in
-    eval mode."""
+    eval mode.  Then, with no gradient needed and a float32/float64 CPU input, the whole unit runs as one op,
+    shufflekern::unit_v1, on weights packed once (models/_units.py): the depthwise conv on the unshuffled
+    channels, the shuffle folded into the last GEMM's reads."""
+
+    _PACK_NAMES = ("pk_w1", "pk_b1", "pk_wd", "pk_bd", "pk_w3", "pk_b3")
+
+    def _unit_sources(self):
+        return [t for c in (self.conv1, self.conv2, self.conv3) for t in (c.weight, c.bias) if t is not None]
+
+    def _unit_packs(self):
+        if not all(isinstance(getattr(self, f"bn{i}"), nn.Identity) for i in (1, 2, 3)):
+            return None
+        g1 = self.groups if self.group_first else 1
+        wd, bd = self.conv2.weight.detach(), _unit_bias(self.conv2)
+        if self.groups > 1:  # the depthwise conv runs on the unshuffled channels u (s = shuffle(u) = u[:, P])
+            pinv = inverse_index(shuffle_index(self.mid, self.groups, device=wd.device))
+            wd, bd = wd.index_select(0, pinv), bd.index_select(0, pinv)
+        return dict(pk_w1=pack_1x1(self.conv1.weight, g1), pk_b1=_unit_bias(self.conv1), pk_wd=pack_dw(wd),
+                    pk_bd=bd.contiguous(), pk_w3=pack_1x1(self.conv3.weight, self.groups), pk_b3=_unit_bias(self.conv3))
 
     def __init__(self, in_channels, out_channels, groups, stride, group_first=True, mid=None):
         super().__init__()
@@ -159,6 +179,7 @@ class FusedShuffleV1Unit(nn.Module):
         # Index buffers, not state: x channel j of the permuted conv/bn is its canonical channel perm[j].
         self.register_buffer("perm", perm, persistent=False)
         self.register_buffer("perm_inv", inverse_index(perm), persistent=False)
+        self._unit_init()
 
     def _conv(self, i, x):
         conv = getattr(self, f"conv{i}")
@@ -174,6 +195,10 @@ class FusedShuffleV1Unit(nn.Module):
         return bn_act(getattr(self, f"bn{i}"), x, **kw)
 
     def forward(self, x):
+        if self._use_unit_kernel(x):
+            return torch.ops.shufflekern.unit_v1(x, self.pk_w1, self.pk_b1, self.pk_wd, self.pk_bd, self.pk_w3,
+                                                 self.pk_b3, self.groups if self.group_first else 1, self.groups,
+                                                 self.stride)
         # BatchNorm, residual add and ReLU run as one op each time (bn_act).
         y = self._bn(1, self._conv(1, x))
         y = self._bn(2, self._conv(2, y), relu=False)

@@ -20,6 +20,8 @@ from torch import nn
 
 from . import _fusing
 from ._common import bn_act, check_mids, eager_channel_shuffle, is_bn
+from ._units import UnitKernelMixin, pack_1x1, pack_dw
+from ._units import _bias as _unit_bias
 
 __all__ = ["ShuffleNetV2", "InvertedResidual", "FusedInvertedResidual", "FusedUnitSequence", "shufflenet_v2",
            "V2_CHANNELS"]
@@ -128,14 +130,48 @@ class _Interleave(torch.autograd.Function):
         return _deinterleave(grads, 0, *ctx.meta), _deinterleave(grads, 1, *ctx.meta), None
 
 
-class FusedInvertedResidual(InvertedResidual):
+class FusedInvertedResidual(UnitKernelMixin, InvertedResidual):
     """ShuffleNet V2 unit without the shuffle copy.  Same submodules and state_dict as InvertedResidual;
     `sk.fuse` may replace the BatchNorms with nn.Identity (folded into the convs' bias) in eval mode.
 
     `unit(x)` takes and returns a tensor, as any nn.Sequential child.  `unit(x, halves=True)` returns the
     output as its two channel halves (lo, hi), each a contiguous tensor, and `x` may be such a pair: only
     FusedUnitSequence, the container `sk.fuse` puts around consecutive fused units, passes pairs.
+
+    Eval mode with BatchNorm folded, no gradient needed, a float32/float64 CPU input: the whole unit runs as
+    one op, shufflekern::unit_v2, on weights packed once (models/_units.py); then the output is one tensor.
     """
+
+    _PACK_NAMES = ("pk_w1", "pk_b1", "pk_wd", "pk_bd", "pk_w2", "pk_b2", "pk_wd1", "pk_bd1", "pk_wp1", "pk_bp1")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._unit_init()
+
+    def _folded(self):
+        b1 = list(self.branch1)
+        b2 = list(self.branch2)
+        ok2 = len(b2) == 8 and all(isinstance(b2[i], nn.Identity) for i in (1, 4, 6))
+        ok1 = not b1 or (len(b1) == 5 and all(isinstance(b1[i], nn.Identity) for i in (1, 3)))
+        return ok1 and ok2
+
+    def _unit_sources(self):
+        convs = [self.branch2[0], self.branch2[3], self.branch2[5]]
+        if self.stride > 1:
+            convs += [self.branch1[0], self.branch1[2]]
+        return [t for c in convs for t in (c.weight, c.bias) if t is not None]
+
+    def _unit_packs(self):
+        if not self._folded():
+            return None
+        c1, dw, c2 = self.branch2[0], self.branch2[3], self.branch2[5]
+        packs = dict(pk_w1=pack_1x1(c1.weight), pk_b1=_unit_bias(c1), pk_wd=pack_dw(dw.weight), pk_bd=_unit_bias(dw),
+                     pk_w2=pack_1x1(c2.weight), pk_b2=_unit_bias(c2))
+        if self.stride > 1:
+            d1, p1 = self.branch1[0], self.branch1[2]
+            packs.update(pk_wd1=pack_dw(d1.weight), pk_bd1=_unit_bias(d1), pk_wp1=pack_1x1(p1.weight),
+                         pk_bp1=_unit_bias(p1))
+        return packs
 
     def _branch(self, seq, x):
         for m in seq:
@@ -148,6 +184,11 @@ class FusedInvertedResidual(InvertedResidual):
         return x
 
     def forward(self, x, halves=False):
+        xt = torch.cat(x, 1) if isinstance(x, tuple) and self._unit_ready else x
+        if self._use_unit_kernel(xt):
+            return torch.ops.shufflekern.unit_v2(xt, self.pk_w1, self.pk_b1, self.pk_wd, self.pk_bd, self.pk_w2,
+                                                 self.pk_b2, self.pk_wd1, self.pk_bd1, self.pk_wp1, self.pk_bp1,
+                                                 self.stride)
         if self.stride == 1:
             x1, x2 = x if isinstance(x, tuple) else x.chunk(2, dim=1)
             b = self._branch(self.branch2, x2)
