@@ -21,7 +21,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_MD = os.path.join(REPO, "bench", "results", "gpu_check.md")
-BENCH_OPS = "channel_shuffle,shuffle_conv1x1,kd_loss,batch_norm_act"
+BENCH_OPS = "channel_shuffle,shuffle_conv1x1,kd_loss,batch_norm_act,dkd_loss,at_loss"
 # The CPU smoke run of --dry-run --cpu-bench: one small case, no torch.compile (its C++ build takes minutes).
 CPU_SMOKE_K = "16x116x28x28-g2 and nchw and fwd- and not compile"
 

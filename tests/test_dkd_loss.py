@@ -364,3 +364,28 @@ def test_isa_variants_agree(isa, tmp_path):
     # so the row losses (~10 here: T^2 beta KL) agree to ~1e-5 relative, the gradients to ~1e-6.
     for a, b, rtol in zip(other, (loss.detach(), s.grad, t.grad), (5e-5, 1e-5, 1e-5)):
         torch.testing.assert_close(a, b, rtol=rtol, atol=1e-6)
+
+
+def test_triton_launcher_reads_no_tensor_on_the_host(monkeypatch):
+    """As for kd_loss: with the host range check (CPU tensors only) replaced, the launcher reads no tensor value
+    on the host (what a CUDA call would synchronise on), whatever the reduction; an out-of-range target is NaN."""
+    import shufflekern.triton.dkd_loss as tdkd
+
+    def refuse(*a, **k):
+        raise AssertionError("the Triton DKD launcher read a tensor value on the host")
+
+    monkeypatch.setattr(tdkd, "check_kd_target_range", lambda *a, **k: None)
+    s, t = logits((4, 11)), logits((4, 11), seed=1)
+    y = targets((4,), 11, (1,))
+    for reduction in range(4):
+        with monkeypatch.context() as m:
+            for name in ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy"):
+                m.setattr(torch.Tensor, name, refuse)
+            out = tdkd.dkd_loss_forward(s, t, y, 4.0, 1.0, 8.0, -100, reduction, True, True)
+        with sk.backend("triton"):
+            want = torch.ops.shufflekern.dkd_loss_forward_triton(s, t, y, 4.0, 1.0, 8.0, -100, reduction, True, True)
+        for a, b in zip(out, want):
+            torch.testing.assert_close(a, b)
+    loss, _, _ = tdkd.dkd_loss_forward(s[:3], t[:3], torch.tensor([1, 11, -100]), 4.0, 1.0, 8.0, -100, 0, False,
+                                       False)
+    assert loss[0].isfinite() and loss[1].isnan() and loss[2] == 0

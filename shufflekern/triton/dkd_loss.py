@@ -35,7 +35,10 @@ def _dkd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C
     t_row = t_ptr + row * t_stride
     tgt = tl.load(tgt_ptr + row)
     valid = tgt != ignore_index
-    c = tl.where(valid, tgt, -1)
+    # CUDA: the launcher does not read the target on the host (no sync); a bad one is NaN, asserted with TRITON_DEBUG=1
+    in_range = (tgt >= 0) & (tgt < C)
+    tl.device_assert(~valid | in_range, "dkd_loss: target out of range")
+    c = tl.where(valid & in_range, tgt, -1)
     lanes = tl.arange(0, BLOCK)
     ninf = tl.full([BLOCK], float("-inf"), ACC)
     zero = tl.zeros([BLOCK], ACC)
@@ -83,7 +86,7 @@ def _dkd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C
     has_nt = Zy > 0
     nckd = tl.where(has_nt, A / tl.where(has_nt, Zy, 1.0) - (My - Mx) - lzy + lzx, 0.0)
     loss = w * temperature * temperature * (alpha * tckd + beta * nckd)
-    tl.store(loss_ptr + row, tl.where(valid, loss, 0.0))
+    tl.store(loss_ptr + row, tl.where(valid, tl.where(in_range, loss, float("nan")), 0.0))
     if GRAD_S or GRAD_T:
         k = w * temperature
         dp = tl.where(ps + pt > 1, ns - nt, pt - ps)
@@ -122,21 +125,26 @@ def _dkd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C
 def dkd_loss_forward(student, teacher, target, temperature, alpha, beta, ignore_index, reduction, grad_student,
                      grad_teacher):
     """(loss, grad_student, grad_teacher) as the C++ op computes them (see csrc/cpu/dkd_loss.cpp).  The
-    arguments were checked by shufflekern/ops.py; the target's values are checked here, where they are read."""
+    arguments were checked by shufflekern/ops.py.  No host synchronisation on CUDA (as the KD launcher): the
+    counted rows and the reduction's scale stay on the device; the target's values are checked on the host for
+    CPU tensors only (on CUDA a bad target gives a NaN loss, and a device-side assert under TRITON_DEBUG=1)."""
     temperature, alpha, beta = float(temperature), float(alpha), float(beta)
     C = student.shape[-1]
     s, t = _rows(student), _rows(teacher)
     R = s.shape[0]
-    tgt = target.reshape(-1).to(torch.int64).contiguous()
-    check_kd_target_range(tgt, C, ignore_index, op="dkd_loss_forward")
-    n = float(max(int((tgt != ignore_index).sum()), 1))
-    w = {KD_REDUCTIONS["mean"]: 1.0 / (n * C), KD_REDUCTIONS["batchmean"]: 1.0 / n}.get(reduction, 1.0)
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    tgt = target.reshape(-1).to(torch.int64).contiguous()
+    if tgt.device.type == "cpu":
+        check_kd_target_range(tgt, C, ignore_index, op="dkd_loss_forward")
+    n = (tgt != ignore_index).sum().clamp_min(1).to(acc)
+    one = torch.ones((), dtype=acc, device=student.device)
+    w = {KD_REDUCTIONS["mean"]: 1.0 / (n * C), KD_REDUCTIONS["batchmean"]: 1.0 / n}.get(reduction, one)
     row_loss = torch.empty(R, dtype=acc, device=student.device)
     gs = torch.empty_like(student, memory_format=torch.contiguous_format) if grad_student else student.new_empty(0)
     gt = torch.empty_like(teacher, memory_format=torch.contiguous_format) if grad_teacher else teacher.new_empty(0)
     if R > 0:
-        params = torch.tensor([1.0 / temperature, temperature, alpha, beta, w], dtype=acc, device=student.device)
+        # fills and a stack: no host-to-device copy, no synchronisation
+        params = torch.stack([one * (1.0 / temperature), one * temperature, one * alpha, one * beta, w])
         _dkd_loss_kernel[(R,)](
             s, t, tgt, gs, gt, row_loss, params, C, s.stride(0), t.stride(0), ignore_index,
             GRAD_S=grad_student, GRAD_T=grad_teacher, ACC=tl.float64 if acc == torch.float64 else tl.float32,
