@@ -314,12 +314,18 @@ __global__ void _shuffle_conv1x1_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBA
 
 // ---- plans -------------------------------------------------------------------------------------------------
 //
-// The modeled traffic (csrc/emu/emu.h counts every warp request's 32-byte sectors and models no cache) is
-// what decides: each block reads its group's weights (W'), so fewer, larger pixel tiles move fewer bytes, while
-// a GPU wants many blocks.  The planner takes, among the plans that fit in shared memory, the one with the
-// MOST blocks whose modeled bytes stay within kTrafficBudget x the minimum (every tensor read or written once);
-// when none does, the fewest bytes.  Within one group per block, blocks = tiles x groups.
-constexpr double kTrafficBudget = 1.10;  // the issue's target is 1.15; the margin covers sector rounding
+// The planners pick, among the plans that fit in shared memory, the one with the least modeled time on an H100
+// SXM (the traffic report's machine), a roofline: max(bytes / bandwidth, FLOPs / compute), where a launch of B
+// blocks keeps min(B, 132) multiprocessors busy, each pulling at most twice its share of the 3.35 TB/s and
+// computing 67/132 TFLOP/s fp32 (NVIDIA's H100 SXM datasheet).  Bytes are modeled as csrc/emu/emu.h counts them:
+// every warp request's 32-byte sectors, no cache, so every tile re-reads its group's weights (W'); fewer, larger
+// tiles move fewer bytes, but a GPU wants many blocks.  Minimising bytes alone would run the 7x7 layers on 3
+// blocks of 132 multiprocessors; the roofline trades the two.  Within one group per block, blocks = tiles x groups.
+double modeled_time(double bytes, double flops, double blocks) {
+  constexpr double kBandwidth = 3.35e12, kSms = 132.0, kSmFlops = 67e12 / 132.0;
+  const double active = std::max(1.0, std::min(blocks, kSms));
+  return std::max(bytes / std::min(kBandwidth, active * 2.0 * kBandwidth / kSms), flops / (active * kSmFlops));
+}
 
 size_t smem_limit() {
 #if defined(__CUDACC__)
@@ -330,33 +336,25 @@ size_t smem_limit() {
 }
 
 struct PlanCost {
-  double bytes, min_bytes;
+  double bytes, min_bytes, time;
 };
 
-// in_ch/out_ch: the GEMM's inputs and outputs a group; cost(plan, tiles) -> modeled bytes of the whole launch.
+// in_ch/out_ch: the GEMM's inputs and outputs a group; cost(plan, tiles) -> the whole launch's modeled bytes and time.
 template <typename Cost>
 GemmPlan plan_gemm(int64_t pixels, int64_t in_ch, int64_t out_ch, int64_t cg, size_t acc_size, bool single_only,
                    Cost cost) {
   GemmPlan best{0, 0, 0, 0, 0, 0};
-  PlanCost best_cost{0, 0};
-  int64_t best_tiles = 0;
+  PlanCost best_cost{0, 0, 0};
   const size_t limit = smem_limit();
   const size_t tab_bytes = size_t(2 * cg) * sizeof(int);
   auto consider = [&](const GemmPlan& pl) {
     const int64_t tiles = (pixels + pl.tp - 1) / pl.tp;
     const PlanCost c = cost(pl, tiles);
-    const bool ok = c.bytes <= kTrafficBudget * c.min_bytes;
-    bool take = best.tp == 0;
-    if (!take) {
-      const bool best_ok = best_cost.bytes <= kTrafficBudget * best_cost.min_bytes;
-      if (ok != best_ok) take = ok;
-      else if (ok) take = tiles > best_tiles || (tiles == best_tiles && c.bytes < best_cost.bytes);
-      else take = c.bytes < best_cost.bytes;
-    }
+    const bool take = best.tp == 0 || c.time < best_cost.time ||
+                      (c.time == best_cost.time && c.bytes < best_cost.bytes);
     if (take) {
       best = pl;
       best_cost = c;
-      best_tiles = tiles;
     }
   };
   for (int64_t tp = 64; tp <= 1024; tp *= 2) {
@@ -403,7 +401,7 @@ PlanCost gemm_cost(const GemmPlan& pl, int64_t tiles, int64_t pixels, int64_t in
   const double out_factor = packed && pl.osc < out_ch ? 1.0 + E / double(pl.osc) : 1.0;
   const double bytes =
       t * G * (P * I * in_reads * in_factor + double(tiles) * I * O * w_factor + P * O * out_factor);
-  return {bytes, t * G * (P * I + I * O + P * O)};
+  return {bytes, t * G * (P * I + I * O + P * O), modeled_time(bytes, 2.0 * P * I * O * G, double(tiles) * G)};
 }
 // The separate grad_weight op's shared-memory budget (below an A100's 163 KiB opt-in maximum).
 constexpr size_t kSmemBudget = 160 * 1024;
@@ -634,15 +632,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
   // Plans: a single grad_input plan (the whole grad_out tile staged) plus the grad_W / grad_b sums, per pixel
   // tile; slices of per_slice tiles a block.  Modeled bytes: gy and (for grad_W) x read once, grad_x written
   // once, W read by every tile (for grad_x), the partial sums written once a slice and read back by the sum
-  // kernel (written straight to the result with one slice).  Among the plans within kTrafficBudget x the
-  // minimum, the most blocks; else the fewest bytes.
+  // kernel (written straight to the result with one slice).  The plan of least modeled time (modeled_time).
   const size_t limit = smem_limit();
   const double P = double(d.pixels), Wn = double(c_out) * double(d.cg), tb = double(t);
-  const double min_bytes = tb * P * double(c_out) + (f.gw ? tb * (P * double(c_in) + Wn) : 0.0) +
-                           (f.gx ? tb * (P * double(c_in) + Wn) : 0.0) + (f.gb ? tb * double(c_out) : 0.0);
   BwdPlan bp{};
-  double best_bytes = 0;
-  bool best_ok = false;
+  double best_bytes = 0, best_time = 0;
+  const double flops = 2.0 * P * double(d.mg) * double(d.cg) * double(groups) * ((f.gx ? 1 : 0) + (f.gw ? 1 : 0));
   const size_t acc_bytes = size_t(d.mg * d.cg + d.mg) * A;
   const bool packed = xc.stride(3) != 1;
   const double E = 32.0 / tb;
@@ -670,16 +665,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
                            (f.gx ? tb * (P * double(c_in) * gf + T * Wn) : 0.0) +
                            (f.gw ? double(A) * Wn * (S > 1 ? 2 * S + 1 : 1) : 0.0) +
                            (f.gb ? double(A) * double(c_out) * (S > 1 ? 2 * S + 1 : 1) : 0.0);
-      const bool ok = bytes <= kTrafficBudget * min_bytes;
-      bool take = bp.g.tp == 0;
-      if (!take && ok != best_ok) take = ok;
-      else if (!take && ok) take = slices > bp.slices || (slices == bp.slices && bytes < best_bytes);
-      else if (!take) take = bytes < best_bytes;
-      if (take) {
+      const double time = modeled_time(bytes, flops, S * double(groups));
+      if (bp.g.tp == 0 || time < best_time || (time == best_time && bytes < best_bytes)) {
         bp = BwdPlan{GemmPlan{tp, oc, d.mg, iw, osc, per > 1 ? acc_off + acc_bytes : gemm}, tiles, slices, per,
                      acc_off};
         best_bytes = bytes;
-        best_ok = ok;
+        best_time = time;
       }
       if (per >= tiles) break;
     }
