@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import shufflekern as sk
-from test_kd_loss import ATOL, REDUCTIONS, logits, targets
+from test_kd_loss import ATOL, NON_CONTIGUOUS, REDUCTIONS, logits, non_contiguous_case, targets
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inf - inf in the Triton interpreter
 
@@ -176,24 +176,9 @@ def test_masked_teacher_classes():
 
 
 @pytest.mark.parametrize("backend", ["auto", "triton"])
-@pytest.mark.parametrize("layout", ["3d", "transposed", "class_sliced", "row_sliced", "expanded_teacher"])
+@pytest.mark.parametrize("layout", NON_CONTIGUOUS)
 def test_non_contiguous_inputs(layout, backend):
-    if layout == "3d":
-        s, t = logits((3, 5, 97)), logits((3, 5, 97), seed=1)
-        y = targets((3, 5), 97, (4,))
-    elif layout == "transposed":  # classes not contiguous
-        s, t = logits((97, 6)).t(), logits((97, 6), seed=1).t()
-        y = targets((6,), 97)
-    elif layout == "class_sliced":
-        s, t = logits((6, 2 * 97))[:, ::2], logits((6, 97 + 40), seed=1)[:, 40:]
-        y = targets((6,), 97)
-    elif layout == "row_sliced":
-        s, t = logits((12, 97))[::2], logits((12, 200), seed=1)[::2, :97]
-        y = targets((6,), 97)
-    else:
-        s, t = logits((6, 97)), logits((1, 97), seed=1).expand(6, 97)
-        y = targets((6,), 97)
-    assert layout == "3d" or not (s.is_contiguous() and t.is_contiguous())
+    s, t, y = non_contiguous_case(layout)
     for reduction in ("none", "batchmean"):
         check_close(s, t, y, backend=backend, grad_teacher=layout != "expanded_teacher", temperature=2.0,
                     reduction=reduction)

@@ -153,8 +153,12 @@ def test_student_minus_inf_where_teacher_positive_is_inf():
     assert torch.isfinite(loss[0]) and loss[1] == math.inf
 
 
-@pytest.mark.parametrize("layout", ["3d", "transposed", "class_sliced", "row_sliced", "expanded_teacher"])
-def test_non_contiguous_inputs(layout):
+NON_CONTIGUOUS = ["3d", "transposed", "class_sliced", "row_sliced", "expanded_teacher"]
+
+
+def non_contiguous_case(layout):
+    """(student, teacher, target) of 97 classes laid out as `layout` (one of NON_CONTIGUOUS); also used by
+    tests/test_dkd_loss.py."""
     if layout == "3d":
         s, t = logits((3, 5, 97)), logits((3, 5, 97), seed=1)
         y = targets((3, 5), 97, (4,))
@@ -171,6 +175,12 @@ def test_non_contiguous_inputs(layout):
         s, t = logits((6, 97)), logits((1, 97), seed=1).expand(6, 97)
         y = targets((6,), 97)
     assert layout == "3d" or not (s.is_contiguous() and t.is_contiguous())
+    return s, t, y
+
+
+@pytest.mark.parametrize("layout", NON_CONTIGUOUS)
+def test_non_contiguous_inputs(layout):
+    s, t, y = non_contiguous_case(layout)
     for reduction in ("none", "batchmean"):
         check_close(s, t, y, T=2.0, alpha=0.6, reduction=reduction)
 
