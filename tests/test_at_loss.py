@@ -116,7 +116,7 @@ def test_native_rejects_half_with_a_type_error():
 
 
 def test_native_large_shapes_both_formats():
-    # the benchmark's first case (N = 16 -> 4 to keep it short): several parallel tasks, NCHW chunks of 512
+    # the benchmark's first case (N = 16 -> 4 to keep it short): several parallel tasks, NCHW accumulator rows
     for fmts in (("nchw", "nchw"), ("cl", "cl"), ("nchw", "cl")):
         f_s = make(4, 116, 28, 28, torch.float32, fmts[0], seed=4)
         f_t = make(4, 232, 28, 28, torch.float32, fmts[1], seed=5)
@@ -165,6 +165,91 @@ def test_no_grad_and_identical_maps():
         assert float(sk.at_loss(f, f)) == 0.0
     # the same attention map from different channel counts: 0 loss
     assert float(sk.at_loss(f, torch.cat([f, f], 1))) == pytest.approx(0.0, abs=1e-12)
+
+
+# ---- the CPU kernel's NCHW paths (csrc/cpu/vec/at_loss.cpp) ---------------------------------------------------
+# Pixel counts H*W around the register path's limit (8 vectors: 128 / 64 fp32 pixels for AVX-512 / AVX2 and the
+# portable build, 64 / 32 fp64), with and without a partial vector; above it, the accumulator-row path with and
+# without a scalar tail.
+NCHW_PIXELS = [(1, 1), (3, 5), (4, 4), (17, 1), (31, 1), (4, 8), (3, 11), (7, 9), (8, 8), (5, 13), (127, 1),
+               (8, 16), (3, 43), (11, 13), (28, 28)]
+
+
+@pytest.mark.parametrize("hw", NCHW_PIXELS, ids=str)
+def test_native_nchw_register_and_row_paths(hw):
+    h, w = hw
+    for dtype in (torch.float64, torch.float32):
+        f_s = make(2, 3, h, w, dtype, "nchw", seed=10)
+        f_t = make(2, 9, h, w, dtype, "nchw", seed=11)
+        check(f_s, f_t, "native")
+        # against the channels_last kernel (another summation: to rounding)
+        _, qs, qt = OP(f_s, f_t)
+        _, qs_cl, qt_cl = OP(f_s.contiguous(memory_format=torch.channels_last),
+                             f_t.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(qs, qs_cl, rtol=TOL[dtype], atol=0)
+        torch.testing.assert_close(qt, qt_cl, rtol=TOL[dtype], atol=0)
+
+
+# (N, C, H, W, dtype): the samples do not share evenly among 2 threads (N = 1, 3) -> pixel chunks of each
+# sample; H*W above the accumulator row's 256 KiB -> chunks at any thread count (fp32 2, fp64 3).
+SPLITS = [(1, 5, 24, 23, torch.float32), (3, 4, 40, 40, torch.float32), (1, 3, 24, 23, torch.float64),
+          (3, 2, 17, 31, torch.float64), (1, 2, 257, 256, torch.float32), (1, 2, 257, 256, torch.float64)]
+
+
+@pytest.mark.parametrize("case", SPLITS, ids=str)
+def test_native_nchw_pixel_chunks_same_bits_at_any_thread_count(case):
+    n, c, h, w, dtype = case
+    f_s = make(n, c, h, w, dtype, "nchw", seed=12)
+    f_t = make(n, c + 3, h, w, dtype, "nchw", seed=13)
+    threads = torch.get_num_threads()
+    got = {}
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            got[t] = OP(f_s, f_t), check(f_s, f_t, "native")
+    finally:
+        torch.set_num_threads(threads)
+    (fwd1, grads1), (fwd2, grads2) = got[1], got[2]
+    for a, b in zip(list(fwd1) + grads1, list(fwd2) + grads2):
+        assert torch.equal(a, b)
+
+
+_ISA_CODE = """
+import sys, torch, shufflekern as sk
+sys.path.insert(0, "tests")
+from test_at_loss import NCHW_PIXELS, make, run
+assert sk._C.runtime_cpu_isa() == sys.argv[2], sk._C.runtime_cpu_isa()
+out = []
+for h, w in NCHW_PIXELS + [(24, 23)]:
+    for dtype in (torch.float64, torch.float32):
+        for fmt in ("nchw", "cl"):
+            f_s, f_t = make(2, 3, h, w, dtype, fmt, seed=10), make(2, 9, h, w, dtype, fmt, seed=11)
+            out.append(run(sk.at_loss, f_s, f_t))
+torch.save(out, sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2"])
+def test_isa_variants_match_the_reference(isa, tmp_path):
+    """The portable and AVX2 builds of the map kernels (ATEN_CPU_CAPABILITY): every NCHW path and channels_last
+    against the fp64 reference (their vectors are 8 fp32 / 4 fp64 wide: other register / row splits)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, PYTHONPATH=root)
+    path = str(tmp_path / f"at_{isa}.pt")
+    subprocess.run([sys.executable, "-c", _ISA_CODE, path, isa.upper()], check=True, env=env, cwd=root)
+    got = iter(torch.load(path))
+    for h, w in NCHW_PIXELS + [(24, 23)]:
+        for dtype in (torch.float64, torch.float32):
+            for fmt in ("nchw", "cl"):
+                f_s, f_t = make(2, 3, h, w, dtype, fmt, seed=10), make(2, 9, h, w, dtype, fmt, seed=11)
+                want = run(reference, f_s.double(), f_t.double())
+                for g, wt in zip(next(got), want):
+                    assert g.dtype == dtype
+                    tol = TOL[dtype]
+                    torch.testing.assert_close(g.double(), wt, rtol=tol, atol=tol * float(wt.abs().max()) + 1e-30)
 
 
 # ---- errors -------------------------------------------------------------------------------------------------
