@@ -36,19 +36,31 @@ AtMapArgs map_args(const at::Tensor& f, at::MemoryFormat fmt) {
   return a;
 }
 
-// Per sample n: the normalisers of q_s and q_t and the pixel values e = a_s - a_t, in double.
+// Per sample n: the normalisers of q_s and q_t (and their reciprocals: the pixel loops multiply), in double.
 struct Sample {
   AtNorm<double> ns, nt;
+  double rs, rt;  // 1 / ns.m, 1 / nt.m
 };
 
+// The per-sample sums run over the pixels in four interleaved partial sums (p mod 4), added at the end: a
+// fixed order (the same bits at any thread count) without one long chain of dependent adds.
 template <typename T>
 Sample sample_norms(const T* qs, const T* qt, int64_t P) {
-  double ss = 0, st = 0;
-  for (int64_t p = 0; p < P; ++p) {
-    ss += double(qs[p]) * double(qs[p]);
-    st += double(qt[p]) * double(qt[p]);
+  double ss[4] = {0, 0, 0, 0}, st[4] = {0, 0, 0, 0};
+  int64_t p = 0;
+  for (; p + 4 <= P; p += 4) {
+    for (int j = 0; j < 4; ++j) {
+      const double s = qs[p + j], t = qt[p + j];
+      ss[j] += s * s;
+      st[j] += t * t;
+    }
   }
-  return Sample{at_norm(ss), at_norm(st)};
+  for (int j = 0; p < P; ++p, ++j) {
+    ss[j] += double(qs[p]) * double(qs[p]);
+    st[j] += double(qt[p]) * double(qt[p]);
+  }
+  const Sample sm{at_norm((ss[0] + ss[1]) + (ss[2] + ss[3])), at_norm((st[0] + st[1]) + (st[2] + st[3])), 0, 0};
+  return Sample{sm.ns, sm.nt, 1.0 / sm.ns.m, 1.0 / sm.nt.m};
 }
 
 template <typename T>
@@ -58,12 +70,12 @@ double forward_loss(const T* qs, const T* qt, int64_t N, int64_t P) {
     for (int64_t n = b; n < e; ++n) {
       const T *s = qs + n * P, *t = qt + n * P;
       const Sample sm = sample_norms(s, t, P);
-      double acc = 0;
+      double acc[4] = {0, 0, 0, 0};
       for (int64_t p = 0; p < P; ++p) {
-        const double d = double(s[p]) / sm.ns.m - double(t[p]) / sm.nt.m;
-        acc += d * d;
+        const double d = double(s[p]) * sm.rs - double(t[p]) * sm.rt;
+        acc[p & 3] += d * d;
       }
-      per[n] = acc;
+      per[n] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     }
   });
   double total = 0;
@@ -71,6 +83,7 @@ double forward_loss(const T* qs, const T* qt, int64_t N, int64_t P) {
   return total / double(N * P);
 }
 
+// d loss / d q (csrc/at_loss.h's at_grad_q with the division by m as a product with 1 / m).
 template <typename T>
 void grad_q(const T* qs, const T* qt, int64_t N, int64_t P, double grad, T* gs, T* gt) {
   const double k = 2.0 * grad / double(N * P);
@@ -78,16 +91,21 @@ void grad_q(const T* qs, const T* qt, int64_t N, int64_t P, double grad, T* gs, 
     for (int64_t n = b; n < e; ++n) {
       const T *s = qs + n * P, *t = qt + n * P;
       const Sample sm = sample_norms(s, t, P);
-      double ds = 0, dt = 0;
+      double ds4[4] = {0, 0, 0, 0}, dt4[4] = {0, 0, 0, 0};
       for (int64_t p = 0; p < P; ++p) {
-        const double as = double(s[p]) / sm.ns.m, at_ = double(t[p]) / sm.nt.m, d = as - at_;
-        ds += as * d;
-        dt += at_ * d;
+        const double as = double(s[p]) * sm.rs, at_ = double(t[p]) * sm.rt, d = as - at_;
+        ds4[p & 3] += as * d;
+        dt4[p & 3] += at_ * d;
       }
+      // where ||q|| < eps the norm is the constant eps: no a * d term
+      const double ds = sm.ns.full ? (ds4[0] + ds4[1]) + (ds4[2] + ds4[3]) : 0.0;
+      const double dt = sm.nt.full ? (dt4[0] + dt4[1]) + (dt4[2] + dt4[3]) : 0.0;
+      const double ks = k * sm.rs, kt = -k * sm.rt;
+      T *os = gs ? gs + n * P : nullptr, *ot = gt ? gt + n * P : nullptr;
       for (int64_t p = 0; p < P; ++p) {
-        const double as = double(s[p]) / sm.ns.m, at_ = double(t[p]) / sm.nt.m, d = as - at_;
-        if (gs) gs[n * P + p] = T(at_grad_q(k, d, as, ds, sm.ns, 1.0));
-        if (gt) gt[n * P + p] = T(at_grad_q(k, d, at_, dt, sm.nt, -1.0));
+        const double as = double(s[p]) * sm.rs, at_ = double(t[p]) * sm.rt, d = as - at_;
+        if (os) os[p] = T(ks * (d - as * ds));
+        if (ot) ot[p] = T(kt * (d - at_ * dt));
       }
     }
   });
