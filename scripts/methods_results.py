@@ -20,9 +20,11 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 from shufflekern.distill import Trainer, TrainConfig, build_model, load_data
+from shufflekern.distill.data import DataSplits, ImageData
 from shufflekern.distill.losses import fused_op_available
 from shufflekern.distill.models import is_student_name
 from shufflekern.distill.trainer import _FUSED_OP, dkd_warmup_epochs
@@ -54,15 +56,33 @@ def _path(methods):
     return ", ".join(parts)
 
 
-def _fit(model, data, args, seed, *, epochs, lr, teacher=None, methods=("kd",), clip=None):
+def _fit(model, data, args, seed, *, epochs, lr, teacher=None, methods=("kd",), clip=None, **weights):
     cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, seed=seed, progress=False, out_dir=None,
                       clip_grad=clip,
                       temperature=args.temperature, alpha=args.alpha, methods=methods,
-                      fused=_fused_ok(methods))
+                      fused=_fused_ok(methods) and not args.no_fused, **weights)
     t = Trainer(cfg, model, data, teacher=teacher, log=lambda m: None)
     t0 = time.perf_counter()
     m = t.fit()
     return m, t.model, time.perf_counter() - t0
+
+
+def _data(seed, holdout):
+    """digits; with `holdout`, the sweep's split: the training images split again, stratified, into
+    (1 - holdout) for training and `holdout` for selection, so that the fixed 360-image val split (the one
+    the table reports) is never used to choose anything."""
+    d = load_data("digits", seed=seed)
+    if not holdout:
+        return d
+    tr = d.train
+    g = np.random.default_rng(12345)
+    hold = np.concatenate([g.permutation(np.flatnonzero(tr.labels.numpy() == c))[:round(holdout * int((tr.labels == c).sum()))]
+                           for c in range(d.num_classes)])
+    keep = np.setdiff1d(np.arange(len(tr)), hold)
+    mean, std = tr.mean.flatten().tolist(), tr.std.flatten().tolist()
+    train = ImageData(tr.images[keep], tr.labels[keep], mean, std, augment=True, pad=tr.pad, flip=tr.flip, seed=seed)
+    val = ImageData(tr.images[np.sort(hold)], tr.labels[np.sort(hold)], mean, std)
+    return DataSplits(train, val, d.num_classes, d.name + "-holdout")
 
 
 def teacher_task(pair, args):
@@ -70,18 +90,18 @@ def teacher_task(pair, args):
     torch.set_num_threads(1)
     t_name = PAIRS[pair][0]
     torch.manual_seed(0)
-    m, teacher, s = _fit(_model(t_name, args), load_data("digits", seed=0), args, 0, epochs=args.teacher_epochs,
+    m, teacher, s = _fit(_model(t_name, args), _data(0, args.holdout), args, 0, epochs=args.teacher_epochs,
                          lr=args.teacher_lr)
     print(f"{pair}: teacher {t_name} {m['final_acc']:.2f}% ({s:.0f} s)", flush=True)
     return pair, teacher.state_dict(), m["final_acc"], s
 
 
-def student_task(pair, seed, row, teacher_state, args):
-    """One student run: (pair, seed, row, final val acc, seconds)."""
+def student_task(pair, seed, row, methods, weights, clip, teacher_state, args):
+    """One student run: (pair, seed, row, final val acc, seconds).  `weights`: TrainConfig loss weights
+    (at_weight, dkd_beta, ...); `clip`: grad-norm clip or None."""
     torch.set_num_threads(1)
     t_name, s_name = PAIRS[pair]
-    methods = dict(ROWS)[row]
-    data = load_data("digits", seed=seed)
+    data = _data(seed, args.holdout)
     kw = {}
     if methods is not None:
         teacher = _model(t_name, args)
@@ -89,9 +109,64 @@ def student_task(pair, seed, row, teacher_state, args):
         kw = {"teacher": teacher, "methods": methods}
     torch.manual_seed(1000 + seed)  # every student of a seed starts from the same weights
     m, _, s = _fit(_model(s_name, args), data, args, seed, epochs=args.student_epochs, lr=args.student_lr,
-                   clip=(args.dkd_clip_grad or None) if row == "dkd" else None, **kw)
+                   clip=clip, **kw, **weights)
     print(f"{pair} seed {seed} {row}: {m['final_acc']:.2f}% ({s:.0f} s)", flush=True)
     return pair, seed, row, m["final_acc"], s
+
+
+def _row_settings(row, args):
+    """(methods, TrainConfig loss weights, grad clip) of a table row."""
+    methods = dict(ROWS)[row]
+    weights = {}
+    if methods and "at" in methods:
+        weights["at_weight"] = args.at_weight
+    if methods and "dkd" in methods:
+        weights["dkd_beta"] = args.dkd_beta
+    clip = (args.dkd_clip_grad or None) if row == "dkd" else None
+    return methods, weights, clip
+
+
+def sweep_tasks(pair, args):
+    """The sweep's candidates: (label, methods, weights, clip)."""
+    out = [("vanilla", None, {}, None)]
+    out += [(f"at beta={w:g}", ("at",), {"at_weight": w}, None) for w in args.sweep_at]
+    for b in args.sweep_dkd:
+        out.append((f"dkd beta={b:g}", ("dkd",), {"dkd_beta": b}, None))
+    for b in args.sweep_dkd_clipped:
+        out.append((f"dkd beta={b:g} clip={args.dkd_clip_grad:g}", ("dkd",), {"dkd_beta": b}, args.dkd_clip_grad))
+    return out
+
+
+def run_sweep(args):
+    """Seed 0 of every candidate in sweep_tasks on both pairs; accuracy on the holdout split.  Writes
+    docs/results_methods_sweep.json (the table's script reads nothing from it: the chosen weights are its
+    --at-weight / --dkd-beta defaults, set by hand from this output)."""
+    if not args.holdout:
+        args.holdout = 0.2
+    seed = args.seeds[0]
+    t_all = time.perf_counter()
+    res = {pair: {} for pair in args.pairs}
+    with cf.ProcessPoolExecutor(max_workers=args.jobs) as ex:
+        pending = {ex.submit(teacher_task, pair, args) for pair in args.pairs}
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for f in done:
+                r = f.result()
+                if len(r) == 4:
+                    pair, state, acc, s = r
+                    res[pair]["teacher"] = acc
+                    pending |= {ex.submit(student_task, pair, seed, label, m, w, c, state, args)
+                                for label, m, w, c in sweep_tasks(pair, args)}
+                else:
+                    pair, _, label, acc, s = r
+                    res[pair][label] = acc
+    total = time.perf_counter() - t_all
+    out = {"args": vars(args), "seconds_total": total, "holdout_acc": res}
+    print(json.dumps(out, indent=2))
+    path = os.path.splitext(args.md)[0] + "_sweep.json"
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    return 0
 
 
 def _mean_std(xs):
@@ -113,10 +188,24 @@ def main(argv=None):
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--jobs", type=int, default=2, help="training runs at once, one thread each")
     p.add_argument("--quick", action="store_true", help="1 seed, 1 epoch each: a smoke run")
+    p.add_argument("--at-weight", type=float, default=1000.0, help="AT beta of the at and kd+at rows")
+    p.add_argument("--dkd-beta", type=float, default=8.0, help="DKD beta of the dkd row (alpha 1)")
+    p.add_argument("--no-fused", action="store_true", help="run the eager references of kd/dkd/at")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead of the table: the short-run weight sweep (seed 0) on a holdout split of the "
+                        "training images (--holdout), never the val split the table reports")
+    p.add_argument("--holdout", type=float, default=0.0, help="(with --sweep: 0.2) share of the training "
+                   "images held out for selection; the teachers and students train on the rest")
+    p.add_argument("--sweep-at", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0])
+    p.add_argument("--sweep-dkd", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="DKD betas, no clip")
+    p.add_argument("--sweep-dkd-clipped", type=float, nargs="*", default=[8.0],
+                   help="DKD betas with --dkd-clip-grad")
     p.add_argument("--md", default="docs/results_methods.md")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.teacher_epochs, args.student_epochs = [0], 1, 1
+    if args.sweep:
+        return run_sweep(args)
     cmd = "PYTHONPATH=. python scripts/methods_results.py" + ("" if argv is None and len(sys.argv) == 1
                                                              else " " + " ".join(argv if argv is not None
                                                                                  else sys.argv[1:]))
@@ -133,7 +222,7 @@ def main(argv=None):
                     pair, state, acc, s = r
                     for seed in args.seeds:
                         results[pair][seed]["teacher"] = (acc, s)
-                    pending |= {ex.submit(student_task, pair, seed, row, state, args)
+                    pending |= {ex.submit(student_task, pair, seed, row, *_row_settings(row, args), state, args)
                                 for seed in args.seeds for row, _ in ROWS}
                 else:
                     pair, seed, row, acc, s = r
