@@ -138,7 +138,7 @@ def _row_settings(row, args):
 
 def sweep_tasks(pair, args):
     """The sweep's candidates: (label, methods, weights, clip)."""
-    out = [("vanilla", None, {}, None)]
+    out = [("vanilla", None, {}, None)] if args.sweep_vanilla else []
     out += [(f"at beta={w:g}", ("at",), {"at_weight": w}, None) for w in args.sweep_at]
     for b in args.sweep_dkd:
         out.append((f"dkd beta={b:g}", ("dkd",), {"dkd_beta": b}, None))
@@ -246,10 +246,12 @@ def main(argv=None):
                         "training images (--holdout), never the val split the table reports")
     p.add_argument("--holdout", type=float, default=0.0, help="(with --sweep: 0.2) share of the training "
                    "images held out for selection; the teachers and students train on the rest")
-    p.add_argument("--sweep-at", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0])
-    p.add_argument("--sweep-dkd", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="DKD betas, no clip")
+    p.add_argument("--sweep-at", type=float, nargs="*", default=[1.0, 10.0, 100.0, 1000.0])
+    p.add_argument("--sweep-dkd", type=float, nargs="*", default=[1.0, 2.0, 4.0], help="DKD betas, no clip")
     p.add_argument("--sweep-dkd-clipped", type=float, nargs="*", default=[8.0],
                    help="DKD betas with a grad-norm clip of 5")
+    p.add_argument("--no-sweep-vanilla", dest="sweep_vanilla", action="store_false",
+                   help="leave the vanilla student out of the sweep")
     p.add_argument("--sweep-dkd-warmup", type=float, nargs="*", default=[],
                    help="DKD betas with the warm-up over the whole run (factor 1/3, 2/3, 1 in 3 epochs)")
     p.add_argument("--teacher-cache", default=None, help="directory to keep / reuse the trained teachers in")
