@@ -1,15 +1,21 @@
 """The distillation methods on `digits`: teacher, vanilla student, KD, DKD, AT, RKD and KD+AT, for two
 teacher -> student pairs (a ResNet -> ShuffleNetV2 and a VGG -> MobileNetV2), mean ± std over seeds.
 
-    PYTHONPATH=. python scripts/methods_results.py            # ~20-25 min on 2 shared CPU cores
+    PYTHONPATH=. python scripts/methods_results.py            # ~50 min on 2 shared CPU cores
     PYTHONPATH=. python scripts/methods_results.py --quick    # smoke run (1 seed, 1 epoch each)
 
 Writes docs/results_methods.md (--md) and docs/results_methods.json.  Each pair's teacher is trained once
 (seed 0); each student run (pair, seed, method) is one task; --jobs tasks run at once, one thread each.  Every method
-runs through the Trainer exactly as `python -m shufflekern distill --method ...` does, with the published
-weights (KD T=4 alpha=0.9; DKD alpha=1 beta=8 T=4 with mdistiller's warm-up scaled to the run; AT beta=1000
-on the paired stage outputs; RKD 25/50 on the penultimate features; CE weight 1 except with KD), on the
-fused kernels where this build has them (the table says which path each row ran).
+runs through the Trainer exactly as `python -m shufflekern distill --method ...` does: KD T=4 alpha=0.9,
+RKD 25/50 on the penultimate features, CE weight 1 except with KD (published), and short-run weights for
+AT and DKD (beta 100; DKD alpha 1, beta 1, T 4, warm-up over the 3 epochs), chosen by
+
+    PYTHONPATH=. python scripts/methods_results.py --sweep --sweep-dkd-warmup 1 8
+
+on a holdout of the training images (docs/results_methods.md says why the published AT 1000 / DKD 8 fail in
+a 66-step run); on the fused kernels where this build has them (the table says which path each row ran).
+`--grad-norms` prints the CE vs per-pair AT gradient norms at initialisation; `--render` rewrites the .md
+from the .json.
 """
 import argparse
 import concurrent.futures as cf
@@ -423,7 +429,7 @@ def _weights_note(args, sweep):
         "",
         "The earlier run (published weights, eager DKD / AT, the same seeds and teachers) had, ShuffleNetV2 / "
         "MobileNetV2: DKD (beta 8, grad clip 5) 57.50 / 55.65, AT (beta 1000) 82.69 / 30.65, KD+AT 81.02 / "
-        "53.15; its teacher, vanilla, KD and RKD rows equal this run's to the last digit (the runs are "
+        "53.15; its teacher, vanilla, KD and RKD accuracies equal this run's to the last digit (the runs are "
         "deterministic, one thread each, and those rows did not change).",
         "",
         f"So the table uses short-run weights (AT beta {args.at_weight:g}; DKD beta {args.dkd_beta:g}, "
@@ -493,7 +499,9 @@ def render(out, sweep=None):
         "",
         f"Produced by `nice -n 19 {cmd}` in {total:.0f} s (--jobs {args.jobs}, torch "
         f"{out.get('torch', torch.__version__)}, {out.get('machine', platform.machine())}, shared 2-core machine; "
-        "each run one thread).",
+        "each run one thread)" + ("; the second command reran the dkd rows once the sweep had chosen the "
+                                  "warm-up: with the script's present defaults the first alone gives this whole "
+                                  "table." if "` then `" in cmd else "."),
         "",
     ]
     return "\n".join(lines)
