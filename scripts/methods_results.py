@@ -482,7 +482,6 @@ def render(out, sweep=None):
         lines += [f"## {t_name} ({n_t / 1e6:.2f}M params) -> {stu} ({n_s / 1e6:.2f}M params)", "",
                   "| model | val top-1 (%) | per seed | train time (s) | loss ran on |",
                   "|---|---:|---|---:|---|"]
-        methods_of = dict(ROWS)
         for row in ["teacher"] + [r for r, _ in ROWS]:
             accs = [results[pair][s][row][0] for s in args.seeds]
             secs = [results[pair][s][row][1] for s in (args.seeds[:1] if row == "teacher" else args.seeds)]
