@@ -209,7 +209,8 @@ def distill_main(argv=None):
     k.add_argument("--dkd-beta", type=float, default=8.0, help="DKD: weight of NCKD (mdistiller: 8)")
     k.add_argument("--dkd-warmup", type=int, default=None, metavar="EPOCHS",
                    help="DKD: linear warm-up of the DKD term over this many epochs (mdistiller: 20 of 240; "
-                        "default min(20, max(1, round(epochs / 12))); 0: none)")
+                        "default min(20, max(1, round(epochs / 12))); 0 and 1: none, the factor is min(epoch / warmup, 1) "
+                        "with 1-based epochs)")
     k.add_argument("--at-weight", type=float, default=1000.0,
                    help="attention transfer weight, summed over the paired stages (RepDistiller: 1000)")
     k.add_argument("--rkd-distance-weight", type=float, default=25.0, help="RKD distance weight (25)")

@@ -21,7 +21,8 @@ class TrainConfig:
         sum is the loss, plus CE with weight 1 unless "kd" is one of them (kd_loss has its (1 - alpha) CE):
     temperature, alpha: Hinton KD ("kd") and DKD's temperature; fused=False runs the eager-PyTorch losses.
     dkd_alpha, dkd_beta, dkd_warmup: DKD (mdistiller: 1, 8, 20 epochs of linear warm-up of the DKD term);
-        dkd_warmup None: min(20, max(1, round(epochs / 12))) (mdistiller's 20 of 240 epochs, scaled).
+        dkd_warmup None: min(20, max(1, round(epochs / 12))) (mdistiller's 20 of 240 epochs, scaled; 1 epoch,
+        as in runs of up to 17 epochs, means full weight from the first epoch: no warm-up).
     at_weight: attention transfer, summed over the paired stages (RepDistiller's beta = 1000).
     rkd_distance_weight, rkd_angle_weight: relational KD on the penultimate features (25, 50), weight 1.
     hint_weight > 0: add hint_weight * MSE(adapter(student stage), teacher stage) on stage `hint_stage`

@@ -68,7 +68,9 @@ def parse_methods(methods):
 
 def dkd_warmup_epochs(dkd_warmup, epochs):
     """The DKD warm-up length: as given, or (None) mdistiller's 20 of 240 epochs scaled to this run,
-    min(20, max(1, round(epochs / 12))), so that a short run is not spent mostly warming up."""
+    min(20, max(1, round(epochs / 12))), so that a short run is not spent mostly warming up.  Note that a
+    warm-up of 1 epoch is none: the factor min(epoch / warmup, 1) (1-based epochs, as mdistiller) is 1 from
+    the first epoch, so runs of up to 17 epochs get the DKD term at full weight from the first step."""
     if dkd_warmup is None:
         return min(20, max(1, round(epochs / 12)))
     return dkd_warmup
