@@ -202,17 +202,24 @@ def test_kd_loss_non_contiguous(layout):
     tkd.check_close(s, t, y, backend=EMU, grad_teacher=layout != "expanded_teacher", T=2.0, alpha=0.7)
 
 
-def test_kd_loss_bad_target_is_a_device_assert_and_the_process_keeps_working():
-    """Twin of test_cuda_bad_target_raises: the kernel's device-side assert becomes a RuntimeError."""
+def _check_bad_target_asserts(kernel, op_call, loss, want):
+    """An out-of-range target (10, -1) makes the kernel's device-side assert a RuntimeError from op_call(s, t, y),
+    and the process keeps working: loss(s, t, y) afterwards matches want(s, t, y) in fp64 (4 x 10 logits)."""
     s, t = tkd.logits((4, 10)), tkd.logits((4, 10), seed=1)
+    y = torch.tensor([0, 9, 3, -100])
     with sk.backend(EMU):
         for bad in (10, -1):
-            y = torch.tensor([0, bad, 3, -100])
-            with pytest.raises(RuntimeError, match="device-side assert.*_kd_loss_kernel"):
-                tkd.OP(s, t, y, 1.0, 0.5, -100, 3, False, False)
-        loss = sk.kd_loss(s, t, torch.tensor([0, 9, 3, -100]), temperature=1.0, alpha=0.5)
-    want = tkd.eager(s.double(), t.double(), torch.tensor([0, 9, 3, -100]), T=1.0, alpha=0.5)
-    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+            with pytest.raises(RuntimeError, match="device-side assert.*" + kernel):
+                op_call(s, t, torch.tensor([0, bad, 3, -100]))
+        got = loss(s, t, y)
+    torch.testing.assert_close(got.double(), want(s.double(), t.double(), y), rtol=1e-5, atol=1e-6)
+
+
+def test_kd_loss_bad_target_is_a_device_assert_and_the_process_keeps_working():
+    """Twin of test_cuda_bad_target_raises: the kernel's device-side assert becomes a RuntimeError."""
+    _check_bad_target_asserts("_kd_loss_kernel", lambda s, t, y: tkd.OP(s, t, y, 1.0, 0.5, -100, 3, False, False),
+                              lambda s, t, y: sk.kd_loss(s, t, y, temperature=1.0, alpha=0.5),
+                              lambda s, t, y: tkd.eager(s, t, y, T=1.0, alpha=0.5))
 
 
 def test_kd_loss_gradcheck_and_opcheck():
@@ -296,15 +303,9 @@ def test_dkd_loss_streamed_rows():
 
 
 def test_dkd_loss_bad_target_is_a_device_assert_and_the_process_keeps_working():
-    s, t = tkd.logits((4, 10)), tkd.logits((4, 10), seed=1)
-    with sk.backend(EMU):
-        for bad in (10, -1):
-            y = torch.tensor([0, bad, 3, -100])
-            with pytest.raises(RuntimeError, match="device-side assert.*_dkd_loss_kernel"):
-                tdkd.OP(s, t, y, 1.0, 1.0, 8.0, -100, 3, False, False)
-        loss = sk.dkd_loss(s, t, torch.tensor([0, 9, 3, -100]))
-    want = tdkd.reference(s.double(), t.double(), torch.tensor([0, 9, 3, -100]))
-    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+    _check_bad_target_asserts("_dkd_loss_kernel",
+                              lambda s, t, y: tdkd.OP(s, t, y, 1.0, 1.0, 8.0, -100, 3, False, False),
+                              sk.dkd_loss, tdkd.reference)
 
 
 def test_dkd_loss_gradcheck_and_opcheck():
