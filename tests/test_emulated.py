@@ -522,6 +522,35 @@ def test_batch_norm_act_fused_bn_relu_matches_eager(dtype, layout):
     torch.testing.assert_close(bn.running_var, ref.running_var, **tol)
 
 
+def _launched_during(fn):
+    before = dict(sk.testing.emulated_launches())
+    out = fn()
+    after = sk.testing.emulated_launches()
+    return out, {k for k, v in after.items() if v > before.get(k, 0)}
+
+
+def _check_bn_fp64(x, w, b, r, rm, rv, g, training, relu, grad_atol):
+    """The emulated batch_norm_act (y, batch statistics, every gradient for the output gradient g) against the
+    eager composition in fp64; returns the kernels the forward and the backward launched."""
+    import test_batch_norm_act as tbn
+    xs, ws, bs, rs = tbn.leaves(x, w, b, r)
+    xe, we, be, re_ = tbn.leaves(x, w, b, r)
+    with sk.backend(EMU):
+        (y, mean, var), fwd = _launched_during(
+            lambda: torch.ops.shufflekern.batch_norm_act(xs, ws, bs, rs, rm, rv, training, 1e-5, relu))
+        got, bwd = _launched_during(lambda: tbn.grads_of(y, [xs, ws, bs, rs], g))
+    _, ye = tbn.eager(xe, we, be, re_, rm, rv, training, relu)
+    want = tbn.grads_of(ye, [xe, we, be, re_], g)
+    torch.testing.assert_close(y, ye, rtol=1e-9, atol=1e-11)
+    if training:
+        torch.testing.assert_close(mean, x.mean((0, 2, 3)), rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False), rtol=1e-9, atol=1e-11)
+    for a, e in zip(got, want):
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=1e-8, atol=grad_atol)
+    return fwd, bwd
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("relu", [False, True], ids=["id", "relu"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
@@ -533,20 +562,7 @@ def test_batch_norm_act_fp64_matches_eager(layout, shape, residual, relu, traini
     import test_batch_norm_act as tbn
     x, w, b, r, rm, rv = tbn.make(shape, torch.float64, tsc.FORMATS[layout], residual, noncontig=shape[1] == 33)
     g = torch.randn(shape, dtype=torch.float64)
-    xs, ws, bs, rs = tbn.leaves(x, w, b, r)
-    xe, we, be, re_ = tbn.leaves(x, w, b, r)
-    with sk.backend(EMU):
-        y, mean, var = torch.ops.shufflekern.batch_norm_act(xs, ws, bs, rs, rm, rv, training, 1e-5, relu)
-        got = tbn.grads_of(y, [xs, ws, bs, rs], g)
-    _, ye = tbn.eager(xe, we, be, re_, rm, rv, training, relu)
-    want = tbn.grads_of(ye, [xe, we, be, re_], g)
-    torch.testing.assert_close(y, ye, rtol=1e-9, atol=1e-11)
-    if training:
-        torch.testing.assert_close(mean, x.mean((0, 2, 3)), rtol=1e-9, atol=1e-11)
-        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False), rtol=1e-9, atol=1e-11)
-    for a, e in zip(got, want):
-        if e is not None:
-            torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-10)
+    _check_bn_fp64(x, w, b, r, rm, rv, g, training, relu, grad_atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -621,11 +637,6 @@ BN_PATHS = {  # fp64: (shape, layout, forward kernel, backward kernel)
 }
 
 
-def _launched_during(fn):
-    before = dict(sk.testing.emulated_launches())
-    out = fn()
-    after = sk.testing.emulated_launches()
-    return out, {k for k, v in after.items() if v > before.get(k, 0)}
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -637,24 +648,10 @@ def test_batch_norm_act_paths_fp64(path, residual, relu, training):
     shape, layout, fwd_kernel, bwd_kernel = BN_PATHS[path]
     x, w, b, r, rm, rv = tbn.make(shape, torch.float64, tsc.FORMATS[layout], residual)
     g = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=tsc.FORMATS[layout])
-    xs, ws, bs, rs = tbn.leaves(x, w, b, r)
-    xe, we, be, re_ = tbn.leaves(x, w, b, r)
-    with sk.backend(EMU):
-        (y, mean, var), fwd = _launched_during(
-            lambda: torch.ops.shufflekern.batch_norm_act(xs, ws, bs, rs, rm, rv, training, 1e-5, relu))
-        got, bwd = _launched_during(lambda: tbn.grads_of(y, [xs, ws, bs, rs], g))
+    fwd, bwd = _check_bn_fp64(x, w, b, r, rm, rv, g, training, relu, grad_atol=1e-9)
     if training:
         assert fwd_kernel in fwd, fwd
     assert bwd_kernel in bwd, bwd
-    _, ye = tbn.eager(xe, we, be, re_, rm, rv, training, relu)
-    want = tbn.grads_of(ye, [xe, we, be, re_], g)
-    torch.testing.assert_close(y, ye, rtol=1e-9, atol=1e-11)
-    if training:
-        torch.testing.assert_close(mean, x.mean((0, 2, 3)), rtol=1e-9, atol=1e-11)
-        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False), rtol=1e-9, atol=1e-11)
-    for a, e in zip(got, want):
-        if e is not None:
-            torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-9)
 
 
 BN_LOW_PATHS = {  # (shape, layout) per path, for fp32 / fp16 / bf16
