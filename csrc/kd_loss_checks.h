@@ -64,6 +64,20 @@ inline at::Tensor kd_rows_view(const at::Tensor& x) {
   return r;
 }
 
+// What a distillation loss's forward kernel writes: the per-row losses (in double for double logits, else
+// float) and the wanted gradients, dense like the logits (0 elements when not wanted: the op returns them so).
+struct KdOutputs {
+  at::Tensor row_loss, grad_s, grad_t;
+};
+
+inline KdOutputs kd_outputs(const at::Tensor& student, const at::Tensor& teacher, int64_t rows, bool grad_student,
+                            bool grad_teacher) {
+  const auto acc = student.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return {at::empty({rows}, student.options().dtype(acc)),
+          at::empty(grad_student ? student.sizes() : at::IntArrayRef{0}, student.options()),
+          at::empty(grad_teacher ? teacher.sizes() : at::IntArrayRef{0}, teacher.options())};
+}
+
 // The op's loss output from the per-row losses (already scaled by the reduction's divisor): the rows
 // themselves for reduction none (shape of the leading dims), else their sum, accumulated in double.
 inline at::Tensor kd_reduce_rows(const at::Tensor& row_loss, const at::Tensor& student, int64_t reduction) {

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import shufflekern as sk
-from test_kd_loss import ATOL, NON_CONTIGUOUS, REDUCTIONS, logits, non_contiguous_case, targets
+from test_kd_loss import (ATOL, NON_CONTIGUOUS, REDUCTIONS, check_bad_input, check_compiled, gradcheck_inputs, logits,
+                          no_host_reads, non_contiguous_case, opcheck_family, run, targets)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy inf - inf in the Triton interpreter
 
@@ -54,17 +55,6 @@ def ours(backend):
         with sk.backend(backend):
             return sk.dkd_loss(s, t, y, **kw)
     return fn
-
-
-def run(fn, s, t, y, grad_teacher=True, **kw):
-    """Loss and gradients of sum(w * loss) for a fixed random w (so that `none` is checked per row)."""
-    s = s.detach().clone().requires_grad_()
-    t = t.detach().clone().requires_grad_(grad_teacher)
-    loss = fn(s, t, y, **kw)
-    g = torch.Generator().manual_seed(0)
-    w = torch.rand(loss.shape, generator=g, dtype=torch.float64).to(loss.dtype) + 0.5
-    (loss * w).sum().backward()
-    return [loss.detach(), s.grad] + ([t.grad] if grad_teacher else [])
 
 
 def check_close(s, t, y, backend="auto", grad_teacher=True, **kw):
@@ -236,35 +226,22 @@ def _samples():
 
 @pytest.mark.parametrize("family", ["", "_triton"])
 def test_opcheck(family):
-    op = getattr(torch.ops.shufflekern, "dkd_loss_forward" + family)
-    for args in _samples():
-        torch.library.opcheck(op, args)
+    opcheck_family("dkd_loss_forward", family, _samples())
 
 
 @pytest.mark.parametrize("backend,reduction", [
     ("auto", "none"), ("auto", "batchmean"), ("auto", "mean"), ("auto", "sum"), ("triton", "none"),
     pytest.param("triton", "batchmean", marks=pytest.mark.slow)])
 def test_gradcheck(backend, reduction):
-    s = logits((3, 6), torch.float64).requires_grad_()
-    t = logits((3, 6), torch.float64, seed=1).requires_grad_()
-    y = torch.tensor([2, -100, 5])
+    s, t, y = gradcheck_inputs()
     with sk.backend(backend):
         assert torch.autograd.gradcheck(
             lambda a, b: sk.dkd_loss(a, b, y, temperature=2.0, alpha=0.6, beta=3.0, reduction=reduction), (s, t))
 
 
 def test_compile_fullgraph():
-    torch._dynamo.reset()
-    s, t = logits((6, 50)), logits((6, 50), seed=1)
-    y = targets((6,), 50, (2,))
-
-    def f(a, b, y):
-        return sk.dkd_loss(a, b, y, temperature=2.0) + sk.dkd_loss(a, b, y, reduction="none").sum()
-
-    got = run(torch.compile(f, fullgraph=True), s, t, y)
-    want = run(f, s, t, y)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
+    check_compiled(lambda a, b, y: sk.dkd_loss(a, b, y, temperature=2.0) +
+                   sk.dkd_loss(a, b, y, reduction="none").sum())
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
@@ -298,11 +275,7 @@ BAD = [
 @pytest.mark.parametrize("case", range(len(BAD)))
 @pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_bad_input_raises(case, backend):
-    fn, exc, match = BAD[case]
-    s, t = logits((4, 10)), logits((4, 10), seed=1)
-    y = targets((4,), 10)
-    with sk.backend(backend), pytest.raises(exc, match=match):
-        fn(s, t, y)
+    check_bad_input(BAD[case], backend)
 
 
 # ---- CUDA (skipped without a GPU; the emulated twins run in tests/test_emulated.py) ----------------------
@@ -356,16 +329,11 @@ def test_triton_launcher_reads_no_tensor_on_the_host(monkeypatch):
     on the host (what a CUDA call would synchronise on), whatever the reduction; an out-of-range target is NaN."""
     import shufflekern.triton.dkd_loss as tdkd
 
-    def refuse(*a, **k):
-        raise AssertionError("the Triton DKD launcher read a tensor value on the host")
-
     monkeypatch.setattr(tdkd, "check_kd_target_range", lambda *a, **k: None)
     s, t = logits((4, 11)), logits((4, 11), seed=1)
     y = targets((4,), 11, (1,))
     for reduction in range(4):
-        with monkeypatch.context() as m:
-            for name in ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy"):
-                m.setattr(torch.Tensor, name, refuse)
+        with no_host_reads(monkeypatch, "the Triton DKD launcher"):
             out = tdkd.dkd_loss_forward(s, t, y, 4.0, 1.0, 8.0, -100, reduction, True, True)
         with sk.backend("triton"):
             want = torch.ops.shufflekern.dkd_loss_forward_triton(s, t, y, 4.0, 1.0, 8.0, -100, reduction, True, True)

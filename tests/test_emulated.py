@@ -202,17 +202,24 @@ def test_kd_loss_non_contiguous(layout):
     tkd.check_close(s, t, y, backend=EMU, grad_teacher=layout != "expanded_teacher", T=2.0, alpha=0.7)
 
 
-def test_kd_loss_bad_target_is_a_device_assert_and_the_process_keeps_working():
-    """Twin of test_cuda_bad_target_raises: the kernel's device-side assert becomes a RuntimeError."""
+def _check_bad_target_asserts(kernel, op_call, loss, want):
+    """An out-of-range target (10, -1) makes the kernel's device-side assert a RuntimeError from op_call(s, t, y),
+    and the process keeps working: loss(s, t, y) afterwards matches want(s, t, y) in fp64 (4 x 10 logits)."""
     s, t = tkd.logits((4, 10)), tkd.logits((4, 10), seed=1)
+    y = torch.tensor([0, 9, 3, -100])
     with sk.backend(EMU):
         for bad in (10, -1):
-            y = torch.tensor([0, bad, 3, -100])
-            with pytest.raises(RuntimeError, match="device-side assert.*_kd_loss_kernel"):
-                tkd.OP(s, t, y, 1.0, 0.5, -100, 3, False, False)
-        loss = sk.kd_loss(s, t, torch.tensor([0, 9, 3, -100]), temperature=1.0, alpha=0.5)
-    want = tkd.eager(s.double(), t.double(), torch.tensor([0, 9, 3, -100]), T=1.0, alpha=0.5)
-    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+            with pytest.raises(RuntimeError, match="device-side assert.*" + kernel):
+                op_call(s, t, torch.tensor([0, bad, 3, -100]))
+        got = loss(s, t, y)
+    torch.testing.assert_close(got.double(), want(s.double(), t.double(), y), rtol=1e-5, atol=1e-6)
+
+
+def test_kd_loss_bad_target_is_a_device_assert_and_the_process_keeps_working():
+    """Twin of test_cuda_bad_target_raises: the kernel's device-side assert becomes a RuntimeError."""
+    _check_bad_target_asserts("_kd_loss_kernel", lambda s, t, y: tkd.OP(s, t, y, 1.0, 0.5, -100, 3, False, False),
+                              lambda s, t, y: sk.kd_loss(s, t, y, temperature=1.0, alpha=0.5),
+                              lambda s, t, y: tkd.eager(s, t, y, T=1.0, alpha=0.5))
 
 
 def test_kd_loss_gradcheck_and_opcheck():
@@ -296,15 +303,9 @@ def test_dkd_loss_streamed_rows():
 
 
 def test_dkd_loss_bad_target_is_a_device_assert_and_the_process_keeps_working():
-    s, t = tkd.logits((4, 10)), tkd.logits((4, 10), seed=1)
-    with sk.backend(EMU):
-        for bad in (10, -1):
-            y = torch.tensor([0, bad, 3, -100])
-            with pytest.raises(RuntimeError, match="device-side assert.*_dkd_loss_kernel"):
-                tdkd.OP(s, t, y, 1.0, 1.0, 8.0, -100, 3, False, False)
-        loss = sk.dkd_loss(s, t, torch.tensor([0, 9, 3, -100]))
-    want = tdkd.reference(s.double(), t.double(), torch.tensor([0, 9, 3, -100]))
-    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+    _check_bad_target_asserts("_dkd_loss_kernel",
+                              lambda s, t, y: tdkd.OP(s, t, y, 1.0, 1.0, 8.0, -100, 3, False, False),
+                              sk.dkd_loss, tdkd.reference)
 
 
 def test_dkd_loss_gradcheck_and_opcheck():
@@ -521,6 +522,35 @@ def test_batch_norm_act_fused_bn_relu_matches_eager(dtype, layout):
     torch.testing.assert_close(bn.running_var, ref.running_var, **tol)
 
 
+def _launched_during(fn):
+    before = dict(sk.testing.emulated_launches())
+    out = fn()
+    after = sk.testing.emulated_launches()
+    return out, {k for k, v in after.items() if v > before.get(k, 0)}
+
+
+def _check_bn_fp64(x, w, b, r, rm, rv, g, training, relu, grad_atol):
+    """The emulated batch_norm_act (y, batch statistics, every gradient for the output gradient g) against the
+    eager composition in fp64; returns the kernels the forward and the backward launched."""
+    import test_batch_norm_act as tbn
+    xs, ws, bs, rs = tbn.leaves(x, w, b, r)
+    xe, we, be, re_ = tbn.leaves(x, w, b, r)
+    with sk.backend(EMU):
+        (y, mean, var), fwd = _launched_during(
+            lambda: torch.ops.shufflekern.batch_norm_act(xs, ws, bs, rs, rm, rv, training, 1e-5, relu))
+        got, bwd = _launched_during(lambda: tbn.grads_of(y, [xs, ws, bs, rs], g))
+    _, ye = tbn.eager(xe, we, be, re_, rm, rv, training, relu)
+    want = tbn.grads_of(ye, [xe, we, be, re_], g)
+    torch.testing.assert_close(y, ye, rtol=1e-9, atol=1e-11)
+    if training:
+        torch.testing.assert_close(mean, x.mean((0, 2, 3)), rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False), rtol=1e-9, atol=1e-11)
+    for a, e in zip(got, want):
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=1e-8, atol=grad_atol)
+    return fwd, bwd
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("relu", [False, True], ids=["id", "relu"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
@@ -532,20 +562,7 @@ def test_batch_norm_act_fp64_matches_eager(layout, shape, residual, relu, traini
     import test_batch_norm_act as tbn
     x, w, b, r, rm, rv = tbn.make(shape, torch.float64, tsc.FORMATS[layout], residual, noncontig=shape[1] == 33)
     g = torch.randn(shape, dtype=torch.float64)
-    xs, ws, bs, rs = tbn.leaves(x, w, b, r)
-    xe, we, be, re_ = tbn.leaves(x, w, b, r)
-    with sk.backend(EMU):
-        y, mean, var = torch.ops.shufflekern.batch_norm_act(xs, ws, bs, rs, rm, rv, training, 1e-5, relu)
-        got = tbn.grads_of(y, [xs, ws, bs, rs], g)
-    _, ye = tbn.eager(xe, we, be, re_, rm, rv, training, relu)
-    want = tbn.grads_of(ye, [xe, we, be, re_], g)
-    torch.testing.assert_close(y, ye, rtol=1e-9, atol=1e-11)
-    if training:
-        torch.testing.assert_close(mean, x.mean((0, 2, 3)), rtol=1e-9, atol=1e-11)
-        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False), rtol=1e-9, atol=1e-11)
-    for a, e in zip(got, want):
-        if e is not None:
-            torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-10)
+    _check_bn_fp64(x, w, b, r, rm, rv, g, training, relu, grad_atol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -620,11 +637,6 @@ BN_PATHS = {  # fp64: (shape, layout, forward kernel, backward kernel)
 }
 
 
-def _launched_during(fn):
-    before = dict(sk.testing.emulated_launches())
-    out = fn()
-    after = sk.testing.emulated_launches()
-    return out, {k for k, v in after.items() if v > before.get(k, 0)}
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -636,24 +648,10 @@ def test_batch_norm_act_paths_fp64(path, residual, relu, training):
     shape, layout, fwd_kernel, bwd_kernel = BN_PATHS[path]
     x, w, b, r, rm, rv = tbn.make(shape, torch.float64, tsc.FORMATS[layout], residual)
     g = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=tsc.FORMATS[layout])
-    xs, ws, bs, rs = tbn.leaves(x, w, b, r)
-    xe, we, be, re_ = tbn.leaves(x, w, b, r)
-    with sk.backend(EMU):
-        (y, mean, var), fwd = _launched_during(
-            lambda: torch.ops.shufflekern.batch_norm_act(xs, ws, bs, rs, rm, rv, training, 1e-5, relu))
-        got, bwd = _launched_during(lambda: tbn.grads_of(y, [xs, ws, bs, rs], g))
+    fwd, bwd = _check_bn_fp64(x, w, b, r, rm, rv, g, training, relu, grad_atol=1e-9)
     if training:
         assert fwd_kernel in fwd, fwd
     assert bwd_kernel in bwd, bwd
-    _, ye = tbn.eager(xe, we, be, re_, rm, rv, training, relu)
-    want = tbn.grads_of(ye, [xe, we, be, re_], g)
-    torch.testing.assert_close(y, ye, rtol=1e-9, atol=1e-11)
-    if training:
-        torch.testing.assert_close(mean, x.mean((0, 2, 3)), rtol=1e-9, atol=1e-11)
-        torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False), rtol=1e-9, atol=1e-11)
-    for a, e in zip(got, want):
-        if e is not None:
-            torch.testing.assert_close(a, e, rtol=1e-8, atol=1e-9)
 
 
 BN_LOW_PATHS = {  # (shape, layout) per path, for fp32 / fp16 / bf16

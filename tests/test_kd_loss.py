@@ -1,5 +1,6 @@
 """sk.kd_kl_div / sk.kd_loss against an fp64 eager reference (flash-attention rule: our error <= 2x the
 error of eager PyTorch in the same dtype, plus a tiny absolute term), on the native and Triton backends."""
+import contextlib
 import math
 import os
 import subprocess
@@ -88,6 +89,56 @@ def targets(shape, C, ignored=(), seed=1):
     for i in ignored:
         y.view(-1)[i] = -100
     return y
+
+
+# ---- shared with tests/test_dkd_loss.py ----------------------------------------------------------------
+HOST_READS = ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy")
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch, who):
+    """Inside: reading a tensor's value on the host (what a CUDA call would synchronise on) fails."""
+    def refuse(*a, **k):
+        raise AssertionError(f"{who} read a tensor value on the host")
+
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            m.setattr(torch.Tensor, name, refuse)
+        yield
+
+
+def opcheck_family(name, family, samples):
+    """torch.library.opcheck of torch.ops.shufflekern.<name><family> ("": native, "_triton") on every sample."""
+    op = getattr(torch.ops.shufflekern, name + family)
+    for args in samples:
+        torch.library.opcheck(op, args)
+
+
+def gradcheck_inputs():
+    """fp64 3 x 6 student and teacher logits (both requiring grad) and targets with an ignored row."""
+    s = logits((3, 6), torch.float64).requires_grad_()
+    t = logits((3, 6), torch.float64, seed=1).requires_grad_()
+    return s, t, torch.tensor([2, -100, 5])
+
+
+def check_compiled(f):
+    """f(s, t, y) under torch.compile(fullgraph=True) gives the eager loss and gradients (6 x 50 logits)."""
+    torch._dynamo.reset()
+    s, t = logits((6, 50)), logits((6, 50), seed=1)
+    y = targets((6,), 50, (2,))
+    got = run(torch.compile(f, fullgraph=True), s, t, y)
+    want = run(f, s, t, y)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def check_bad_input(bad, backend):
+    """A BAD entry (fn(s, t, y), exception type, message pattern) raises under the backend (4 x 10 logits)."""
+    fn, exc, match = bad
+    s, t = logits((4, 10)), logits((4, 10), seed=1)
+    y = targets((4,), 10)
+    with sk.backend(backend), pytest.raises(exc, match=match):
+        fn(s, t, y)
 
 
 # ---- numerics ---------------------------------------------------------------------------------------
@@ -290,17 +341,12 @@ def test_triton_launcher_reads_no_tensor_on_the_host(monkeypatch):
     a value, whatever the reduction and target."""
     import shufflekern.triton.kd_loss as tkd
 
-    def refuse(*a, **k):
-        raise AssertionError("the Triton KD launcher read a tensor value on the host")
-
     monkeypatch.setattr(tkd, "check_kd_target_range", lambda *a, **k: None)
     s, t = logits((4, 11)), logits((4, 11), seed=1)
     y = targets((4,), 11, (1,))
     for reduction in range(4):
         for target in (None, y):
-            with monkeypatch.context() as m:
-                for name in ("item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy"):
-                    m.setattr(torch.Tensor, name, refuse)
+            with no_host_reads(monkeypatch, "the Triton KD launcher"):
                 out = tkd.kd_loss_forward(s, t, target, 2.0, 0.7 if target is not None else 1.0, -100, reduction,
                                           True, True)
             with sk.backend("triton"):
@@ -334,9 +380,7 @@ def _samples():
 
 @pytest.mark.parametrize("family", ["", "_triton"])
 def test_opcheck(family):
-    op = getattr(torch.ops.shufflekern, "kd_loss_forward" + family)
-    for args in _samples():
-        torch.library.opcheck(op, args)
+    opcheck_family("kd_loss_forward", family, _samples())
 
 
 # The interpreter makes Triton gradchecks slow: one by default, the rest with -m slow.
@@ -344,9 +388,7 @@ def test_opcheck(family):
     ("auto", "none"), ("auto", "batchmean"), ("auto", "mean"), ("triton", "none"),
     pytest.param("triton", "batchmean", marks=pytest.mark.slow), pytest.param("triton", "mean", marks=pytest.mark.slow)])
 def test_gradcheck(backend, reduction):
-    s = logits((3, 6), torch.float64).requires_grad_()
-    t = logits((3, 6), torch.float64, seed=1).requires_grad_()
-    y = torch.tensor([2, -100, 5])
+    s, t, y = gradcheck_inputs()
     with sk.backend(backend):
         assert torch.autograd.gradcheck(
             lambda a, b: sk.kd_loss(a, b, y, temperature=2.0, alpha=0.6, reduction=reduction), (s, t))
@@ -356,17 +398,8 @@ def test_gradcheck(backend, reduction):
 
 
 def test_compile_fullgraph():
-    torch._dynamo.reset()
-    s, t = logits((6, 50)), logits((6, 50), seed=1)
-    y = targets((6,), 50, (2,))
-
-    def f(a, b, y):
-        return sk.kd_loss(a, b, y, temperature=2.0, alpha=0.5) + sk.kd_kl_div(a, b, reduction="none").sum()
-
-    got = run(torch.compile(f, fullgraph=True), s, t, y)
-    want = run(f, s, t, y)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
+    check_compiled(lambda a, b, y: sk.kd_loss(a, b, y, temperature=2.0, alpha=0.5) +
+                   sk.kd_kl_div(a, b, reduction="none").sum())
 
 
 def test_modules():
@@ -415,11 +448,7 @@ BAD = [
 @pytest.mark.parametrize("case", range(len(BAD)))
 @pytest.mark.parametrize("backend", ["auto", "triton"])
 def test_bad_input_raises(case, backend):
-    fn, exc, match = BAD[case]
-    s, t = logits((4, 10)), logits((4, 10), seed=1)
-    y = targets((4,), 10)
-    with sk.backend(backend), pytest.raises(exc, match=match):
-        fn(s, t, y)
+    check_bad_input(BAD[case], backend)
 
 
 # ---- CUDA (skipped without a GPU) ------------------------------------------------------------------------

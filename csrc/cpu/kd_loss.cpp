@@ -29,33 +29,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kd_loss_forward_cpu(
     tgt = target->reshape({-1}).to(at::kLong).contiguous();
     counted = count_rows(tgt, classes, ignore_index);
   }
-  const auto acc = student.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor row_loss = at::empty({rows}, student.options().dtype(acc));
-  at::Tensor gs = at::empty(grad_student ? student.sizes() : at::IntArrayRef{0}, student.options());
-  at::Tensor gt = at::empty(grad_teacher ? teacher.sizes() : at::IntArrayRef{0}, teacher.options());
-  if (grad_student) advise_huge_pages(gs);
-  if (grad_teacher) advise_huge_pages(gt);
-  if (rows > 0) {
-    KdLossArgs args{};
-    args.s = s.data_ptr();
-    args.t = t.data_ptr();
-    args.s_stride = s.stride(0);
-    args.t_stride = t.stride(0);
-    args.target = tgt.defined() ? tgt.data_ptr<int64_t>() : nullptr;
-    args.grad_s = grad_student ? gs.data_ptr() : nullptr;
-    args.grad_t = grad_teacher ? gt.data_ptr() : nullptr;
-    args.row_loss = row_loss.data_ptr();
-    args.rows = rows;
-    args.classes = classes;
-    args.temperature = temperature;
-    args.alpha = alpha;
-    args.ignore_index = ignore_index;
-    args.reduction = reduction;
-    args.counted = counted;
-    args.dtype = dtype_code(student.scalar_type());
-    kd_loss_table.get()(args);
-  }
-  return {kd_reduce_rows(row_loss, student, reduction), gs, gt};
+  const KdOutputs out = kd_outputs(student, teacher, rows, grad_student, grad_teacher);
+  if (grad_student) advise_huge_pages(out.grad_s);
+  if (grad_teacher) advise_huge_pages(out.grad_t);
+  if (rows > 0) kd_loss_table.get()(loss_args(s, t, tgt, out, temperature, alpha, ignore_index, reduction, counted));
+  return {kd_reduce_rows(out.row_loss, student, reduction), out.grad_s, out.grad_t};
 }
 
 }  // namespace

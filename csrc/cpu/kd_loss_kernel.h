@@ -10,7 +10,8 @@ enum KdDtype : int { kKdFloat = 0, kKdDouble = 1, kKdBFloat16 = 2, kKdHalf = 3 }
 
 // Logits are R rows of C classes; classes are contiguous, rows `*_stride` elements apart.  Gradients are
 // dense [R, C] (null when not wanted).  row_loss receives each row's contribution to the reduced loss
-// (already scaled), in double for double inputs and in float otherwise.
+// (already scaled), in double for double inputs and in float otherwise.  Also the base of DkdLossArgs; both
+// are filled by loss_args (csrc/cpu/loss_common.h).
 struct KdLossArgs {
   const void* s;
   const void* t;

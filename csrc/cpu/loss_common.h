@@ -9,6 +9,7 @@
 #endif
 
 #include "cpu/kd_loss_kernel.h"
+#include "kd_loss_checks.h"  // KdOutputs
 
 namespace shufflekern::cpu {
 
@@ -33,6 +34,31 @@ inline int64_t count_rows(const at::Tensor& tgt, int64_t classes, int64_t ignore
     ++counted;
   }
   return counted;
+}
+
+// The kernel arguments of kd_loss and dkd_loss (DkdLossArgs adds beta) over the [R, C] logits rows s, t (classes
+// contiguous), the targets tgt (undefined: none) and the outputs (R > 0: an empty gradient is one not wanted).
+inline KdLossArgs loss_args(const at::Tensor& s, const at::Tensor& t, const at::Tensor& tgt, const KdOutputs& out,
+                            double temperature, double alpha, int64_t ignore_index, int64_t reduction,
+                            int64_t counted) {
+  KdLossArgs a{};
+  a.s = s.data_ptr();
+  a.t = t.data_ptr();
+  a.s_stride = s.stride(0);
+  a.t_stride = t.stride(0);
+  a.target = tgt.defined() ? tgt.data_ptr<int64_t>() : nullptr;
+  a.grad_s = out.grad_s.numel() > 0 ? out.grad_s.data_ptr() : nullptr;
+  a.grad_t = out.grad_t.numel() > 0 ? out.grad_t.data_ptr() : nullptr;
+  a.row_loss = out.row_loss.data_ptr();
+  a.rows = s.size(0);
+  a.classes = s.size(1);
+  a.temperature = temperature;
+  a.alpha = alpha;
+  a.ignore_index = ignore_index;
+  a.reduction = reduction;
+  a.counted = counted;
+  a.dtype = dtype_code(s.scalar_type());
+  return a;
 }
 
 // A fresh [R, C] gradient of tens of MiB is a fresh mmap: writing it costs one page fault (and one 4 KiB

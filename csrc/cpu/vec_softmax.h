@@ -10,6 +10,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "cpu/kd_loss_kernel.h"  // KdDtype
+
 namespace shufflekern::cpu {
 namespace CPU_CAPABILITY {
 namespace {
@@ -68,6 +70,19 @@ inline acc_t block_max(const acc_t* p, int64_t n) {
 template <typename acc_t>
 inline acc_t finite_or_zero(acc_t m) {
   return m == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : m;
+}
+
+// Calls rows.template operator()<scalar_t, acc_t>() for the logits' dtype code (KdDtype): acc_t is double for
+// double logits, else float.
+template <typename F>
+inline void dispatch_kd_dtype(int dtype, const char* op, const F& rows) {
+  switch (dtype) {
+    case kKdFloat: return rows.template operator()<float, float>();
+    case kKdDouble: return rows.template operator()<double, double>();
+    case kKdBFloat16: return rows.template operator()<c10::BFloat16, float>();
+    case kKdHalf: return rows.template operator()<c10::Half, float>();
+    default: TORCH_CHECK(false, op, ": unsupported dtype code ", dtype);
+  }
 }
 
 }  // namespace

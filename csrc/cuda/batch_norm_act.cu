@@ -385,6 +385,41 @@ struct SmemPlan {
   SK_HOST_DEVICE int64_t total(int64_t ntiles) const { return acc_bytes + ntiles * tile_bytes; }
 };
 
+// Reads the tile of x (its 32-byte sectors, through for_slots) into the channel-major shared-memory copy xs.
+template <typename T, bool kVec, typename G>
+__device__ void load_tile(G x, const BnTileSpan& t, T* xs) {
+  using VT = Vec<T, kVec>;
+  for_slots<T, kVec>(x, t, [&](int64_t i, int64_t j, int64_t o) {
+    VT v;
+    v.load(x, o);
+    for (int k = 0; k < VT::V; ++k) xs[t.sm(i, j + k)] = v.e[k];
+  });
+}
+
+// Reads the tile of grad_y into gs as dL/dz: with the ReLU, 0 where the pre-activation recomputed from the
+// cached x (xs; scale[cl], shift[cl] per local channel; + r) is <= 0.  Writes it to gr too when wanted.
+template <typename T, typename Acc, bool kVec, typename G, typename GR>
+__device__ void load_grad_tile(G g, G r, GR gr, const BnTileSpan& t, const T* xs, const Acc* scale,
+                               const Acc* shift, bool relu, T* gs) {
+  using VT = Vec<T, kVec>;
+  const bool use_r = relu && r;
+  for_slots<T, kVec>(g, t, [&](int64_t i, int64_t j, int64_t o) {
+    VT gv, rv{};  // rv is read only with use_r ({}: gcc cannot tell)
+    gv.load(g, o);
+    if (use_r) rv.load(r, o);
+    for (int k = 0; k < VT::V; ++k) {
+      const int64_t cl = t.chan(j + k), m = t.sm(i, j + k);
+      if (relu) {
+        Acc z = bn_pre_act(Acc(xs[m]), scale[cl], shift[cl]);
+        if (use_r) z += Acc(rv.e[k]);
+        if (z <= Acc(0)) gv.e[k] = T(0);
+      }
+      gs[m] = gv.e[k];
+    }
+    if (gr) gv.store(gr, o);
+  });
+}
+
 // Training forward with the tile on chip: one block a tile reads x once into shared memory, takes the
 // channels' mean and variance from there (two passes over shared memory: the mean, then the squared
 // deviations), stores mean and var, and writes y = relu(x * scale + shift [+ r]) from the cache.
@@ -402,11 +437,7 @@ __global__ void __launch_bounds__(kBigThreads) _bn_cached_fwd_kernel(
   Acc* red = mu + ct;
   T* xs = reinterpret_cast<T*>(smem + plan.acc_bytes);
   using VT = Vec<T, kVec>;
-  for_slots<T, kVec>(x, t, [&](int64_t i, int64_t j, int64_t o) {
-    VT v;
-    v.load(x, o);
-    for (int k = 0; k < VT::V; ++k) xs[t.sm(i, j + k)] = v.e[k];
-  });
+  load_tile<T, kVec>(x, t, xs);
   __syncthreads();
   channel_sums<Acc>(ct, np, red, s1, s2, [&](int64_t cl, int64_t p) { return Pair<Acc>{Acc(xs[cl * np + p]), Acc(0)}; });
   for (int64_t cl = threadIdx.x; cl < ct; cl += blockDim.x) mu[cl] = s1[cl] / Acc(np);
@@ -467,28 +498,9 @@ __global__ void __launch_bounds__(kBigThreads) _bn_cached_bwd_kernel(
     cf[kShift * ct + cl] = Acc(k.shift);
     cf[kMean * ct + cl] = Acc(mean[c]);
   }
-  for_slots<T, kVec>(x, t, [&](int64_t i, int64_t j, int64_t o) {
-    VT v;
-    v.load(x, o);
-    for (int k = 0; k < VT::V; ++k) xs[t.sm(i, j + k)] = v.e[k];
-  });
+  load_tile<T, kVec>(x, t, xs);
   __syncthreads();
-  const bool use_r = relu && r;
-  for_slots<T, kVec>(g, t, [&](int64_t i, int64_t j, int64_t o) {
-    VT gv, rv;
-    gv.load(g, o);
-    if (use_r) rv.load(r, o);
-    for (int k = 0; k < VT::V; ++k) {
-      const int64_t cl = t.chan(j + k), m = t.sm(i, j + k);
-      if (relu) {
-        Acc z = bn_pre_act(Acc(xs[m]), cf[kScale * ct + cl], cf[kShift * ct + cl]);
-        if (use_r) z += Acc(rv.e[k]);
-        if (z <= Acc(0)) gv.e[k] = T(0);
-      }
-      gs[m] = gv.e[k];
-    }
-    if (gr) gv.store(gr, o);
-  });
+  load_grad_tile<T, Acc, kVec>(g, r, gr, t, xs, cf + kScale * ct, cf + kShift * ct, relu, gs);
   __syncthreads();
   channel_sums<Acc>(ct, np, red, s1, s2, [&](int64_t cl, int64_t p) {
     const Acc gz = Acc(gs[cl * np + p]);
@@ -537,7 +549,6 @@ __global__ void __launch_bounds__(kThreads) _bn_rows_reduce_kernel(
   Acc* red = s2 + ct;
   T* xs = reinterpret_cast<T*>(smem + plan.acc_bytes);
   T* gs = reinterpret_cast<T*>(smem + plan.acc_bytes + plan.tile_bytes);
-  using VT = Vec<T, kVec>;
   for (int64_t c = threadIdx.x; c < ct; c += blockDim.x) {
     if (kSums == Sums::kStats) {
       cf[c] = Acc(x[geo.off(0, c)]);
@@ -547,11 +558,7 @@ __global__ void __launch_bounds__(kThreads) _bn_rows_reduce_kernel(
       cf[2 * ct + c] = coef[kMean * geo.C + c];
     }
   }
-  for_slots<T, kVec>(x, t, [&](int64_t i, int64_t j, int64_t o) {
-    VT v;
-    v.load(x, o);
-    for (int k = 0; k < VT::V; ++k) xs[t.sm(i, j + k)] = v.e[k];
-  });
+  load_tile<T, kVec>(x, t, xs);
   __syncthreads();
   if (kSums == Sums::kStats) {
     channel_sums<Acc>(ct, np, red, s1, s2, [&](int64_t cl, int64_t p) {
@@ -559,22 +566,7 @@ __global__ void __launch_bounds__(kThreads) _bn_rows_reduce_kernel(
       return Pair<Acc>{d, d * d};
     });
   } else {
-    const bool use_r = relu && r;
-    for_slots<T, kVec>(g, t, [&](int64_t i, int64_t j, int64_t o) {
-      VT gv, rv;
-      gv.load(g, o);
-      if (use_r) rv.load(r, o);
-      for (int k = 0; k < VT::V; ++k) {
-        const int64_t cl = t.chan(j + k), m = t.sm(i, j + k);
-        if (relu) {
-          Acc z = bn_pre_act(Acc(xs[m]), cf[cl], cf[ct + cl]);
-          if (use_r) z += Acc(rv.e[k]);
-          if (z <= Acc(0)) gv.e[k] = T(0);
-        }
-        gs[m] = gv.e[k];
-      }
-      if (gr) gv.store(gr, o);
-    });
+    load_grad_tile<T, Acc, kVec>(g, r, gr, t, xs, cf, cf + ct, relu, gs);
     __syncthreads();
     channel_sums<Acc>(ct, np, red, s1, s2, [&](int64_t cl, int64_t p) {
       const Acc gz = Acc(gs[cl * np + p]);

@@ -94,9 +94,7 @@ __global__ void _dkd_loss_kernel(SK_GLOBAL(const scalar_t) s_base, SK_GLOBAL(con
       scalar_t* wt = ct + int64_t(grp) * C;
       for (int64_t j = lane; j < C; j += G) grad(j, acc_t(ws[j]), acc_t(wt[j]), &ws[j], &wt[j]);
     }
-    __syncthreads();
-    if (a.want_gs) span_store(gs_base + r0 * C, cs, nrows * C);
-    if (a.want_gt) span_store(gt_base + r0 * C, ct, nrows * C);
+    store_rows(gs_base, gt_base, cs, ct, r0, nrows, C, a.want_gs, a.want_gt);
     return;
   }
   if (!live) return;
@@ -120,10 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dkd_loss_forward_cuda(
   const int64_t rows = s.size(0);
   const at::Tensor tgt = target.reshape({-1}).to(at::kLong).contiguous();
   const at::Tensor counted = tgt.ne(ignore_index).sum().to(at::kLong);  // stays on the device: the kernel reads it
-  const auto acc = student.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor row_loss = at::empty({rows}, student.options().dtype(acc));
-  at::Tensor gs = at::empty(grad_student ? student.sizes() : at::IntArrayRef{0}, student.options());
-  at::Tensor gt = at::empty(grad_teacher ? teacher.sizes() : at::IntArrayRef{0}, teacher.options());
+  const KdOutputs out = kd_outputs(student, teacher, rows, grad_student, grad_teacher);
   if (rows > 0) {
     const KdShape sh = kd_shape(classes, student.element_size());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, student.scalar_type(), "dkd_loss_forward_cuda", [&] {
@@ -131,14 +126,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dkd_loss_forward_cuda(
       const DkdRowArgs<acc_t> args{classes,         rows,        s.stride(0), t.stride(0),  ignore_index,
                                    reduction,       acc_t(temperature),       acc_t(alpha), acc_t(beta),
                                    grad_student,    grad_teacher};
-      SK_LAUNCH((_dkd_loss_kernel<scalar_t, acc_t>), dim3(static_cast<unsigned>((rows + sh.R - 1) / sh.R)),
-                dim3(sh.G * sh.R), sh.smem, SK_RT::dptr<scalar_t>(s), SK_RT::dptr<scalar_t>(t),
-                SK_RT::dptr<int64_t>(tgt), SK_RT::dptr<int64_t>(counted),
-                grad_student ? SK_RT::dptr<scalar_t>(gs) : nullptr, grad_teacher ? SK_RT::dptr<scalar_t>(gt) : nullptr,
-                SK_RT::dptr<acc_t>(row_loss), args, sh.G, sh.R, sh.cached);
+      SK_LAUNCH((_dkd_loss_kernel<scalar_t, acc_t>), sh.grid(rows), sh.block(), sh.smem, SK_RT::dptr<scalar_t>(s),
+                SK_RT::dptr<scalar_t>(t), SK_RT::dptr<int64_t>(tgt), SK_RT::dptr<int64_t>(counted),
+                grad_student ? SK_RT::dptr<scalar_t>(out.grad_s) : nullptr,
+                grad_teacher ? SK_RT::dptr<scalar_t>(out.grad_t) : nullptr, SK_RT::dptr<acc_t>(out.row_loss), args,
+                sh.G, sh.R, sh.cached);
     });
   }
-  return {kd_reduce_rows(row_loss, student, reduction), gs, gt};
+  return {kd_reduce_rows(out.row_loss, student, reduction), out.grad_s, out.grad_t};
 }
 
 }  // namespace

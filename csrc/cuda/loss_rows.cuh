@@ -110,12 +110,24 @@ __device__ void cache_rows(scalar_t* cs, scalar_t* ct, G s_base, G t_base, int64
   __syncthreads();
 }
 
+// Stores the block's nrows gradient rows, left in the shared caches cs, ct by its groups, as dense [R, C]
+// spans of gs_base, gt_base (the wanted ones), once every group has written its row.
+template <typename scalar_t, typename G>
+__device__ void store_rows(G gs_base, G gt_base, const scalar_t* cs, const scalar_t* ct, int64_t r0, int64_t nrows,
+                           int64_t C, bool want_gs, bool want_gt) {
+  __syncthreads();
+  if (want_gs) span_store(gs_base + r0 * C, cs, nrows * C);
+  if (want_gt) span_store(gt_base + r0 * C, ct, nrows * C);
+}
+
 // Launch shape: G threads a row (a power of two, at most 8 classes a thread, 2 .. 256), R rows a block, and
-// whether the block's rows fit the shared-memory budget.
+// whether the block's rows fit the shared-memory budget; grid() and block() of a launch over `rows` rows.
 struct KdShape {
   int G, R;
   bool cached;
   size_t smem;
+  dim3 grid(int64_t rows) const { return dim3(static_cast<unsigned>((rows + R - 1) / R)); }
+  dim3 block() const { return dim3(G * R); }
 };
 
 inline KdShape kd_shape(int64_t C, int64_t esize) {

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .._validate import KD_REDUCTIONS, check_kd_target_range
-from .kd_loss import _finite, _rows
+from .kd_loss import _kl_add, _kl_merge, _outputs, _reduce, _row_start, _rows
 
 
 @triton.jit
@@ -24,15 +24,9 @@ def _softplus(z):
 @triton.jit
 def _dkd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C, s_stride, t_stride, ignore_index,
                      GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    # Scalars come in a tensor of the accumulation dtype: float arguments would be rounded to fp32.
-    inv_t = tl.load(par_ptr + 0)
-    temperature = tl.load(par_ptr + 1)
-    alpha = tl.load(par_ptr + 2)
+    row, s_row, t_row, inv_t, temperature, alpha = _row_start(s_ptr, t_ptr, par_ptr, s_stride, t_stride)
     beta = tl.load(par_ptr + 3)
     w = tl.load(par_ptr + 4)
-    s_row = s_ptr + row * s_stride
-    t_row = t_ptr + row * t_stride
     tgt = tl.load(tgt_ptr + row)
     valid = tgt != ignore_index
     # CUDA: the launcher does not read the target on the host (no sync); a bad one is NaN, asserted with TRITON_DEBUG=1
@@ -48,23 +42,8 @@ def _dkd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C
         mask = (cols < C) & (cols != c)
         x = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(ACC) * inv_t
         y = tl.load(t_row + cols, mask=mask, other=float("-inf")).to(ACC) * inv_t
-        nmx = tl.maximum(mx, x)
-        fx = _finite(nmx)
-        zx = zx * tl.exp(mx - fx) + tl.exp(x - fx)
-        mx = nmx
-        nmy = tl.maximum(my, y)
-        fy = _finite(nmy)
-        ey = tl.exp(y - fy)
-        a = a * tl.exp(my - fy) + tl.where(ey == 0, 0.0, ey * (y - x))
-        zy = zy * tl.exp(my - fy) + ey
-        my = nmy
-    # Merge the lanes (kd_merge of csrc/kd_loss.h): the non-target streams.
-    Mx = tl.max(mx, axis=0)
-    Zx = tl.sum(zx * tl.exp(mx - _finite(Mx)), axis=0)
-    My = tl.max(my, axis=0)
-    wy = tl.exp(my - _finite(My))
-    Zy = tl.sum(zy * wy, axis=0)
-    A = tl.sum(a * wy, axis=0)
+        mx, zx, my, zy, a = _kl_add(mx, zx, my, zy, a, x, y)
+    Mx, Zx, My, Zy, A = _kl_merge(mx, zx, my, zy, a)  # the non-target streams
     cc = tl.where(valid, tgt, 0)
     xc = tl.load(s_row + cc).to(ACC) * inv_t
     yc = tl.load(t_row + cc).to(ACC) * inv_t
@@ -139,9 +118,7 @@ def dkd_loss_forward(student, teacher, target, temperature, alpha, beta, ignore_
     n = (tgt != ignore_index).sum().clamp_min(1).to(acc)
     one = torch.ones((), dtype=acc, device=student.device)
     w = {KD_REDUCTIONS["mean"]: 1.0 / (n * C), KD_REDUCTIONS["batchmean"]: 1.0 / n}.get(reduction, one)
-    row_loss = torch.empty(R, dtype=acc, device=student.device)
-    gs = torch.empty_like(student, memory_format=torch.contiguous_format) if grad_student else student.new_empty(0)
-    gt = torch.empty_like(teacher, memory_format=torch.contiguous_format) if grad_teacher else teacher.new_empty(0)
+    row_loss, gs, gt = _outputs(student, teacher, R, acc, grad_student, grad_teacher)
     if R > 0:
         # fills and a stack: no host-to-device copy, no synchronisation
         params = torch.stack([one * (1.0 / temperature), one * temperature, one * alpha, one * beta, w])
@@ -149,8 +126,4 @@ def dkd_loss_forward(student, teacher, target, temperature, alpha, beta, ignore_
             s, t, tgt, gs, gt, row_loss, params, C, s.stride(0), t.stride(0), ignore_index,
             GRAD_S=grad_student, GRAD_T=grad_teacher, ACC=tl.float64 if acc == torch.float64 else tl.float32,
             BLOCK=min(triton.next_power_of_2(C), 1024))
-    if reduction == KD_REDUCTIONS["none"]:
-        loss = row_loss.to(student.dtype).reshape(student.shape[:-1])
-    else:
-        loss = row_loss.sum(dtype=torch.float64).to(student.dtype)
-    return loss, gs, gt
+    return _reduce(row_loss, student, reduction), gs, gt

@@ -18,18 +18,48 @@ def _finite(m):
 
 
 @triton.jit
-def _kd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C, s_stride, t_stride, ignore_index,
-                    HAS_TARGET: tl.constexpr, CE: tl.constexpr, CE_SEP: tl.constexpr,
-                    GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _row_start(s_ptr, t_ptr, par_ptr, s_stride, t_stride):
+    """The program's row, its logits rows and the launcher's first three scalars (1/T, T, alpha).  Scalars come
+    in a tensor of the accumulation dtype: float arguments would be rounded to fp32."""
     row = tl.program_id(0).to(tl.int64)
-    # Scalars come in a tensor of the accumulation dtype: float arguments would be rounded to fp32.
     inv_t = tl.load(par_ptr + 0)
     temperature = tl.load(par_ptr + 1)
     alpha = tl.load(par_ptr + 2)
+    return row, s_ptr + row * s_stride, t_ptr + row * t_stride, inv_t, temperature, alpha
+
+
+@triton.jit
+def _kl_add(mx, zx, my, zy, a, x, y):
+    """Adds a block of x = s/T and y = t/T to the per-lane online states: (max, sum) of x and of y, and
+    a = sum e^{y-my}(y-x)."""
+    nmx = tl.maximum(mx, x)
+    fx = _finite(nmx)
+    zx = zx * tl.exp(mx - fx) + tl.exp(x - fx)
+    nmy = tl.maximum(my, y)
+    fy = _finite(nmy)
+    ey = tl.exp(y - fy)
+    a = a * tl.exp(my - fy) + tl.where(ey == 0, 0.0, ey * (y - x))
+    zy = zy * tl.exp(my - fy) + ey
+    return nmx, zx, nmy, zy, a
+
+
+@triton.jit
+def _kl_merge(mx, zx, my, zy, a):
+    """The lanes' states merged (kd_merge of csrc/kd_loss.h): Mx, Zx, My, Zy, A."""
+    Mx = tl.max(mx, axis=0)
+    Zx = tl.sum(zx * tl.exp(mx - _finite(Mx)), axis=0)
+    My = tl.max(my, axis=0)
+    wy = tl.exp(my - _finite(My))
+    return Mx, Zx, My, tl.sum(zy * wy, axis=0), tl.sum(a * wy, axis=0)
+
+
+@triton.jit
+def _kd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C, s_stride, t_stride, ignore_index,
+                    HAS_TARGET: tl.constexpr, CE: tl.constexpr, CE_SEP: tl.constexpr,
+                    GRAD_S: tl.constexpr, GRAD_T: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    row, s_row, t_row, inv_t, temperature, alpha = _row_start(s_ptr, t_ptr, par_ptr, s_stride, t_stride)
     kl_scale = tl.load(par_ptr + 3)
     ce_scale = tl.load(par_ptr + 4)
-    s_row = s_ptr + row * s_stride
-    t_row = t_ptr + row * t_stride
     lanes = tl.arange(0, BLOCK)
     ninf = tl.full([BLOCK], float("-inf"), ACC)
     zero = tl.zeros([BLOCK], ACC)
@@ -39,30 +69,13 @@ def _kd_loss_kernel(s_ptr, t_ptr, tgt_ptr, gs_ptr, gt_ptr, loss_ptr, par_ptr, C,
         mask = cols < C
         s = tl.load(s_row + cols, mask=mask, other=float("-inf")).to(ACC)
         t = tl.load(t_row + cols, mask=mask, other=float("-inf")).to(ACC)
-        x = s * inv_t
-        y = t * inv_t
-        nmx = tl.maximum(mx, x)
-        fx = _finite(nmx)
-        zx = zx * tl.exp(mx - fx) + tl.exp(x - fx)
-        mx = nmx
-        nmy = tl.maximum(my, y)
-        fy = _finite(nmy)
-        ey = tl.exp(y - fy)
-        a = a * tl.exp(my - fy) + tl.where(ey == 0, 0.0, ey * (y - x))
-        zy = zy * tl.exp(my - fy) + ey
-        my = nmy
+        mx, zx, my, zy, a = _kl_add(mx, zx, my, zy, a, s * inv_t, t * inv_t)
         if CE_SEP:
             nm1 = tl.maximum(m1, s)
             f1 = _finite(nm1)
             z1 = z1 * tl.exp(m1 - f1) + tl.exp(s - f1)
             m1 = nm1
-    # Merge the lanes (kd_merge of csrc/kd_loss.h).
-    Mx = tl.max(mx, axis=0)
-    Zx = tl.sum(zx * tl.exp(mx - _finite(Mx)), axis=0)
-    My = tl.max(my, axis=0)
-    wy = tl.exp(my - _finite(My))
-    Zy = tl.sum(zy * wy, axis=0)
-    A = tl.sum(a * wy, axis=0)
+    Mx, Zx, My, Zy, A = _kl_merge(mx, zx, my, zy, a)
     kl = A / Zy - (My - Mx) - tl.log(Zy) + tl.log(Zx)
     loss = alpha * kl_scale * temperature * temperature * kl
     ck = alpha * kl_scale * temperature
@@ -118,6 +131,21 @@ def _rows(x):
     return r.contiguous() if r.shape[1] > 1 and r.stride(1) != 1 else r
 
 
+def _outputs(student, teacher, R, acc, grad_student, grad_teacher):
+    """The row losses (in acc) and the wanted gradients (dense; 0 elements when not wanted) a kernel writes."""
+    row_loss = torch.empty(R, dtype=acc, device=student.device)
+    gs = torch.empty_like(student, memory_format=torch.contiguous_format) if grad_student else student.new_empty(0)
+    gt = torch.empty_like(teacher, memory_format=torch.contiguous_format) if grad_teacher else teacher.new_empty(0)
+    return row_loss, gs, gt
+
+
+def _reduce(row_loss, student, reduction):
+    """The op's loss from the row losses (already scaled by the reduction's divisor)."""
+    if reduction == KD_REDUCTIONS["none"]:
+        return row_loss.to(student.dtype).reshape(student.shape[:-1])
+    return row_loss.sum(dtype=torch.float64).to(student.dtype)
+
+
 def kd_loss_forward(student, teacher, target, temperature, alpha, ignore_index, reduction, grad_student,
                     grad_teacher):
     """(loss, grad_student, grad_teacher) as the C++ op computes them (see csrc/cpu/kd_loss.cpp).  The
@@ -141,10 +169,7 @@ def kd_loss_forward(student, teacher, target, temperature, alpha, ignore_index, 
     one = torch.ones((), dtype=acc, device=student.device)
     kl_scale, ce_scale = {KD_REDUCTIONS["mean"]: (1.0 / (n * C), 1.0 / n),
                           KD_REDUCTIONS["batchmean"]: (1.0 / n, 1.0 / n)}.get(reduction, (one, one))
-    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
-    row_loss = torch.empty(R, dtype=acc, device=student.device)
-    gs = torch.empty_like(student, memory_format=torch.contiguous_format) if grad_student else student.new_empty(0)
-    gt = torch.empty_like(teacher, memory_format=torch.contiguous_format) if grad_teacher else teacher.new_empty(0)
+    row_loss, gs, gt = _outputs(student, teacher, R, acc, grad_student, grad_teacher)
     if R > 0:
         ce = target is not None and alpha != 1.0
         # fills and a stack: no host-to-device copy, no synchronisation
@@ -154,8 +179,4 @@ def kd_loss_forward(student, teacher, target, temperature, alpha, ignore_index, 
             HAS_TARGET=target is not None, CE=ce, CE_SEP=ce and temperature != 1.0, GRAD_S=grad_student,
             GRAD_T=grad_teacher, ACC=tl.float64 if acc == torch.float64 else tl.float32,
             BLOCK=min(triton.next_power_of_2(C), 1024))
-    if reduction == KD_REDUCTIONS["none"]:
-        loss = row_loss.to(student.dtype).reshape(student.shape[:-1])
-    else:
-        loss = row_loss.sum(dtype=torch.float64).to(student.dtype)
-    return loss, gs, gt
+    return _reduce(row_loss, student, reduction), gs, gt

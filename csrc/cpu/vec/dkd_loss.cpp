@@ -163,13 +163,7 @@ void dkd_rows(const DkdLossArgs& a) {
 }
 
 void dkd_loss_kernel(const DkdLossArgs& a) {
-  switch (a.dtype) {
-    case kKdFloat: return dkd_rows<float, float>(a);
-    case kKdDouble: return dkd_rows<double, double>(a);
-    case kKdBFloat16: return dkd_rows<c10::BFloat16, float>(a);
-    case kKdHalf: return dkd_rows<c10::Half, float>(a);
-    default: TORCH_CHECK(false, "dkd_loss: unsupported dtype code ", a.dtype);
-  }
+  dispatch_kd_dtype(a.dtype, "dkd_loss", [&]<typename scalar_t, typename acc_t>() { dkd_rows<scalar_t, acc_t>(a); });
 }
 
 }  // namespace

@@ -370,13 +370,7 @@ void kd_rows(const KdLossArgs& a) {
 }
 
 void kd_loss_kernel(const KdLossArgs& a) {
-  switch (a.dtype) {
-    case kKdFloat: return kd_rows<float, float>(a);
-    case kKdDouble: return kd_rows<double, double>(a);
-    case kKdBFloat16: return kd_rows<c10::BFloat16, float>(a);
-    case kKdHalf: return kd_rows<c10::Half, float>(a);
-    default: TORCH_CHECK(false, "kd_loss: unsupported dtype code ", a.dtype);
-  }
+  dispatch_kd_dtype(a.dtype, "kd_loss", [&]<typename scalar_t, typename acc_t>() { kd_rows<scalar_t, acc_t>(a); });
 }
 
 }  // namespace
