@@ -585,26 +585,38 @@ GemmPlan plan_gemm(int64_t pixels, int64_t in_ch, int64_t out_ch, int64_t cg, si
   return best;
 }
 
-// channels_last with a tile per group: the sectors one pixel's accesses to every group's channels touch, over
-// the sectors of its whole channel vector (1 when every group's runs are whole sectors).  x side: group k's sg runs
-// of x channels (sconv_block); else the group's Mg contiguous channels k*Mg.  A run that starts or ends mid-sector
-// shares that sector with another group, whose block moves it again (Cg = 20 fp32: 1.5 sectors a run of ~7).
-// Pixel vectors are taken to start on a sector.
+// channels_last with a tile per group: the sectors the accesses to every group's channels of a pixel touch, over
+// the sectors of its whole channel vector (1 when every group's runs are whole sectors).  x side: group k's sg
+// runs of x channels (sconv_block); else the group's Mg contiguous channels k*Mg.  A run that starts or ends
+// mid-sector shares that sector with another group, whose block moves it again (Cg = 20 fp32: 1.5 sectors a run
+// of ~7); and the staging's warp requests (32 consecutive elements of the group's runs) start mid-run, so a
+// request's first sector is moved by the previous request too, about 1 - s/n of the time (s sectors over n
+// elements a pixel).  Pixel vectors are taken to start on a sector.
 double cl_run_factor(const Dims& d, int64_t groups, size_t t_size, bool x_side) {
   const int64_t E = std::max<int64_t>(1, 32 / int64_t(t_size));
-  const int64_t C = (x_side ? d.cg : d.mg) * groups;
-  double sectors = 0;
+  const int64_t C = (x_side ? d.cg : d.mg) * groups, n = x_side ? d.cg : d.mg;
+  if (C == 0 || n == 0) return 1.0;
+  double sectors = 0, splits = 0;
+  bool aligned = true;
   for (int64_t k = 0; k < groups; ++k) {
+    double s_k = 0;
+    auto run = [&](int64_t begin, int64_t len) {
+      if (len <= 0) return;
+      s_k += double((begin + len - 1) / E - begin / E + 1);
+      aligned = aligned && begin % E == 0 && len % E == 0;
+    };
     if (!x_side) {
-      if (d.mg > 0) sectors += double((k * d.mg + d.mg - 1) / E - k * d.mg / E + 1);
-      continue;
+      run(k * d.mg, d.mg);
+    } else {
+      for (int64_t b = 0; b < d.sg; ++b) {
+        const SconvBlock blk = sconv_block(k, b, d.cg, d.sg, d.cs);
+        run(blk.src_begin, blk.len);
+      }
     }
-    for (int64_t b = 0; b < d.sg; ++b) {
-      const SconvBlock blk = sconv_block(k, b, d.cg, d.sg, d.cs);
-      if (blk.len > 0) sectors += double((blk.src_begin + blk.len - 1) / E - blk.src_begin / E + 1);
-    }
+    sectors += s_k;
+    splits += double(n) / 32.0 * std::max(0.0, 1.0 - s_k / double(n));
   }
-  return C > 0 ? sectors / double((C + E - 1) / E) : 1.0;
+  return aligned ? 1.0 : (sectors + splits) / double((C + E - 1) / E);
 }
 
 // Modeled bytes of a forward or grad_input launch (whole grid, all groups); in_ch/out_ch a group; in_f / out_f:
