@@ -11,7 +11,9 @@
 // op (what the autograd calls) is one fused kernel: a block reads its tiles' grad_out and x once and writes
 // grad_x and a partial grad_W / grad_b, summed in order by a second kernel.  Tile sizes are planned from the
 // modeled memory traffic (see "plans").  Loads and stores run along the contiguous dimension (pixels in NCHW,
-// channel runs in channels_last).
+// channel runs in channels_last).  In channels_last a second family of kernels (_shuffle_conv1x1_cl_*) tiles
+// pixels over ALL groups, so whole channel vectors are read and written once (see cl_gemm); the planner picks
+// the family of least modeled time.
 //
 // Written against csrc/cuda/runtime.h: nvcc builds it for CUDA tensors, csrc/emu/shuffle_conv1x1.cpp runs the
 // same source under the emulator.
@@ -339,7 +341,8 @@ __device__ __forceinline__ void cl_stage(SK_GLOBAL(const T) src, Acc* dst, const
 }
 
 // out_s[px * O_all + col(o)] = sum_i in_s[row(i) * TP + px] * W'(o, i) for group k's outputs o (O_all: every
-// group's outputs; written after its last barrier, so the caller synchronises before reading out_s).  Forward: i = column j (row: x channel src(k, j)), o = m (col: k*Mg + m), W'(m, j) =
+// group's outputs; written after its last barrier, so the caller synchronises before reading out_s).
+// Forward: i = column j (row: x channel src(k, j)), o = m (col: k*Mg + m), W'(m, j) =
 // W[k*Mg + m, j].  grad_input: i = m (row: gy channel k*Mg + m), o = j (col: src(k, j)).  W' chunks are read
 // along W's rows.  Ends with a barrier after the last read of w_s.
 template <bool kFwd, typename T, typename Acc>
@@ -517,7 +520,8 @@ __global__ void _shuffle_conv1x1_cl_backward_kernel(SK_GLOBAL(const T) gy, SK_GL
 // computing 67/132 TFLOP/s fp32 (NVIDIA's H100 SXM datasheet).  Bytes are modeled as csrc/emu/emu.h counts them:
 // every warp request's 32-byte sectors, no cache, so every tile re-reads its group's weights (W'); fewer, larger
 // tiles move fewer bytes, but a GPU wants many blocks.  Minimising bytes alone would run the 7x7 layers on 3
-// blocks of 132 multiprocessors; the roofline trades the two.  Within one group per block, blocks = tiles x groups.
+// blocks of 132 multiprocessors; the roofline trades the two.  A tile per group: blocks = tiles x groups; the
+// channels_last whole-pixel kernels: blocks = tiles, each reading all of W.
 double modeled_time(double bytes, double flops, double blocks) {
   constexpr double kBandwidth = 3.35e12, kSms = 132.0, kSmFlops = 67e12 / 132.0;
   const double active = std::max(1.0, std::min(blocks, kSms));
