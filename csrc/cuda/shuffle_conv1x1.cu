@@ -46,6 +46,70 @@ struct Dims {
   int64_t pixels, cg, mg, sg, cs;
 };
 
+// NCHW planes that start at the same offset in a sector: channel and image strides whole sectors.
+template <typename T>
+__device__ __forceinline__ bool uniform_rows(const Layout& l) {
+  const int64_t E = 32 / int64_t(sizeof(T));
+  return l.s_c % E == 0 && l.s_n % E == 0;
+}
+
+// The byte address a global pointer holds (gptr under the emulator).
+template <typename P>
+__device__ __forceinline__ uintptr_t address_of(const P& p) {
+#if defined(__CUDACC__)
+  return reinterpret_cast<uintptr_t>(p);
+#else
+  return reinterpret_cast<uintptr_t>(p.get());
+#endif
+}
+
+// NCHW rows with aligned requests.  The TP pixels [p0, p0 + TP) of one channel plane (TP: the tile's pixels that
+// exist, so no lane skips an access at the end of the tensor) are one contiguous segment
+// an image; a row (one channel) is laid out in slots, each segment's slots starting on a multiple of E (the
+// elements of a 32-byte sector) and its first element at slot (its address mod E), so a warp's 32 consecutive
+// slots cover whole aligned sectors of each segment and no sector is split between two requests (an H*W of 196
+// or 49 fp32 starts half the planes mid-sector).  A padding slot accesses its segment's nearest element again
+// (a sector the request moves anyway; a store writes the same value twice), so that every lane of a warp makes
+// the same accesses in the same order, as a GPU's predicated lanes would issue them.  Used when H*W >= 32 (the
+// padding is at most 2E - 2 slots a segment).
+struct AlignedRows {
+  int64_t p0, TP, hw, E, L0, s0, sf, slots;
+  // uniform: every row's segments start at the same offsets in their sectors (channel and image strides whole
+  // sectors), given by row 0 (elem0: its element offsets); then a segment's slots are exactly its sectors'
+  // elements, else up to E - 1 more.
+  template <typename F>
+  __device__ AlignedRows(int64_t p0_, int64_t TP_, int64_t hw_, int64_t E_, bool uniform, uintptr_t base, int64_t t,
+                         F elem0)
+      : p0(p0_), TP(TP_), hw(hw_), E(E_) {
+    L0 = TP < hw - p0 % hw ? TP : hw - p0 % hw;
+    int64_t m0 = E - 1, m1 = E - 1;
+    if (uniform) {
+      m0 = int64_t((base + uintptr_t(elem0(0)) * uintptr_t(t)) % 32) / t;
+      m1 = TP > L0 ? int64_t((base + uintptr_t(elem0(L0)) * uintptr_t(t)) % 32) / t : 0;
+    }
+    s0 = (L0 + m0 + E - 1) / E * E;
+    sf = (hw + m1 + E - 1) / E * E;
+    const int64_t rest = TP - L0, last = rest % hw;
+    slots = s0 + rest / hw * sf + (last ? (last + m1 + E - 1) / E * E : 0);
+  }
+  // The tile pixel of slot s of a row (pad: a padding slot, given its segment's nearest pixel); elem(px): the
+  // element offset of tile pixel px in the row; base and t: the buffer's address and element size.
+  template <typename F>
+  __device__ int64_t px(int64_t s, uintptr_t base, int64_t t, F elem, bool& pad) const {
+    int64_t start = 0, len = L0;
+    if (s >= s0) {
+      const int64_t i = (s - s0) / sf;
+      s = s - s0 - i * sf;
+      start = L0 + i * hw;
+      len = TP - start < hw ? TP - start : hw;
+    }
+    const int64_t m = int64_t((base + uintptr_t(elem(start)) * uintptr_t(t)) % 32) / t;
+    const int64_t k = s - m;
+    pad = k < 0 || k >= len;
+    return start + (k < 0 ? 0 : k >= len ? len - 1 : k);
+  }
+};
+
 // ---- forward and grad_input: one pixel-tile GEMM --------------------------------------------------------
 //
 // out[p, o] = sum_i in[p, i] * W'[o, i] for the TP pixels of a block (blockIdx.x) and ALL O outputs of group
@@ -105,7 +169,25 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   __syncthreads();
   const bool in_pfast = lin.s_hw == 1, out_pfast = lout.s_hw == 1;
   // in_s[c][px] = in[p0 + px, input ib + c] for c < icc (0 beyond the last pixel).
+  const bool in_rows = in_pfast && lin.hw >= 32, out_rows = out_pfast && lout.hw >= 32;
   auto stage = [&](int64_t ib, int64_t icc) {
+    if (in_rows) {
+      const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;  // pixels of the tile that exist
+      const AlignedRows rows(p0, tpe, lin.hw, 32 / int64_t(sizeof(T)), uniform_rows<T>(lin), address_of(in),
+                             int64_t(sizeof(T)), [&](int64_t q) { return lin.pixel(p0 + q); });
+      for (int64_t idx = tid; idx < icc * (TP - tpe); idx += kThreads)
+        in_s[idx / (TP - tpe) * TP + tpe + idx % (TP - tpe)] = Acc(0);
+      for (int64_t idx = tid; idx < icc * rows.slots; idx += kThreads) {
+        const int64_t c = idx / rows.slots, i = ib + c;
+        const int64_t ch = kFwd ? sconv_src_channel(k, tab[i], d.cg, d.sg, d.cs) : k * d.mg + i;
+        bool pad;
+        const int64_t px = rows.px(idx - c * rows.slots, address_of(in), int64_t(sizeof(T)),
+                                   [&](int64_t q) { return lin.pixel(p0 + q) + ch * lin.s_c; }, pad);
+        const Acc v = Acc(in[lin.pixel(p0 + px) + ch * lin.s_c]);
+        if (!pad) in_s[c * TP + px] = v;
+      }
+      return;
+    }
     for (int64_t idx = tid; idx < icc * TP; idx += kThreads) {
       const int64_t c = in_pfast ? idx / TP : idx % icc, px = in_pfast ? idx % TP : idx / icc;
       const int64_t p = p0 + px, i = ib + c;
@@ -196,8 +278,18 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
       }
     }
     __syncthreads();
-    for (int64_t idx = tid; idx < osc * TP; idx += kThreads) {
-      const int64_t oc = out_pfast ? idx / TP : idx % osc, px = out_pfast ? idx % TP : idx / osc;
+    const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;
+    const AlignedRows rows(p0, tpe, out_rows ? lout.hw : 32, 32 / int64_t(sizeof(T)), uniform_rows<T>(lout),
+                           address_of(out), int64_t(sizeof(T)), [&](int64_t q) { return lout.pixel(p0 + q); });
+    for (int64_t idx = tid; idx < osc * (out_rows ? rows.slots : TP); idx += kThreads) {
+      int64_t oc = out_pfast ? idx / TP : idx % osc, px = out_pfast ? idx % TP : idx / osc;
+      if (out_rows) {
+        oc = idx / rows.slots;
+        const int64_t ch = kFwd ? k * d.mg + os0 + oc : sconv_src_channel(k, tab[os0 + oc], d.cg, d.sg, d.cs);
+        bool pad;
+        px = rows.px(idx - oc * rows.slots, address_of(out), int64_t(sizeof(T)),
+                     [&](int64_t q) { return lout.pixel(p0 + q) + ch * lout.s_c; }, pad);
+      }
       const int64_t p = p0 + px, o = os0 + oc;
       if (p < d.pixels) {
         Acc v = out_s[px * OSC + oc];
@@ -278,8 +370,25 @@ __global__ void _shuffle_conv1x1_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBA
       for (int64_t q0 = 0; q0 < d.cg; q0 += XC) {
         const int64_t xcc = d.cg - q0 < XC ? d.cg - q0 : XC;
         const bool all = xcc == d.cg;  // the whole tile: sums in weight-column order, row inv[j]
-        for (int64_t idx = tid; idx < xcc * TP; idx += kThreads) {
-          const int64_t q = xfast ? idx / TP : idx % xcc, px = xfast ? idx % TP : idx / xcc;
+        const bool x_rows = xfast && lx.hw >= 32;
+        const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;
+        const AlignedRows rows(p0, tpe, x_rows ? lx.hw : 32, 32 / int64_t(sizeof(T)), uniform_rows<T>(lx),
+                               address_of(x), int64_t(sizeof(T)), [&](int64_t r) { return lx.pixel(p0 + r); });
+        if (x_rows)
+          for (int64_t idx = tid; idx < xcc * (TP - tpe); idx += kThreads)
+            x_s[idx / (TP - tpe) * PS + tpe + idx % (TP - tpe)] = Acc(0);
+        for (int64_t idx = tid; idx < xcc * (x_rows ? rows.slots : TP); idx += kThreads) {
+          int64_t q = xfast ? idx / TP : idx % xcc, px = xfast ? idx % TP : idx / xcc;
+          if (x_rows) {
+            q = idx / rows.slots;
+            const int64_t ch = sconv_src_channel(k, tab[q0 + q], d.cg, d.sg, d.cs);
+            bool pad;
+            px = rows.px(idx - q * rows.slots, address_of(x), int64_t(sizeof(T)),
+                         [&](int64_t r) { return lx.pixel(p0 + r) + ch * lx.s_c; }, pad);
+            const Acc v = Acc(x[lx.pixel(p0 + px) + ch * lx.s_c]);
+            if (!pad) x_s[q * PS + px] = v;
+            continue;
+          }
           const int64_t p = p0 + px;
           x_s[q * PS + px] =
               p < d.pixels ? Acc(x[lx.pixel(p) + sconv_src_channel(k, tab[q0 + q], d.cg, d.sg, d.cs) * lx.s_c])
