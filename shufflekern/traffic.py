@@ -26,6 +26,12 @@ distinct 32-byte sector its lanes touch; it asks for its distinct elements (a br
                       better than this minimum there.
   eager_bytes       the sum, over the ATen ops that the eager PyTorch composition dispatches (views excluded),
                     of their input + output bytes: an optimistic eager, as if every ATen kernel were ideal
+  dram_bytes        the same launches with an L2 (an H100's 50 MB): a buffer the launch only reads moves each of its
+                    distinct sectors once if it fits the L2 (weights re-read by every block, a tile read twice),
+                    else every request's sectors; a buffer it writes moves each written sector once (and every
+                    request's sectors it reads); each launch starts cold.  The planners' trade shows here: blocks
+                    re-reading the weights cost request-level bytes (bytes_moved) but hardly DRAM bytes
+  blocks            thread blocks of the op's launches (the largest launch), against the H100's 132 SMs
   h100_us           bytes_moved / 3.35 TB/s, the HBM3 bandwidth of an H100 SXM (NVIDIA's H100 datasheet): a
                     lower bound on the kernel time where memory decides it, not a measurement
 
@@ -71,11 +77,13 @@ def emulated_traffic(fn, sample_blocks=0):
 
 def summarize(log):
     """Totals of a list of launches, sampled launches scaled up to their whole grid."""
-    tot = {"requested": 0.0, "moved": 0.0, "kernels": []}
+    tot = {"requested": 0.0, "moved": 0.0, "dram": 0.0, "blocks": 0, "kernels": []}
     for e in log:
         scale = e["blocks"] / max(e["blocks_run"], 1)
         tot["requested"] += scale * (e["load_bytes"] + e["store_bytes"])
         tot["moved"] += scale * 32 * (e["load_sectors"] + e["store_sectors"])
+        tot["dram"] += e.get("dram_bytes", 0)  # scaled by the emulator
+        tot["blocks"] = max(tot["blocks"], e["blocks"])
         if e["kernel"] not in tot["kernels"]:
             tot["kernels"].append(e["kernel"])
     return tot
@@ -305,6 +313,8 @@ def report(sample_blocks=48, ops=None, progress=None):
             "sector_efficiency": round(req / moved, 4) if moved else None,
             "moved_over_min": round(moved / bytes_min, 4) if bytes_min else None,
             "eager_bytes": int(eb), "eager_over_ours": round(eb / moved, 4) if moved else None,
+            "dram_bytes": int(tot["dram"]), "dram_over_min": round(tot["dram"] / bytes_min, 4) if bytes_min else None,
+            "blocks": int(tot["blocks"]),
             "h100_us_model": round(moved / H100_BYTES_PER_S * 1e6, 2),
             "eager_h100_us_model": round(eb / H100_BYTES_PER_S * 1e6, 2),
             "kernels": tot["kernels"],
@@ -319,18 +329,21 @@ def geomean(values):
 
 def markdown(rows):
     lines = ["| op | case | mode | min MB | moved MB | sector eff. | moved / min | eager MB | eager / ours | "
-             "H100 us (model) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "H100 us (model) | DRAM MB (L2 model) | DRAM / min | blocks |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['op']} | {r['case']} | {r['mode']} | {r['bytes_min'] / 1e6:.2f} | "
                      f"{r['bytes_moved'] / 1e6:.2f} | {r['sector_efficiency']:.3f} | {r['moved_over_min']:.3f} | "
-                     f"{r['eager_bytes'] / 1e6:.2f} | {r['eager_over_ours']:.2f} | {r['h100_us_model']:.1f} |")
+                     f"{r['eager_bytes'] / 1e6:.2f} | {r['eager_over_ours']:.2f} | {r['h100_us_model']:.1f} | "
+                     f"{r['dram_bytes'] / 1e6:.2f} | {r['dram_over_min']:.3f} | {r['blocks']} |")
     lines.append("")
-    lines.append("| op | geomean eager / ours | worst sector eff. | worst moved / min |")
-    lines.append("|---|---|---|---|")
+    lines.append("| op | geomean eager / ours | worst sector eff. | worst moved / min | worst DRAM / min (L2 model) |")
+    lines.append("|---|---|---|---|---|")
     for op in dict.fromkeys(r["op"] for r in rows):
         rs = [r for r in rows if r["op"] == op]
         lines.append(f"| {op} | {geomean([r['eager_over_ours'] for r in rs]):.2f} | "
-                     f"{min(r['sector_efficiency'] for r in rs):.3f} | {max(r['moved_over_min'] for r in rs):.3f} |")
+                     f"{min(r['sector_efficiency'] for r in rs):.3f} | {max(r['moved_over_min'] for r in rs):.3f} | "
+                     f"{max(r['dram_over_min'] for r in rs):.3f} |")
     return "\n".join(lines)
 
 

@@ -386,6 +386,12 @@ MASKS = [[a, b, c] for a in (True, False) for b in (True, False) for c in (True,
 BWD_OP = torch.ops.shufflekern.shuffle_conv1x1_backward
 
 
+def _fused_backward_launches():
+    """Launches of either fused backward kernel (a tile per group, or channels_last whole pixels)."""
+    n = sk.testing.emulated_launches()
+    return n.get("_shuffle_conv1x1_backward_kernel", 0) + n.get("_shuffle_conv1x1_cl_backward_kernel", 0)
+
+
 def _check_backward(x, w, gy, g, sg, masks=MASKS, launches=True):
     """Every mask: the requested gradients against the fp64 eager ones (flash rule: error <= 2 x eager's at x's
     dtype + slack), the others 0-element; grad_x in x's memory format."""
@@ -395,11 +401,11 @@ def _check_backward(x, w, gy, g, sg, masks=MASKS, launches=True):
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format
     for mask in masks:
-        before = sk.testing.emulated_launches().get("_shuffle_conv1x1_backward_kernel", 0)
+        before = _fused_backward_launches()
         with sk.backend(EMU):
             got = BWD_OP(gy, x, w, g, sg, mask)
         if launches and any(mask):
-            assert sk.testing.emulated_launches().get("_shuffle_conv1x1_backward_kernel", 0) == before + 1
+            assert _fused_backward_launches() == before + 1
         for name, want, gt, ea, ex in zip(("grad_x", "grad_weight", "grad_bias"), mask, got, eager, exact):
             if not want:
                 assert gt.numel() == 0, (name, mask)
@@ -472,6 +478,39 @@ def test_shuffle_conv1x1_channels_last_wide_chunks(n, c, h, g, sg, mg, dtype):
     assert y.is_contiguous(memory_format=torch.channels_last)
     tsc.assert_flash_close("y", y, eager_y, exact_y)
     _check_backward(x, w, gy, g, sg, [[True, True, True], [False, True, False], [True, False, False]])
+
+
+WHOLE_PIXEL = ("_shuffle_conv1x1_cl_fwd_kernel", "_shuffle_conv1x1_cl_grad_input_kernel",
+               "_shuffle_conv1x1_cl_backward_kernel")
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("n,c,h,w_,g,sg,mg", [
+    (3, 60, 13, 11, 3, 3, 7),    # Cg = 20 (not a multiple of 8), 429 pixels: a partial last tile
+    (2, 36, 30, 30, 3, 4, 5),    # Cg = 12, 1800 pixels: several tiles a block, partial sums per block
+])
+def test_shuffle_conv1x1_channels_last_whole_pixels(n, c, h, w_, g, sg, mg, dtype):
+    """channels_last tiles over every group (whole channel vectors read and written once): forward, the
+    grad_input op and the fused backward run the whole-pixel kernels and match the fp64 reference."""
+    fmt = torch.channels_last
+    x, w, b = tsc.make_inputs(n, c, h, w_, g, mg, dtype, fmt, True)
+    gy = torch.randn(n, g * mg, h, w_, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gy = gy.to(dtype).contiguous(memory_format=fmt)
+    exact_y, exact = tsc.reference(x.double(), w.double(), b.double(), g, sg, gy.double())
+    eager_y, eager = tsc.reference(x, w, b, g, sg, gy)
+    before = sk.testing.emulated_launches()
+    with sk.backend(EMU):
+        y = sk.shuffle_conv1x1(x, w, b, groups=g, shuffle_groups=sg)
+        gx = torch.ops.shufflekern.shuffle_conv1x1_grad_input(gy, w, g, sg)
+    after = sk.testing.emulated_launches()
+    for k in WHOLE_PIXEL[:2]:
+        assert after.get(k, 0) == before.get(k, 0) + 1, k
+    assert y.is_contiguous(memory_format=fmt) and gx.is_contiguous(memory_format=fmt)
+    tsc.assert_flash_close("y", y, eager_y, exact_y)
+    tsc.assert_flash_close("grad_input op", gx, eager[0], exact[0])
+    masks = MASKS if dtype == torch.float64 else [[True, True, True], [False, True, False]]
+    _check_backward(x, w, gy, g, sg, masks)
+    assert sk.testing.emulated_launches().get(WHOLE_PIXEL[2], 0) == before.get(WHOLE_PIXEL[2], 0) + sum(map(any, masks))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -778,6 +817,11 @@ def _run_all(dtype):
         out += [torch.ops.shufflekern.shuffle_conv1x1_grad_input(gyc, w, 3, 4),
                 torch.ops.shufflekern.shuffle_conv1x1_grad_weight(gyc, x, 3, 4)]
         out += list(BWD_OP(gyc, x, w, 3, 4, [True, True, True]))
+        # NCHW: a tile per group (channels_last above runs the whole-pixel kernels)
+        xn, gyn = x.contiguous(), gyc.contiguous()
+        out += [sk.shuffle_conv1x1(xn, w, groups=3, shuffle_groups=4),
+                torch.ops.shufflekern.shuffle_conv1x1_grad_input(gyn, w, 3, 4)]
+        out += list(BWD_OP(gyn, xn, w, 3, 4, [True, True, True]))
         if "batch_norm_act" in sk._backend.emulated_ops():  # every op with a CUDA kernel, forward and backward
             xb = x.clone().requires_grad_(True)
             wb, bb = (torch.randn(24, generator=g, dtype=dtype).requires_grad_(True) for _ in range(2))

@@ -78,3 +78,29 @@ def test_batch_norm_act_moves_its_minimum_cached_or_streamed():
         want = (1 if fits else 2) * xb + 2 * xb
         assert want <= tot["moved"] <= 1.03 * want + 4096, (shape, layout, tot["moved"], want)
         assert tot["requested"] / tot["moved"] >= 0.95, (shape, layout)
+
+
+def test_l2_model_counts_re_read_weights_once():
+    """The DRAM column (L2 model): the forward's 24 blocks each re-read their group's weights, which the
+    request-level count charges every time; with the L2 each read-only sector moves once, so DRAM bytes are
+    exactly x + W + y here (planes of 1 KiB, weight rows of 64 bytes), and the blocks column is the grid."""
+    x = torch.randn(2, 48, 16, 16)
+    w = torch.randn(48, 16, 1, 1)
+    _, log = traffic.emulated_traffic(lambda: sk.shuffle_conv1x1(x, w, groups=3))
+    tot = traffic.summarize(log)
+    exact = (2 * x.numel() + w.numel()) * 4
+    assert tot["dram"] == exact < tot["moved"]
+    assert tot["blocks"] == log[0]["blocks"] > 1
+
+
+def test_channels_last_whole_pixel_tiles_use_every_sector():
+    """channels_last, shuffle_groups=4: each group reads runs of 6 fp32 channels that start mid-sector, which a
+    tile per group would move twice (sector efficiency ~0.75); the whole-pixel kernel reads x and writes y as
+    contiguous ranges (and W's rows of 24 floats are whole sectors), so every sector moved is used."""
+    x = torch.randn(4, 72, 14, 14).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(24, 24, 1, 1)
+    _, log = traffic.emulated_traffic(lambda: sk.shuffle_conv1x1(x, w, groups=3, shuffle_groups=4))
+    tot = traffic.summarize(log)
+    assert tot["kernels"] == ["_shuffle_conv1x1_cl_fwd_kernel"]
+    assert tot["requested"] / tot["moved"] >= 0.99
+    assert tot["dram"] == (x.numel() + 4 * 24 * 196 + w.numel()) * 4

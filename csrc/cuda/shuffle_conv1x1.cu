@@ -11,7 +11,9 @@
 // op (what the autograd calls) is one fused kernel: a block reads its tiles' grad_out and x once and writes
 // grad_x and a partial grad_W / grad_b, summed in order by a second kernel.  Tile sizes are planned from the
 // modeled memory traffic (see "plans").  Loads and stores run along the contiguous dimension (pixels in NCHW,
-// channel runs in channels_last).
+// channel runs in channels_last).  In channels_last a second family of kernels (_shuffle_conv1x1_cl_*) tiles
+// pixels over ALL groups, so whole channel vectors are read and written once (see cl_gemm); the planner picks
+// the family of least modeled time.
 //
 // Written against csrc/cuda/runtime.h: nvcc builds it for CUDA tensors, csrc/emu/shuffle_conv1x1.cpp runs the
 // same source under the emulator.
@@ -42,6 +44,70 @@ Layout layout_of(const at::Tensor& t) { return Layout{t.size(2) * t.size(3), t.s
 
 struct Dims {
   int64_t pixels, cg, mg, sg, cs;
+};
+
+// NCHW planes that start at the same offset in a sector: channel and image strides whole sectors.
+template <typename T>
+__device__ __forceinline__ bool uniform_rows(const Layout& l) {
+  const int64_t E = 32 / int64_t(sizeof(T));
+  return l.s_c % E == 0 && l.s_n % E == 0;
+}
+
+// The byte address a global pointer holds (gptr under the emulator).
+template <typename P>
+__device__ __forceinline__ uintptr_t address_of(const P& p) {
+#if defined(__CUDACC__)
+  return reinterpret_cast<uintptr_t>(p);
+#else
+  return reinterpret_cast<uintptr_t>(p.get());
+#endif
+}
+
+// NCHW rows with aligned requests.  The TP pixels [p0, p0 + TP) of one channel plane (TP: the tile's pixels that
+// exist, so no lane skips an access at the end of the tensor) are one contiguous segment
+// an image; a row (one channel) is laid out in slots, each segment's slots starting on a multiple of E (the
+// elements of a 32-byte sector) and its first element at slot (its address mod E), so a warp's 32 consecutive
+// slots cover whole aligned sectors of each segment and no sector is split between two requests (an H*W of 196
+// or 49 fp32 starts half the planes mid-sector).  A padding slot accesses its segment's nearest element again
+// (a sector the request moves anyway; a store writes the same value twice), so that every lane of a warp makes
+// the same accesses in the same order, as a GPU's predicated lanes would issue them.  Used when H*W >= 32 (the
+// padding is at most 2E - 2 slots a segment).
+struct AlignedRows {
+  int64_t p0, TP, hw, E, L0, s0, sf, slots;
+  // uniform: every row's segments start at the same offsets in their sectors (channel and image strides whole
+  // sectors), given by row 0 (elem0: its element offsets); then a segment's slots are exactly its sectors'
+  // elements, else up to E - 1 more.
+  template <typename F>
+  __device__ AlignedRows(int64_t p0_, int64_t TP_, int64_t hw_, int64_t E_, bool uniform, uintptr_t base, int64_t t,
+                         F elem0)
+      : p0(p0_), TP(TP_), hw(hw_), E(E_) {
+    L0 = TP < hw - p0 % hw ? TP : hw - p0 % hw;
+    int64_t m0 = E - 1, m1 = E - 1;
+    if (uniform) {
+      m0 = int64_t((base + uintptr_t(elem0(0)) * uintptr_t(t)) % 32) / t;
+      m1 = TP > L0 ? int64_t((base + uintptr_t(elem0(L0)) * uintptr_t(t)) % 32) / t : 0;
+    }
+    s0 = (L0 + m0 + E - 1) / E * E;
+    sf = (hw + m1 + E - 1) / E * E;
+    const int64_t rest = TP - L0, last = rest % hw;
+    slots = s0 + rest / hw * sf + (last ? (last + m1 + E - 1) / E * E : 0);
+  }
+  // The tile pixel of slot s of a row (pad: a padding slot, given its segment's nearest pixel); elem(px): the
+  // element offset of tile pixel px in the row; base and t: the buffer's address and element size.
+  template <typename F>
+  __device__ int64_t px(int64_t s, uintptr_t base, int64_t t, F elem, bool& pad) const {
+    int64_t start = 0, len = L0;
+    if (s >= s0) {
+      const int64_t i = (s - s0) / sf;
+      s = s - s0 - i * sf;
+      start = L0 + i * hw;
+      len = TP - start < hw ? TP - start : hw;
+    }
+    const int64_t m = int64_t((base + uintptr_t(elem(start)) * uintptr_t(t)) % 32) / t;
+    const int64_t k = s - m;
+    pad = k < 0 || k >= len;
+    return start + (k < 0 ? 0 : k >= len ? len - 1 : k);
+  }
 };
 
 // ---- forward and grad_input: one pixel-tile GEMM --------------------------------------------------------
@@ -103,7 +169,25 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   __syncthreads();
   const bool in_pfast = lin.s_hw == 1, out_pfast = lout.s_hw == 1;
   // in_s[c][px] = in[p0 + px, input ib + c] for c < icc (0 beyond the last pixel).
+  const bool in_rows = in_pfast && lin.hw >= 32, out_rows = out_pfast && lout.hw >= 32;
   auto stage = [&](int64_t ib, int64_t icc) {
+    if (in_rows) {
+      const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;  // pixels of the tile that exist
+      const AlignedRows rows(p0, tpe, lin.hw, 32 / int64_t(sizeof(T)), uniform_rows<T>(lin), address_of(in),
+                             int64_t(sizeof(T)), [&](int64_t q) { return lin.pixel(p0 + q); });
+      for (int64_t idx = tid; idx < icc * (TP - tpe); idx += kThreads)
+        in_s[idx / (TP - tpe) * TP + tpe + idx % (TP - tpe)] = Acc(0);
+      for (int64_t idx = tid; idx < icc * rows.slots; idx += kThreads) {
+        const int64_t c = idx / rows.slots, i = ib + c;
+        const int64_t ch = kFwd ? sconv_src_channel(k, tab[i], d.cg, d.sg, d.cs) : k * d.mg + i;
+        bool pad;
+        const int64_t px = rows.px(idx - c * rows.slots, address_of(in), int64_t(sizeof(T)),
+                                   [&](int64_t q) { return lin.pixel(p0 + q) + ch * lin.s_c; }, pad);
+        const Acc v = Acc(in[lin.pixel(p0 + px) + ch * lin.s_c]);
+        if (!pad) in_s[c * TP + px] = v;
+      }
+      return;
+    }
     for (int64_t idx = tid; idx < icc * TP; idx += kThreads) {
       const int64_t c = in_pfast ? idx / TP : idx % icc, px = in_pfast ? idx % TP : idx / icc;
       const int64_t p = p0 + px, i = ib + c;
@@ -194,8 +278,18 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
       }
     }
     __syncthreads();
-    for (int64_t idx = tid; idx < osc * TP; idx += kThreads) {
-      const int64_t oc = out_pfast ? idx / TP : idx % osc, px = out_pfast ? idx % TP : idx / osc;
+    const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;
+    const AlignedRows rows(p0, tpe, out_rows ? lout.hw : 32, 32 / int64_t(sizeof(T)), uniform_rows<T>(lout),
+                           address_of(out), int64_t(sizeof(T)), [&](int64_t q) { return lout.pixel(p0 + q); });
+    for (int64_t idx = tid; idx < osc * (out_rows ? rows.slots : TP); idx += kThreads) {
+      int64_t oc = out_pfast ? idx / TP : idx % osc, px = out_pfast ? idx % TP : idx / osc;
+      if (out_rows) {
+        oc = idx / rows.slots;
+        const int64_t ch = kFwd ? k * d.mg + os0 + oc : sconv_src_channel(k, tab[os0 + oc], d.cg, d.sg, d.cs);
+        bool pad;
+        px = rows.px(idx - oc * rows.slots, address_of(out), int64_t(sizeof(T)),
+                     [&](int64_t q) { return lout.pixel(p0 + q) + ch * lout.s_c; }, pad);
+      }
       const int64_t p = p0 + px, o = os0 + oc;
       if (p < d.pixels) {
         Acc v = out_s[px * OSC + oc];
@@ -276,8 +370,25 @@ __global__ void _shuffle_conv1x1_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBA
       for (int64_t q0 = 0; q0 < d.cg; q0 += XC) {
         const int64_t xcc = d.cg - q0 < XC ? d.cg - q0 : XC;
         const bool all = xcc == d.cg;  // the whole tile: sums in weight-column order, row inv[j]
-        for (int64_t idx = tid; idx < xcc * TP; idx += kThreads) {
-          const int64_t q = xfast ? idx / TP : idx % xcc, px = xfast ? idx % TP : idx / xcc;
+        const bool x_rows = xfast && lx.hw >= 32;
+        const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;
+        const AlignedRows rows(p0, tpe, x_rows ? lx.hw : 32, 32 / int64_t(sizeof(T)), uniform_rows<T>(lx),
+                               address_of(x), int64_t(sizeof(T)), [&](int64_t r) { return lx.pixel(p0 + r); });
+        if (x_rows)
+          for (int64_t idx = tid; idx < xcc * (TP - tpe); idx += kThreads)
+            x_s[idx / (TP - tpe) * PS + tpe + idx % (TP - tpe)] = Acc(0);
+        for (int64_t idx = tid; idx < xcc * (x_rows ? rows.slots : TP); idx += kThreads) {
+          int64_t q = xfast ? idx / TP : idx % xcc, px = xfast ? idx % TP : idx / xcc;
+          if (x_rows) {
+            q = idx / rows.slots;
+            const int64_t ch = sconv_src_channel(k, tab[q0 + q], d.cg, d.sg, d.cs);
+            bool pad;
+            px = rows.px(idx - q * rows.slots, address_of(x), int64_t(sizeof(T)),
+                         [&](int64_t r) { return lx.pixel(p0 + r) + ch * lx.s_c; }, pad);
+            const Acc v = Acc(x[lx.pixel(p0 + px) + ch * lx.s_c]);
+            if (!pad) x_s[q * PS + px] = v;
+            continue;
+          }
           const int64_t p = p0 + px;
           x_s[q * PS + px] =
               p < d.pixels ? Acc(x[lx.pixel(p) + sconv_src_channel(k, tab[q0 + q], d.cg, d.sg, d.cs) * lx.s_c])
@@ -312,6 +423,204 @@ __global__ void _shuffle_conv1x1_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBA
     for (int64_t m = tid; m < d.mg; m += kThreads) part_b[base_b + m] = acc_b[m];
 }
 
+// ---- channels_last, whole pixels: a block's pixel tile covers ALL groups -------------------------------------
+//
+// In channels_last the channel vectors of consecutive pixels are one contiguous range, so a block that computes
+// every group for its TP pixels reads x (gy) and writes y (gx) as contiguous copies: each sector once, whatever
+// the group boundaries.  (A tile per group reads the group's channel runs of each pixel; where a run starts or
+// ends mid-sector, e.g. Cg = 20 floats, the neighbouring group's block moves that sector again.)  The shuffle is
+// the row index into the staged tile.  Shared memory (dynamic): in_s [I_all][TP] (the tile, channel-major),
+// out_s [TP][O_all] (the outputs of every group, stored as one contiguous range), w_s [IW][OC] (a chunk of one
+// group's W').  A thread owns kRP pixels x kRO outputs of an OC-wide chunk in registers, as in sconv_gemm.
+struct ClPlan {
+  int64_t tp, oc, iw;   // pixels a tile, outputs a register chunk, W' inputs a chunk
+  int64_t tiles, per;   // pixel tiles; tiles a block (fused backward: grad_W partial sums kept per block)
+  size_t acc_off, smem;  // fused backward: byte offset of the grad_W / grad_b sums (per > 1)
+};
+
+// dst[c * TP + px] = src[pixel p0 + px, channel c] for c < C (0 beyond the last pixel): the tile's contiguous
+// range read in order.
+template <typename T, typename Acc>
+__device__ __forceinline__ void cl_stage(SK_GLOBAL(const T) src, Acc* dst, const Layout& l, int64_t p0, int64_t C,
+                                         int64_t TP, int64_t pixels) {
+  for (int64_t idx = threadIdx.x; idx < TP * C; idx += kThreads) {
+    const int64_t px = idx / C, c = idx - px * C, p = p0 + px;
+    dst[c * TP + px] = p < pixels ? Acc(src[l.pixel(p) + c * l.s_c]) : Acc(0);
+  }
+}
+
+// out_s[px * O_all + col(o)] = sum_i in_s[row(i) * TP + px] * W'(o, i) for group k's outputs o (O_all: every
+// group's outputs; written after its last barrier, so the caller synchronises before reading out_s).
+// Forward: i = column j (row: x channel src(k, j)), o = m (col: k*Mg + m), W'(m, j) =
+// W[k*Mg + m, j].  grad_input: i = m (row: gy channel k*Mg + m), o = j (col: src(k, j)).  W' chunks are read
+// along W's rows.  Ends with a barrier after the last read of w_s.
+template <bool kFwd, typename T, typename Acc>
+__device__ __forceinline__ void cl_group_gemm(SK_GLOBAL(const T) w, const Acc* in_s, Acc* w_s, Acc* out_s,
+                                              const Dims& d, int64_t k, const ClPlan& pl, int64_t O_all) {
+  const int tid = threadIdx.x;
+  const int64_t TP = pl.tp, OC = pl.oc, IW = pl.iw;
+  const int64_t I = kFwd ? d.cg : d.mg, O = kFwd ? d.mg : d.cg;
+  const int64_t PG = TP / kRP, OG = kThreads / PG;
+  const int64_t pg = tid % PG, og = tid / PG;
+  for (int64_t o0 = 0; o0 < O; o0 += OC) {
+    const int64_t occ = O - o0 < OC ? O - o0 : OC;
+    Acc acc[kRP][kRO];
+#pragma unroll
+    for (int r = 0; r < kRP; ++r)
+#pragma unroll
+      for (int s = 0; s < kRO; ++s) acc[r][s] = Acc(0);
+    for (int64_t i0 = 0; i0 < I; i0 += IW) {
+      const int64_t iwc = I - i0 < IW ? I - i0 : IW;
+      for (int64_t idx = tid; idx < OC * iwc; idx += kThreads) {
+        int64_t c, oc;
+        if (kFwd) {
+          oc = idx / iwc;
+          c = idx - oc * iwc;
+        } else {
+          c = idx / OC;
+          oc = idx - c * OC;
+        }
+        Acc v = Acc(0);
+        if (oc < occ) v = Acc(kFwd ? w[(k * d.mg + o0 + oc) * d.cg + i0 + c] : w[(k * d.mg + i0 + c) * d.cg + o0 + oc]);
+        w_s[c * OC + oc] = v;
+      }
+      __syncthreads();
+      for (int64_t c = 0; c < iwc; ++c) {
+        const int64_t row = kFwd ? sconv_src_channel(k, i0 + c, d.cg, d.sg, d.cs) : k * d.mg + i0 + c;
+        Acc a[kRP], bv[kRO];
+#pragma unroll
+        for (int r = 0; r < kRP; ++r) a[r] = in_s[row * TP + pg + PG * r];
+#pragma unroll
+        for (int s = 0; s < kRO; ++s) bv[s] = w_s[c * OC + og + OG * s];
+#pragma unroll
+        for (int r = 0; r < kRP; ++r)
+#pragma unroll
+          for (int s = 0; s < kRO; ++s) acc[r][s] += a[r] * bv[s];
+      }
+      __syncthreads();
+      // Each W' chunk's sums are added to out_s (each element owned by one thread): a blocked sum, as accurate
+      // as a library GEMM's over thousands of inputs.
+#pragma unroll
+      for (int s = 0; s < kRO; ++s) {
+        const int64_t oc = og + OG * s;
+        if (oc >= occ) continue;
+        const int64_t col = kFwd ? k * d.mg + o0 + oc : sconv_src_channel(k, o0 + oc, d.cg, d.sg, d.cs);
+#pragma unroll
+        for (int r = 0; r < kRP; ++r) {
+          Acc* dst = &out_s[(pg + PG * r) * O_all + col];
+          *dst = i0 == 0 ? acc[r][s] : *dst + acc[r][s];
+          acc[r][s] = Acc(0);
+        }
+      }
+    }
+  }
+}
+
+// The tile's outputs from out_s [TP][C] to global, one contiguous range (plus the bias).
+template <typename T, typename Acc>
+__device__ __forceinline__ void cl_store(SK_GLOBAL(T) dst, SK_GLOBAL(const T) bias, const Acc* out_s,
+                                         const Layout& l, int64_t p0, int64_t C, int64_t TP, int64_t pixels) {
+  for (int64_t idx = threadIdx.x; idx < TP * C; idx += kThreads) {
+    const int64_t px = idx / C, c = idx - px * C, p = p0 + px;
+    if (p >= pixels) break;  // idx only grows
+    Acc v = out_s[idx];
+    if (bias != nullptr) v += Acc(bias[c]);
+    dst[l.pixel(p) + c * l.s_c] = T(v);
+  }
+}
+
+// Forward (kFwd: in = x, out = y) or grad_input (in = gy, out = gx): one pixel tile a block, every group.
+template <bool kFwd, typename T, typename Acc>
+__device__ __forceinline__ void cl_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(const T) w, SK_GLOBAL(const T) bias,
+                                        SK_GLOBAL(T) out, const Dims& d, const Layout& lin, const Layout& lout,
+                                        const ClPlan& pl) {
+  SK_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t G = d.cs * d.sg / d.cg;
+  const int64_t I_all = (kFwd ? d.cg : d.mg) * G, O_all = (kFwd ? d.mg : d.cg) * G;
+  Acc* in_s = reinterpret_cast<Acc*>(smem);
+  Acc* out_s = in_s + I_all * pl.tp;
+  Acc* w_s = out_s + O_all * pl.tp;
+  const int64_t p0 = int64_t(blockIdx.x) * pl.tp;
+  cl_stage<T, Acc>(in, in_s, lin, p0, I_all, pl.tp, d.pixels);
+  __syncthreads();
+  for (int64_t k = 0; k < G; ++k) cl_group_gemm<kFwd, T, Acc>(w, in_s, w_s, out_s, d, k, pl, O_all);
+  __syncthreads();
+  cl_store<T, Acc>(out, bias, out_s, lout, p0, O_all, pl.tp, d.pixels);
+}
+
+template <typename T, typename Acc>
+__global__ void _shuffle_conv1x1_cl_fwd_kernel(SK_GLOBAL(const T) x, SK_GLOBAL(const T) w, SK_GLOBAL(const T) bias,
+                                               SK_GLOBAL(T) y, Dims d, Layout lx, Layout ly, ClPlan pl) {
+  cl_gemm<true, T, Acc>(x, w, bias, y, d, lx, ly, pl);
+}
+
+template <typename T, typename Acc>
+__global__ void _shuffle_conv1x1_cl_grad_input_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) w, SK_GLOBAL(T) gx,
+                                                      Dims d, Layout lg, Layout lx, ClPlan pl) {
+  cl_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, pl);
+}
+
+// Fused backward, channels_last, whole pixels: block `slice` takes tiles [slice*per, (slice+1)*per); for each,
+// gy's and x's tiles are staged once (contiguous ranges), grad_W[o, j] += sum_px gy[px, o] x[px, src(k(o), j)]
+// and grad_b[o] += sum_px gy[px, o] (each element owned by one thread, fixed order), then grad_x of every group
+// into the space x's tile held, stored as one contiguous range.  Partial sums go to part_w / part_b [slice]
+// (straight from registers when per = 1), added in order by _shuffle_conv1x1_grad_weight_sum_kernel.
+template <typename T, typename Acc>
+__global__ void _shuffle_conv1x1_cl_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x,
+                                                    SK_GLOBAL(const T) w, SK_GLOBAL(T) gx, SK_GLOBAL(Acc) part_w,
+                                                    SK_GLOBAL(Acc) part_b, Dims d, Layout lg, Layout lx, ClPlan pl,
+                                                    BwdFlags f) {
+  SK_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t G = d.cs * d.sg / d.cg, TP = pl.tp;
+  const int64_t C_in = d.cg * G, C_out = d.mg * G, WN = C_out * d.cg;
+  Acc* g_s = reinterpret_cast<Acc*>(smem);  // [C_out][TP]
+  Acc* x_s = g_s + C_out * TP;              // [C_in][TP], then grad_x's [TP][C_in]
+  Acc* w_s = x_s + C_in * TP;               // [IW][OC]
+  Acc* acc_w = reinterpret_cast<Acc*>(smem + pl.acc_off);  // [C_out][Cg], [C_out]
+  Acc* acc_b = acc_w + WN;
+  const int tid = threadIdx.x;
+  const int64_t slice = blockIdx.x;
+  const bool direct = pl.per == 1;
+  if (!direct)
+    for (int64_t e = tid; e < WN + C_out; e += kThreads) acc_w[e] = Acc(0);  // read after a barrier
+  const int64_t t_end = (slice + 1) * pl.per < pl.tiles ? (slice + 1) * pl.per : pl.tiles;
+  for (int64_t tile = slice * pl.per; tile < t_end; ++tile) {
+    const int64_t p0 = tile * TP;
+    cl_stage<T, Acc>(gy, g_s, lg, p0, C_out, TP, d.pixels);
+    if (f.gw) cl_stage<T, Acc>(x, x_s, lx, p0, C_in, TP, d.pixels);
+    __syncthreads();
+    if (f.gw)
+      for (int64_t e = tid; e < WN; e += kThreads) {
+        const int64_t o = e / d.cg, j = e - o * d.cg;
+        const Acc* gr = g_s + o * TP;
+        const Acc* xr = x_s + sconv_src_channel(o / d.mg, j, d.cg, d.sg, d.cs) * TP;
+        Acc sum = Acc(0);
+        for (int64_t px = 0; px < TP; ++px) sum += gr[px] * xr[px];
+        if (direct) part_w[slice * WN + e] = sum;
+        else acc_w[e] += sum;
+      }
+    if (f.gb)
+      for (int64_t o = tid; o < C_out; o += kThreads) {
+        Acc sum = Acc(0);
+        for (int64_t px = 0; px < TP; ++px) sum += g_s[o * TP + px];
+        if (direct) part_b[slice * C_out + o] = sum;
+        else acc_b[o] += sum;
+      }
+    __syncthreads();  // x_s is overwritten by grad_x
+    if (f.gx) {
+      for (int64_t k = 0; k < G; ++k) cl_group_gemm<false, T, Acc>(w, g_s, w_s, x_s, d, k, pl, C_in);
+      __syncthreads();
+      cl_store<T, Acc>(gx, nullptr, x_s, lx, p0, C_in, TP, d.pixels);
+      __syncthreads();  // g_s and x_s are restaged by the next tile
+    }
+  }
+  if (direct) return;
+  if (f.gw)
+    for (int64_t e = tid; e < WN; e += kThreads) part_w[slice * WN + e] = acc_w[e];
+  if (f.gb)
+    for (int64_t o = tid; o < C_out; o += kThreads) part_b[slice * C_out + o] = acc_b[o];
+}
+
 // ---- plans -------------------------------------------------------------------------------------------------
 //
 // The planners pick, among the plans that fit in shared memory, the one with the least modeled time on an H100
@@ -320,7 +629,8 @@ __global__ void _shuffle_conv1x1_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBA
 // computing 67/132 TFLOP/s fp32 (NVIDIA's H100 SXM datasheet).  Bytes are modeled as csrc/emu/emu.h counts them:
 // every warp request's 32-byte sectors, no cache, so every tile re-reads its group's weights (W'); fewer, larger
 // tiles move fewer bytes, but a GPU wants many blocks.  Minimising bytes alone would run the 7x7 layers on 3
-// blocks of 132 multiprocessors; the roofline trades the two.  Within one group per block, blocks = tiles x groups.
+// blocks of 132 multiprocessors; the roofline trades the two.  A tile per group: blocks = tiles x groups; the
+// channels_last whole-pixel kernels: blocks = tiles, each reading all of W.
 double modeled_time(double bytes, double flops, double blocks) {
   constexpr double kBandwidth = 3.35e12, kSms = 132.0, kSmFlops = 67e12 / 132.0;
   const double active = std::max(1.0, std::min(blocks, kSms));
@@ -336,7 +646,7 @@ size_t smem_limit() {
 }
 
 struct PlanCost {
-  double bytes, min_bytes, time;
+  double bytes, time;
 };
 
 // in_ch/out_ch: the GEMM's inputs and outputs a group; cost(plan, tiles) -> the whole launch's modeled bytes and time.
@@ -344,7 +654,7 @@ template <typename Cost>
 GemmPlan plan_gemm(int64_t pixels, int64_t in_ch, int64_t out_ch, int64_t cg, size_t acc_size, bool single_only,
                    Cost cost) {
   GemmPlan best{0, 0, 0, 0, 0, 0};
-  PlanCost best_cost{0, 0, 0};
+  PlanCost best_cost{0, 0};
   const size_t limit = smem_limit();
   const size_t tab_bytes = size_t(2 * cg) * sizeof(int);
   auto consider = [&](const GemmPlan& pl) {
@@ -388,20 +698,80 @@ GemmPlan plan_gemm(int64_t pixels, int64_t in_ch, int64_t out_ch, int64_t cg, si
   return best;
 }
 
-// Modeled bytes of a forward or grad_input launch (whole grid, all groups); in_ch/out_ch a group.
+// channels_last with a tile per group: the sectors the accesses to every group's channels of a pixel touch, over
+// the sectors of its whole channel vector (1 when every group's runs are whole sectors).  x side: group k's sg
+// runs of x channels (sconv_block); else the group's Mg contiguous channels k*Mg.  A run that starts or ends
+// mid-sector shares that sector with another group, whose block moves it again (Cg = 20 fp32: 1.5 sectors a run
+// of ~7); and the staging's warp requests (32 consecutive elements of the group's runs) start mid-run, so a
+// request's first sector is moved by the previous request too, about 1 - s/n of the time (s sectors over n
+// elements a pixel).  Pixel vectors are taken to start on a sector.
+double cl_run_factor(const Dims& d, int64_t groups, size_t t_size, bool x_side) {
+  const int64_t E = std::max<int64_t>(1, 32 / int64_t(t_size));
+  const int64_t C = (x_side ? d.cg : d.mg) * groups, n = x_side ? d.cg : d.mg;
+  if (C == 0 || n == 0) return 1.0;
+  double sectors = 0, splits = 0;
+  bool aligned = true;
+  for (int64_t k = 0; k < groups; ++k) {
+    double s_k = 0;
+    auto run = [&](int64_t begin, int64_t len) {
+      if (len <= 0) return;
+      s_k += double((begin + len - 1) / E - begin / E + 1);
+      aligned = aligned && begin % E == 0 && len % E == 0;
+    };
+    if (!x_side) {
+      run(k * d.mg, d.mg);
+    } else {
+      for (int64_t b = 0; b < d.sg; ++b) {
+        const SconvBlock blk = sconv_block(k, b, d.cg, d.sg, d.cs);
+        run(blk.src_begin, blk.len);
+      }
+    }
+    sectors += s_k;
+    splits += double(n) / 32.0 * std::max(0.0, 1.0 - s_k / double(n));
+  }
+  return aligned ? 1.0 : (sectors + splits) / double((C + E - 1) / E);
+}
+
+// Modeled bytes of a forward or grad_input launch (whole grid, all groups); in_ch/out_ch a group; in_f / out_f:
+// cl_run_factor of the input / output side (1 in NCHW).
 PlanCost gemm_cost(const GemmPlan& pl, int64_t tiles, int64_t pixels, int64_t in_ch, int64_t out_ch,
-                   int64_t groups, int64_t sg, bool packed, size_t t_size) {
+                   int64_t groups, int64_t sg, bool packed, size_t t_size, double in_f, double out_f) {
   const double P = double(pixels), I = double(in_ch), O = double(out_ch), G = double(groups), t = double(t_size);
   const double in_reads = pl.ic >= in_ch ? 1.0 : std::ceil(O / double(pl.osc));
   // Packed W columns read in the staged (strided) order cost up to sg sectors a useful one.
   const double w_factor = pl.ic < in_ch && packed ? double(std::min<int64_t>(sg, 8)) : 1.0;
   // channels_last: a pixel's channels loaded (stored) in chunks of c cost about one more sector a chunk.
   const double E = 32.0 / t;
-  const double in_factor = packed && pl.ic < in_ch ? 1.0 + E / double(pl.ic) : 1.0;
-  const double out_factor = packed && pl.osc < out_ch ? 1.0 + E / double(pl.osc) : 1.0;
+  const double in_factor = in_f * (packed && pl.ic < in_ch ? 1.0 + E / double(pl.ic) : 1.0);
+  const double out_factor = out_f * (packed && pl.osc < out_ch ? 1.0 + E / double(pl.osc) : 1.0);
   const double bytes =
       t * G * (P * I * in_reads * in_factor + double(tiles) * I * O * w_factor + P * O * out_factor);
-  return {bytes, t * G * (P * I + I * O + P * O), modeled_time(bytes, 2.0 * P * I * O * G, double(tiles) * G)};
+  return {bytes, modeled_time(bytes, 2.0 * P * I * O * G, double(tiles) * G)};
+}
+
+// channels_last, whole pixels (cl_gemm): the plan of least modeled time among tiles of 16 to 1024 pixels whose
+// input tile, every group's outputs and a W' chunk fit in shared memory (tp = 0: none fits).  Modeled bytes: the
+// activations read and written once (contiguous ranges), every tile reading all of W.  i_all / o_all: every
+// group's inputs / outputs; i_g the group's inputs.
+PlanCost plan_cl(ClPlan& best, int64_t pixels, int64_t i_all, int64_t o_all, int64_t i_g, int64_t w_elems,
+                 size_t acc_size, size_t t_size, double flops) {
+  best = ClPlan{};
+  PlanCost best_cost{0, 0};
+  const double t = double(t_size);
+  for (int64_t tp = 16; tp <= 1024; tp *= 2) {
+    const int64_t oc = kChunkElems / tp;
+    const int64_t iw = std::min<int64_t>(i_g, std::max<int64_t>(4, 4096 / oc));
+    const size_t smem = size_t(tp * (i_all + o_all) + iw * oc) * acc_size;
+    if (smem > smem_limit()) continue;
+    const int64_t tiles = (pixels + tp - 1) / tp;
+    const double bytes = t * double(pixels) * double(i_all + o_all) + t * double(tiles) * double(w_elems);
+    const PlanCost c{bytes, modeled_time(bytes, flops, double(tiles))};
+    if (best.tp == 0 || c.time < best_cost.time || (c.time == best_cost.time && c.bytes < best_cost.bytes)) {
+      best = ClPlan{tp, oc, iw, tiles, 1, 0, smem};
+      best_cost = c;
+    }
+  }
+  return best_cost;
 }
 // The separate grad_weight op's shared-memory budget (below an A100's 163 KiB opt-in maximum).
 constexpr size_t kSmemBudget = 160 * 1024;
@@ -506,16 +876,33 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
   if (c_in == 0) return b.defined() ? out.copy_(b.view({1, c_out, 1, 1}).expand_as(out)) : out.zero_();
   const Dims d = dims_of(x.size(0) * x.size(2) * x.size(3), c_in, c_out, groups, shuffle_groups);
   const bool packed = in.stride(3) != 1;
-  const GemmPlan pl = plan_gemm(d.pixels, d.cg, d.mg, d.cg, x.scalar_type() == at::kDouble ? 8 : 4, false,
-                                [&](const GemmPlan& p, int64_t tiles) {
-                                  return gemm_cost(p, tiles, d.pixels, d.cg, d.mg, groups, shuffle_groups, packed,
-                                                   x.element_size());
-                                });
-  TORCH_CHECK(pl.tp != 0, "shuffle_conv1x1: too many channels a group for the CUDA kernel's shared memory");
-  const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
+  const size_t A = x.scalar_type() == at::kDouble ? 8 : 4, t = x.element_size();
+  const double in_f = packed ? cl_run_factor(d, groups, t, true) : 1.0, out_f = packed ? cl_run_factor(d, groups, t, false) : 1.0;
+  PlanCost cost{0, 0};
+  const GemmPlan pl = plan_gemm(d.pixels, d.cg, d.mg, d.cg, A, false, [&](const GemmPlan& p, int64_t tiles) {
+    const PlanCost c = gemm_cost(p, tiles, d.pixels, d.cg, d.mg, groups, shuffle_groups, packed, t, in_f, out_f);
+    if (cost.time == 0 || c.time < cost.time || (c.time == cost.time && c.bytes < cost.bytes)) cost = c;
+    return c;
+  });
+  // channels_last: the whole-pixel kernel when its modeled time is less (see cl_gemm).
+  ClPlan cl{};
+  const PlanCost cl_cost = packed ? plan_cl(cl, d.pixels, c_in, c_out, d.cg, c_out * d.cg, A, t,
+                                            2.0 * double(d.pixels) * double(c_out) * double(d.cg))
+                                  : PlanCost{0, 0};
+  const bool whole = cl.tp != 0 && (pl.tp == 0 || cl_cost.time < cost.time ||
+                                    (cl_cost.time == cost.time && cl_cost.bytes <= cost.bytes));
+  TORCH_CHECK(whole || pl.tp != 0, "shuffle_conv1x1: too many channels a group for the CUDA kernel's shared memory");
   check_grid(groups, 1);
+  TORCH_CHECK(!whole || cl.tiles <= INT32_MAX, "shuffle_conv1x1: too many pixels for the CUDA grid");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (whole) {
+      SK_LAUNCH((_shuffle_conv1x1_cl_fwd_kernel<scalar_t, acc_t>), dim3(cl.tiles), dim3(kThreads), cl.smem,
+                SK_RT::dptr<scalar_t>(in), SK_RT::dptr<scalar_t>(w), b.defined() ? SK_RT::dptr<scalar_t>(b) : nullptr,
+                SK_RT::dptr<scalar_t>(out), d, layout_of(in), layout_of(out), cl);
+      return;
+    }
+    const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
     SK_LAUNCH((_shuffle_conv1x1_fwd_kernel<scalar_t, acc_t>), grid, dim3(kThreads), pl.smem,
               SK_RT::dptr<scalar_t>(in), SK_RT::dptr<scalar_t>(w), b.defined() ? SK_RT::dptr<scalar_t>(b) : nullptr,
               SK_RT::dptr<scalar_t>(out), d, layout_of(in), layout_of(out), pl);
@@ -535,17 +922,36 @@ at::Tensor shuffle_conv1x1_grad_input_cuda(const at::Tensor& grad_out, const at:
   if (gx.numel() == 0) return gx;
   if (c_out == 0) return gx.zero_();
   const Dims d = dims_of(gy.size(0) * gy.size(2) * gy.size(3), c_in, c_out, groups, shuffle_groups);
-  const GemmPlan pl = plan_gemm(d.pixels, d.mg, d.cg, d.cg, gy.scalar_type() == at::kDouble ? 8 : 4, false,
-                                [&](const GemmPlan& p, int64_t tiles) {
-                                  return gemm_cost(p, tiles, d.pixels, d.mg, d.cg, groups, shuffle_groups, false,
-                                                   gy.element_size());
-                                });
-  TORCH_CHECK(pl.tp != 0, "shuffle_conv1x1_grad_input: too many channels a group for the CUDA kernel's shared memory");
-  const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
+  const bool packed = gy.stride(3) != 1;
+  const size_t A = gy.scalar_type() == at::kDouble ? 8 : 4, t = gy.element_size();
+  const double in_f = packed ? cl_run_factor(d, groups, t, false) : 1.0, out_f = packed ? cl_run_factor(d, groups, t, true) : 1.0;
+  PlanCost cost{0, 0};
+  const GemmPlan pl = plan_gemm(d.pixels, d.mg, d.cg, d.cg, A, false, [&](const GemmPlan& p, int64_t tiles) {
+    // the grad_x side is staged in packed order but its W' reads are whole rows: no packed W factor
+    const PlanCost c = gemm_cost(p, tiles, d.pixels, d.mg, d.cg, groups, shuffle_groups, false, t, in_f, out_f);
+    if (cost.time == 0 || c.time < cost.time || (c.time == cost.time && c.bytes < cost.bytes)) cost = c;
+    return c;
+  });
+  ClPlan cl{};
+  const PlanCost cl_cost = packed ? plan_cl(cl, d.pixels, c_out, c_in, d.mg, c_out * d.cg, A, t,
+                                            2.0 * double(d.pixels) * double(c_out) * double(d.cg))
+                                  : PlanCost{0, 0};
+  const bool whole = cl.tp != 0 && (pl.tp == 0 || cl_cost.time < cost.time ||
+                                    (cl_cost.time == cost.time && cl_cost.bytes <= cost.bytes));
+  TORCH_CHECK(whole || pl.tp != 0,
+              "shuffle_conv1x1_grad_input: too many channels a group for the CUDA kernel's shared memory");
   check_grid(groups, 1);
+  TORCH_CHECK(!whole || cl.tiles <= INT32_MAX, "shuffle_conv1x1_grad_input: too many pixels for the CUDA grid");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gy.scalar_type(), "shuffle_conv1x1_grad_input_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (whole) {
+      SK_LAUNCH((_shuffle_conv1x1_cl_grad_input_kernel<scalar_t, acc_t>), dim3(cl.tiles), dim3(kThreads), cl.smem,
+                SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(w), SK_RT::dptr<scalar_t>(gx), d, layout_of(gy),
+                layout_of(gx), cl);
+      return;
+    }
+    const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
     SK_LAUNCH((_shuffle_conv1x1_grad_input_kernel<scalar_t, acc_t>), grid, dim3(kThreads), pl.smem,
               SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(w), SK_RT::dptr<scalar_t>(gx), d, layout_of(gy),
               layout_of(gx), pl);
@@ -641,6 +1047,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
   const size_t acc_bytes = size_t(d.mg * d.cg + d.mg) * A;
   const bool packed = xc.stride(3) != 1;
   const double E = 32.0 / tb;
+  // channels_last, a tile per group: group runs that share sectors (cl_run_factor)
+  const double x_rf = packed ? cl_run_factor(d, groups, t, true) : 1.0, g_rf = packed ? cl_run_factor(d, groups, t, false) : 1.0;
   for (int64_t tp = 64; tp <= 1024; tp *= 2) {
     const int64_t oc = kChunkElems / tp, iw = std::min<int64_t>(d.mg, 32);
     // channels_last: out_s wide enough for all Cg outputs of grad_x and x's whole tile (whole channel runs a
@@ -651,8 +1059,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
         size_t(d.mg * tp + iw * oc + tp * want) * A + size_t(2 * d.cg) * sizeof(int) <= limit)
       osc = want;
     const int64_t XC = std::min<int64_t>(d.cg, (iw * oc + tp * osc) / (tp + 1));
-    const double xf = packed && XC < d.cg ? 1.0 + E / double(XC) : 1.0;
-    const double gf = packed && osc < d.cg ? 1.0 + E / double(osc) : 1.0;
+    const double xf = x_rf * (packed && XC < d.cg ? 1.0 + E / double(XC) : 1.0);
+    const double gf = x_rf * (packed && osc < d.cg ? 1.0 + E / double(osc) : 1.0);
     const size_t gemm = size_t(d.mg * tp + iw * oc + tp * osc) * A + size_t(2 * d.cg) * sizeof(int);
     const size_t acc_off = (gemm + 15) / 16 * 16;
     if (gemm > limit) continue;
@@ -661,7 +1069,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
       if (per > 1 && acc_off + acc_bytes > limit) break;  // no room for the slice's sums
       const int64_t slices = (tiles + per - 1) / per;
       const double S = double(slices), T = double(tiles);
-      const double bytes = tb * P * double(c_out) + (f.gw ? tb * P * double(c_in) * xf : 0.0) +
+      const double bytes = tb * P * double(c_out) * g_rf + (f.gw ? tb * P * double(c_in) * xf : 0.0) +
                            (f.gx ? tb * (P * double(c_in) * gf + T * Wn) : 0.0) +
                            (f.gw ? double(A) * Wn * (S > 1 ? 2 * S + 1 : 1) : 0.0) +
                            (f.gb ? double(A) * double(c_out) * (S > 1 ? 2 * S + 1 : 1) : 0.0);
@@ -674,6 +1082,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
       }
       if (per >= tiles) break;
     }
+  }
+  // channels_last: the whole-pixel kernel (_shuffle_conv1x1_cl_backward_kernel) when its modeled time is less:
+  // gy and x read, grad_x written as contiguous ranges, every tile reading all of W for grad_x, the partial sums
+  // as above (one set per block, all groups).
+  ClPlan cl{};
+  double cl_time = 0, cl_bytes = 0;
+  const int64_t WN = c_out * d.cg;
+  for (int64_t tp = 16; packed && tp <= 1024; tp *= 2) {
+    const int64_t oc = kChunkElems / tp, iw = std::min<int64_t>(d.mg, std::max<int64_t>(4, 4096 / oc));
+    const size_t gemm = size_t(tp * (c_in + c_out) + iw * oc) * A;
+    const size_t acc_off = (gemm + 15) / 16 * 16, sums = size_t(WN + c_out) * A;
+    if (gemm > limit) continue;
+    const int64_t tiles = (d.pixels + tp - 1) / tp;
+    for (int64_t per = 1;; per = per * 2 < tiles ? per * 2 : tiles) {
+      if (per > 1 && acc_off + sums > limit) break;
+      const double S = double((tiles + per - 1) / per), T = double(tiles);
+      const double bytes = tb * P * double(c_out) + (f.gw ? tb * P * double(c_in) : 0.0) +
+                           (f.gx ? tb * (P * double(c_in) + T * Wn) : 0.0) +
+                           (f.gw ? double(A) * Wn * (S > 1 ? 2 * S + 1 : 1) : 0.0) +
+                           (f.gb ? double(A) * double(c_out) * (S > 1 ? 2 * S + 1 : 1) : 0.0);
+      const double time = modeled_time(bytes, flops, S);
+      if (cl.tp == 0 || time < cl_time || (time == cl_time && bytes < cl_bytes)) {
+        cl = ClPlan{tp, oc, iw, tiles, per, acc_off, per > 1 ? acc_off + sums : gemm};
+        cl_time = time;
+        cl_bytes = bytes;
+      }
+      if (per >= tiles) break;
+    }
+  }
+  const bool whole = cl.tp != 0 && (bp.g.tp == 0 || cl_time < best_time || (cl_time == best_time && cl_bytes <= best_bytes));
+  if (whole) {
+    const int64_t slices = (cl.tiles + cl.per - 1) / cl.per;
+    TORCH_CHECK(slices <= INT32_MAX, "shuffle_conv1x1_backward: too many pixels for the CUDA grid");
+    at::Tensor gx = f.gx ? at::empty(x.sizes(), x.options().memory_format(fmt)) : x.new_empty({0});
+    at::Tensor gw_acc = f.gw ? at::empty({c_out, d.cg, 1, 1}, x.options().dtype(acc_type)) : at::Tensor();
+    at::Tensor gb_acc = f.gb ? at::empty({c_out}, x.options().dtype(acc_type)) : at::Tensor();
+    at::Tensor part_w = !f.gw ? at::Tensor() : slices == 1 ? gw_acc : at::empty({slices, WN}, gw_acc.options());
+    at::Tensor part_b = !f.gb ? at::Tensor() : slices == 1 ? gb_acc : at::empty({slices, c_out}, gb_acc.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      SK_LAUNCH((_shuffle_conv1x1_cl_backward_kernel<scalar_t, acc_t>), dim3(slices), dim3(kThreads), cl.smem,
+                SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<scalar_t>(w),
+                f.gx ? SK_RT::dptr<scalar_t>(gx) : nullptr, f.gw ? SK_RT::dptr<acc_t>(part_w) : nullptr,
+                f.gb ? SK_RT::dptr<acc_t>(part_b) : nullptr, d, layout_of(gy), layout_of(xc), cl, f);
+      for (const auto& [part, sum] : {std::pair{part_w, gw_acc}, std::pair{part_b, gb_acc}}) {
+        if (!part.defined() || slices == 1) continue;
+        const int64_t n = sum.numel();
+        SK_LAUNCH((_shuffle_conv1x1_grad_weight_sum_kernel<acc_t>), dim3((n + kThreads - 1) / kThreads),
+                  dim3(kThreads), 0, SK_RT::dptr<acc_t>(part), SK_RT::dptr<acc_t>(sum), n, slices);
+      }
+    });
+    return {gx, f.gw ? gw_acc.to(x.scalar_type()) : weight.new_empty({0}),
+            f.gb ? gb_acc.to(x.scalar_type()) : weight.new_empty({0})};
   }
   // A grad_out tile too large for shared memory (thousands of outputs a group): the two separate kernels.
   if (bp.g.tp == 0) return from_parts();

@@ -250,12 +250,36 @@ struct Launch {
   uint64_t blocks_run = 0;
   // memory-traffic model: bytes the threads asked for, 32-byte sectors the warps' accesses touched
   uint64_t load_bytes = 0, store_bytes = 0, load_sectors = 0, store_sectors = 0;
+  // per buffer (index as in `buffers`): request-level load sectors, and which sectors were loaded / stored at
+  // least once (the L2 model, see dram_bytes)
+  std::vector<uint64_t> buf_load_sectors;
+  std::vector<std::vector<bool>> buf_loaded, buf_stored;
 };
+
+// The L2 model (an H100's 50 MB L2): the bytes of a launch that reach DRAM.  A buffer the launch only reads
+// moves each sector it touches once if the buffer fits the L2, else every request's sectors (as the
+// request-level model); a buffer the launch writes moves every sector it reads per request and each sector it
+// writes once.  Each launch starts cold.  With sampled blocks the counts are scaled up to the grid, a buffer's
+// distinct sectors at most the buffer's own.
+constexpr uint64_t kL2Bytes = 50ull << 20;
+inline uint64_t dram_bytes(const Launch& L, double scale) {
+  double sectors = 0;
+  for (size_t b = 0; b < L.buf_loaded.size(); ++b) {
+    auto count = [](const std::vector<bool>& v) { return double(std::count(v.begin(), v.end(), true)); };
+    const double whole = double(L.buffers[b].bytes / 32 + 2);
+    const double stored = std::min(whole, scale * count(L.buf_stored[b]));
+    const bool read_only = stored == 0;
+    sectors += stored + (read_only && L.buffers[b].bytes <= kL2Bytes ? std::min(whole, scale * count(L.buf_loaded[b]))
+                                                                      : scale * double(L.buf_load_sectors[b]));
+  }
+  return uint64_t(sectors * 32.0 + 0.5);
+}
 
 // Per-launch memory traffic (set_traffic(true) records it; traffic_log() hands it over and clears it).
 struct Traffic {
   std::string kernel;
   uint64_t blocks, blocks_run, load_bytes, store_bytes, load_sectors, store_sectors;
+  uint64_t dram_bytes;  // the L2 model's bytes reaching DRAM, already scaled to the whole grid (see dram_bytes)
 };
 
 struct TrafficState {
@@ -478,8 +502,22 @@ inline void flush_traffic(Executor& ex, Launch& L, int lo, int hi, unsigned lane
     log.clear();
   }
   std::sort(keys.begin(), keys.end());
-  for (size_t i = 0; i < keys.size(); ++i)
-    if (i == 0 || !(keys[i] == keys[i - 1])) (keys[i].store ? L.store_sectors : L.load_sectors) += 1;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i != 0 && keys[i] == keys[i - 1]) continue;
+    (keys[i].store ? L.store_sectors : L.load_sectors) += 1;
+    const uintptr_t b = reinterpret_cast<uintptr_t>(keys[i].path);
+    if (b >= L.buffers.size()) continue;
+    if (L.buf_loaded.size() != L.buffers.size()) {
+      L.buf_load_sectors.assign(L.buffers.size(), 0);
+      L.buf_loaded.assign(L.buffers.size(), {});
+      L.buf_stored.assign(L.buffers.size(), {});
+    }
+    const uint64_t first = reinterpret_cast<uintptr_t>(L.buffers[b].data) / 32;
+    std::vector<bool>& seen_b = keys[i].store ? L.buf_stored[b] : L.buf_loaded[b];
+    if (seen_b.empty()) seen_b.assign(L.buffers[b].bytes / 32 + 2, false);
+    if (keys[i].sector - first < seen_b.size()) seen_b[keys[i].sector - first] = true;
+    if (!keys[i].store) ++L.buf_load_sectors[b];
+  }
   std::sort(uses.begin(), uses.end());
   for (size_t i = 0; i < uses.size(); ++i)
     if (i == 0 || !(uses[i] == uses[i - 1])) (uses[i].store ? L.store_bytes : L.load_bytes) += uses[i].sector & 0xFF;
@@ -1095,8 +1133,10 @@ void launch(const char* kernel_expr, const char* file, int line, void (*kernel)(
   if (!L.error.empty()) throw Error(L.error + " [schedule " + L.schedule + "]");
   if (L.traffic) {
     std::lock_guard<std::mutex> g(traffic_state().m);
-    traffic_state().log.push_back(Traffic{L.name, uint64_t(grid.x) * grid.y * grid.z, L.blocks_run, L.load_bytes,
-                                          L.store_bytes, L.load_sectors, L.store_sectors});
+    const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+    traffic_state().log.push_back(Traffic{L.name, blocks, L.blocks_run, L.load_bytes, L.store_bytes, L.load_sectors,
+                                          L.store_sectors,
+                                          dram_bytes(L, double(blocks) / double(std::max<uint64_t>(L.blocks_run, 1)))});
   }
 }
 

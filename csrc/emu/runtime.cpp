@@ -22,7 +22,8 @@ std::vector<std::map<std::string, std::string>> traffic_log() {
                    {"load_bytes", std::to_string(t.load_bytes)},
                    {"store_bytes", std::to_string(t.store_bytes)},
                    {"load_sectors", std::to_string(t.load_sectors)},
-                   {"store_sectors", std::to_string(t.store_sectors)}});
+                   {"store_sectors", std::to_string(t.store_sectors)},
+                   {"dram_bytes", std::to_string(t.dram_bytes)}});
   }
   return out;
 }
