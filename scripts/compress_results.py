@@ -181,7 +181,7 @@ def main(argv=None):
         q = runs[args.seeds[0]][k]
         row(label, k, accs(k, "acc_int8"), params=count_params(base), mflops=count_mflops(base, x_shape),
             size=q["size_int8_mb"])
-    row("  same, stock X86InductorQuantizer (seed 0 only)", "int8 stock", [acc_stock], params=count_params(student),
+    row("INT8 of the KD student, stock X86InductorQuantizer (seed 0 only)", "int8 stock", [acc_stock], params=count_params(student),
         mflops=count_mflops(student, x_shape), size=q0_size(runs, args))
     q0 = runs[args.seeds[0]]["int8"]
     p0 = runs[args.seeds[0]]["prune0.5"]
