@@ -25,7 +25,7 @@ import torch
 import shufflekern as sk
 from shufflekern.__main__ import main as cli
 from shufflekern.compress import count_mflops, count_nonzero, count_params, interleaved_latency
-from shufflekern.compress.quantize import compile_int8, load_program
+from shufflekern.compress.quantize import compile_int8, load_program, quantize_int8
 from shufflekern.distill import load_checkpoint_model, load_data
 
 
@@ -67,7 +67,9 @@ def main(argv=None):
     p.add_argument("--student-epochs", type=int, default=4)
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--width-mult", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads for everything (timing included)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                   help="torch threads: the first for the commands and the table's latency columns; the final "
+                        "interleaved timing is repeated (models recompiled) at each")
     p.add_argument("--rounds", type=int, default=20, help="rounds of the final interleaved timing")
     p.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir)")
     p.add_argument("--reuse", action="store_true", help="skip a command whose --out already has metrics.json")
@@ -79,7 +81,7 @@ def main(argv=None):
         args.rounds = 3
     global REUSE
     REUSE = args.reuse
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     t_start = time.perf_counter()
     work = args.workdir or tempfile.mkdtemp(prefix="sk-compress-")
     log, runs = [], {}
@@ -109,7 +111,7 @@ def main(argv=None):
         runs[s] = {k: metrics(d(k)) for k in ("teacher", "student", "prune0.25", "prune0.5", "mask0.5", "int8",
                                              "prune0.5-int8") if os.path.isdir(d(k))}
 
-    # -- one interleaved timing of seed 0's models ---------------------------------------------------------
+    # -- one interleaved timing of seed 0's models, at each thread count -----------------------------------
     s0 = os.path.join(work, f"s{args.seeds[0]}")
     data = load_data("digits", seed=0)
     xb = torch.stack([data.val[i][0] for i in range(16)])
@@ -119,26 +121,36 @@ def main(argv=None):
     models["teacher"] = teacher.eval()
     student, _ = load_checkpoint_model(f"{s0}/student/best.pt")
     models["student"] = student.eval()
-    with torch.no_grad():
-        compiled = torch.compile(student)
-        compiled(xb), compiled(x1)
     for k in ("prune0.25", "prune0.5", "mask0.5"):
         models[k] = load_checkpoint_model(f"{s0}/{k}/model.pt")[0].eval()
-    int8 = {}
-    for k in ("int8", "prune0.5-int8"):
-        prog = load_program(f"{s0}/{k}/model_int8.pt2").module()
-        int8[k] = (compile_int8(prog, xb), compile_int8(prog, x1))
-    fns16 = {k: (lambda m=m: m(xb)) for k, m in models.items()}
-    fns16["student (torch.compile)"] = lambda: compiled(xb)
     unfused = sk.unfuse(student).eval()
-    fns16["student unfused (eager NCHW)"] = lambda: unfused(xb)
-    fns1 = {k: (lambda m=m: m(x1)) for k, m in models.items()}
-    fns1["student (torch.compile)"] = lambda: compiled(x1)
-    fns1["student unfused (eager NCHW)"] = lambda: unfused(x1)
-    for k, (c16, c1) in int8.items():
-        fns16[k], fns1[k] = (lambda c=c16: c(xb)), (lambda c=c1: c(x1))
-    lat16 = interleaved_latency(fns16, rounds=args.rounds)
-    lat1 = interleaved_latency(fns1, rounds=args.rounds)
+    # for contrast: torchao's X86InductorQuantizer as it is (cat / shuffle / chunk in fp32 in stride-1 units),
+    # calibrated as the quantize command calibrates (its --calib 512 images, --seed 0)
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(args.seeds[0]))[:512].tolist()
+    calib = [torch.stack([data.train[i][0] for i in order[s:s + 32]]) for s in range(0, len(order), 32)]
+    stock = quantize_int8(student, calib, xb, shuffle_aware=False)
+    acc_stock = _acc(stock, data)
+    progs = {k: load_program(f"{s0}/{k}/model_int8.pt2").module() for k in ("int8", "prune0.5-int8")}
+    progs["int8 stock"] = stock
+    timings = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        torch._dynamo.reset()  # Inductor's C++ kernels are compiled for the thread count of the moment
+        with torch.no_grad():
+            compiled = torch.compile(student)
+            compiled(xb), compiled(x1)
+        fns16 = {k: (lambda m=m: m(xb)) for k, m in models.items()}
+        fns1 = {k: (lambda m=m: m(x1)) for k, m in models.items()}
+        fns16["student (torch.compile)"], fns1["student (torch.compile)"] = lambda: compiled(xb), lambda: compiled(x1)
+        fns16["student unfused (eager NCHW)"] = lambda: unfused(xb)
+        fns1["student unfused (eager NCHW)"] = lambda: unfused(x1)
+        for k, prog in progs.items():
+            c16, c1 = compile_int8(prog, xb), compile_int8(prog, x1)
+            fns16[k], fns1[k] = (lambda c=c16: c(xb)), (lambda c=c1: c(x1))
+        timings[threads] = (interleaved_latency(fns16, rounds=args.rounds), interleaved_latency(fns1, rounds=args.rounds))
+        print(f"timing ({threads} thread(s)): bs16", {k: round(v, 2) for k, v in timings[threads][0].items()}, flush=True)
+    torch.set_num_threads(args.threads[0])
+    lat16, lat1 = timings[args.threads[0]]
 
     def accs(key, field="final_acc"):
         return [runs[s][key][field] for s in args.seeds if key in runs[s]]
@@ -164,14 +176,17 @@ def main(argv=None):
     mk = models["mask0.5"]
     row(f"unstructured masks 50% + {args.finetune_epochs} ep KD ({count_nonzero(mk):,} nonzero; seed 0 only)", "mask0.5",
         accs("mask0.5"), mk)
-    for k, label, base in (("int8", "INT8 (PT2E, X86InductorQuantizer) of the KD student", student),
+    for k, label, base in (("int8", "INT8 (PT2E, shuffle-aware X86InductorQuantizer) of the KD student", student),
                            ("prune0.5-int8", "INT8 of structured R=0.5", models["prune0.5"])):
         q = runs[args.seeds[0]][k]
         row(label, k, accs(k, "acc_int8"), params=count_params(base), mflops=count_mflops(base, x_shape),
             size=q["size_int8_mb"])
+    row("INT8 of the KD student, stock X86InductorQuantizer (seed 0 only)", "int8 stock", [acc_stock], params=count_params(student),
+        mflops=count_mflops(student, x_shape), size=q0_size(runs, args))
     q0 = runs[args.seeds[0]]["int8"]
     p0 = runs[args.seeds[0]]["prune0.5"]
     result = {"rows": rows, "runs": runs, "commands": log, "lat16": lat16, "lat1": lat1,
+              "timings": {str(t): {"bs16": a, "bs1": b} for t, (a, b) in timings.items()},
               "quantize_seed0": q0, "threads": args.threads, "seconds": time.perf_counter() - t_start,
               "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "cpu": _cpu_name()}
@@ -182,6 +197,17 @@ def main(argv=None):
     with open(args.md, "w") as f:
         f.write(md)
     print(md)
+
+
+def q0_size(runs, args):
+    """The stock INT8 program is not saved; its tensors are the same int8 weights as the shuffle-aware one."""
+    return runs[args.seeds[0]]["int8"]["size_int8_mb"]
+
+
+def _acc(fn, data):
+    x = torch.stack([data.val[i][0] for i in range(len(data.val))])
+    with torch.no_grad():
+        return 100.0 * (fn(x).argmax(1) == data.val.labels).float().mean().item()
 
 
 def _cpu_name():
@@ -202,7 +228,7 @@ def _markdown(r, args, p0, q0):
          "fine-tuning from the same teacher, INT8 post-training static quantization (512 calibration images). "
          f"Top-1 on the 360 validation images, mean ± std over seeds {args.seeds}. Params, MFLOPs (multiply-adds "
          "of one 32x32 image), size and latency are seed 0's models; latency: median ms of one forward, CPU, "
-         f"{r['threads']} thread, all rows timed interleaved in one process ({args.rounds} rounds) on "
+         f"{r['threads'][0]} thread, all rows timed interleaved in one process ({args.rounds} rounds) on "
          f"{r['cpu']}; torch {r['torch']}.", "",
          "| model | params | MFLOPs | size (MB) | latency bs1 (ms) | latency bs16 (ms) | top-1 (%) | per seed |",
          "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -217,8 +243,19 @@ def _markdown(r, args, p0, q0):
           f"{base / lat['prune0.25']:.2f}x, unstructured masks {base / lat['mask0.5']:.2f}x; INT8 "
           f"{base / lat['int8']:.2f}x vs the fused fp32 student, {lat['student unfused (eager NCHW)'] / lat['int8']:.2f}x "
           f"vs the unfused eager one, {lat['student (torch.compile)'] / lat['int8']:.2f}x vs torch.compile of the "
-          f"fused student; INT8 of R=0.5: {base / lat['prune0.5-int8']:.2f}x. Fastest at bs 16: "
-          f"{min(lat, key=lat.get)}.", "",
+          f"fused student; INT8 of R=0.5: {base / lat['prune0.5-int8']:.2f}x; stock X86InductorQuantizer INT8 "
+          f"{base / lat['int8 stock']:.2f}x. Fastest at bs 16: {min(lat, key=lat.get)}.", "",
+          "INT8 (shuffle-aware) speed-up over each fp32 form of the student, per thread count and batch "
+          "(each thread count timed interleaved in one pass, models recompiled for it):", "",
+          "| threads | batch | fp32 fused eager (as loaded) ms | INT8 ms | vs fused eager | vs unfused eager | "
+          "vs torch.compile(fused) | stock INT8 vs fused eager |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for t, tb in r["timings"].items():
+        for b in ("bs16", "bs1"):
+            x = tb[b]
+            L.append(f"| {t} | {b[2:]} | {x['student']:.2f} | {x['int8']:.2f} | {x['student'] / x['int8']:.2f}x | "
+                     f"{x['student unfused (eager NCHW)'] / x['int8']:.2f}x | "
+                     f"{x['student (torch.compile)'] / x['int8']:.2f}x | {x['student'] / x['int8 stock']:.2f}x |")
+    L += ["",
           f"Seed 0, the quantize command's own interleaved timing ({q0['threads']} thread(s), bs 16, ms): "
           + ", ".join(f"{k} {v:.2f}" for k, v in q0["latency_bs16_ms"].items())
           + (f"; bf16 top-1 {q0['acc_bf16']:.2f}%" if "acc_bf16" in q0 else "") + ".", "",

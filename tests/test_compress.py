@@ -281,6 +281,110 @@ def test_int8_accuracy_close_to_fp32_and_saved_program_round_trips(trained_stude
             assert torch.equal(loaded(x), q(x))
 
 
+def _dtypes_of(gm, x, targets):
+    """dtype of the output of every node of `gm` calling one of `targets`, running it on x."""
+    seen = {}
+
+    class Rec(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.op == "call_function" and n.target in targets:
+                seen[n.name] = out[0].dtype if isinstance(out, (list, tuple)) else out.dtype
+            return out
+
+    with torch.no_grad():
+        Rec(gm).run(x)
+    return seen
+
+
+def test_shuffle_aware_int8_runs_cat_shuffle_and_chunk_on_uint8(trained_student):
+    """Every unit's cat, its shuffle's transpose and its chunk move uint8 (the stock quantizer leaves the
+    stride-1 units' ones in fp32), and no dequantize feeds a cat."""
+    pytest.importorskip("torchao")
+    from shufflekern.compress import quantize_int8
+    aten = torch.ops.aten
+    path, data = trained_student
+    model, _ = load_checkpoint_model(path)
+    model.eval()
+    calib = [torch.stack([data.train[i][0] for i in range(s, s + 32)]) for s in range(0, 128, 32)]
+    x = calib[0][:5]
+    targets = (aten.cat.default, aten.transpose.int, aten.chunk.default)
+    q = quantize_int8(model, calib, x)
+    new = _dtypes_of(q, x, targets)
+    stock = _dtypes_of(quantize_int8(model, calib, x, shuffle_aware=False), x, targets)
+    units = sum(isinstance(m, sk.models.InvertedResidual) for m in sk.unfuse(model).modules())
+    assert units == 16
+    # the channel shuffles (a transpose each) and cats of all units, the chunks of the 13 stride-1 units
+    for dtypes in (new, stock):
+        assert sum(k.startswith("cat") for k in dtypes) == units
+        assert sum(k.startswith("transpose") for k in dtypes) == units
+        assert sum(k.startswith("chunk") for k in dtypes) == 13
+    assert set(new.values()) == {torch.uint8}, new
+    assert torch.float32 in stock.values()  # so the test above shows a change
+    dq = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    for n in q.graph.nodes:
+        if n.target is aten.cat.default:
+            assert not any(a.target is dq for a in n.args[0]), n
+
+
+def test_int8_data_movement_is_exact(trained_student):
+    """The rewrite (dequantize moved below cat / shuffle / chunk, quantize(dequantize) pairs dropped) computes
+    what the converted graph computes, bit for bit, at any batch."""
+    pytest.importorskip("torchao")
+    import copy
+
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import get_default_x86_inductor_quantization_config
+
+    from shufflekern.compress.quantize import _export, int8_data_movement, shuffle_aware_quantizer
+    path, data = trained_student
+    model, _ = load_checkpoint_model(path)
+    calib = [torch.stack([data.train[i][0] for i in range(s, s + 32)]) for s in range(0, 96, 32)]
+    quantizer = shuffle_aware_quantizer()
+    quantizer.set_global(get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(_export(sk.unfuse(model).eval(), calib[0][:4]).module(), quantizer)
+    with torch.no_grad():
+        for x in calib:
+            prepared(x)
+    converted = convert_pt2e(prepared)
+    rewritten = copy.deepcopy(converted)
+    counts = int8_data_movement(rewritten)
+    assert counts["cat_int8"] == 16 and counts["dequant_moved"] > 16 and counts["requant_dropped"] > 16, counts
+    with torch.no_grad():
+        for n in (1, 5, 16):
+            x = torch.stack([data.val[i][0] for i in range(n)])
+            assert torch.equal(rewritten(x), converted(x))
+
+
+@pytest.mark.slow
+def test_compile_int8_stays_frozen_under_inference_mode(trained_student):
+    """compile_int8 lowers to oneDNN INT8 convolutions, and a call under inference_mode (as the latency and
+    accuracy measurements make) runs a graph compiled with freezing, not a recompiled unfrozen one."""
+    pytest.importorskip("torchao")
+    from torch._dynamo.utils import counters
+
+    from shufflekern.compress import compile_int8, quantize_int8
+    path, data = trained_student
+    model, _ = load_checkpoint_model(path)
+    model.eval()
+    calib = [torch.stack([data.train[i][0] for i in range(s, s + 32)]) for s in range(0, 64, 32)]
+    x = calib[0][:16]
+    q = quantize_int8(model, calib, x)
+    counters.clear()
+    fn = compile_int8(q, x)
+    assert counters["inductor"]["qconv_unary_matcher_count"] > 0  # the INT8 convolutions were lowered
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == 2  # one under no_grad, one under inference_mode, both compiled here (frozen)
+    with torch.inference_mode():
+        got = fn(x)
+    with torch.no_grad():
+        got2 = fn(x)
+        want = q(x)
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation
+    assert torch.equal(got, got2)
+    assert (got.argmax(1) == want.argmax(1)).float().mean() >= 0.9
+
+
 def test_missing_torchao_is_a_clear_error(monkeypatch, tmp_path, capsys):
     from shufflekern.compress import require_torchao
     monkeypatch.setitem(sys.modules, "torchao", None)  # import torchao -> ImportError

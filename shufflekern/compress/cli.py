@@ -234,6 +234,9 @@ def quantize_main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency-rounds", type=int, default=15)
     p.add_argument("--no-compile-fp32", action="store_true", help="skip timing torch.compile of the fp32 model")
+    p.add_argument("--no-shuffle-aware", action="store_true",
+                   help="torchao's X86InductorQuantizer as it is (the ShuffleNet units' cat / shuffle / chunk "
+                        "stay fp32 between dequantize and quantize; slower) instead of the shuffle-aware one")
     p.add_argument("--no-progress", action="store_true", help="accepted for symmetry (no bar here)")
     args = p.parse_args(argv)
     if args.calib < 1:
@@ -266,7 +269,7 @@ def quantize_main(argv=None):
     g = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(len(data.train), generator=g)[:args.calib].tolist()
     calib = [torch.stack([data.train[i][0] for i in order[s:s + 32]]) for s in range(0, len(order), 32)]
-    qmodel = Q.quantize_int8(model, calib, xb)
+    qmodel = Q.quantize_int8(model, calib, xb, shuffle_aware=not args.no_shuffle_aware)
     ep = Q.export_program(qmodel, xb)
     int8_tensor_bytes = sum(t.numel() * t.element_size() for t in list(ep.state_dict.values())
                             + list(ep.constants.values()) if isinstance(t, torch.Tensor))
@@ -308,7 +311,7 @@ def quantize_main(argv=None):
         "tensors_fp32_mb": sum(t.numel() * t.element_size() for t in eager.state_dict().values()) / 2 ** 20,
         "tensors_int8_mb": int8_tensor_bytes / 2 ** 20,
         "params": measure.count_params(eager), "mflops": measure.count_mflops(eager, x1.shape),
-        "calib_images": len(order), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "calib_images": len(order), "shuffle_aware": not args.no_shuffle_aware, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "torchao": __import__("torchao").__version__, "model": os.path.abspath(args.model), "meta": meta,
         "config": dict(vars(args), cmd="quantize"), "history": []}
