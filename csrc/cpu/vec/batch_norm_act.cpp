@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include <ATen/Parallel.h>
@@ -252,6 +253,7 @@ void flat_channel_sums(const FlatShape& fs, F&& terms, double* s1_out, double* s
   Scratch partial(sizeof(double) * 2 * Q * threads, "batch_norm_act", /*zero=*/true);
   const int64_t grain = std::max<int64_t>(1, kGrainElems / Q);
   at::parallel_for(0, fs.periods, grain, [&](int64_t begin, int64_t end) {
+    const std::decay_t<F> f = terms;  // a local copy (pointers captured by value): kept in registers across the stores
     double* d1 = partial.as<double>() + 2 * Q * at::get_thread_num();
     double* d2 = d1 + Q;
     Scratch tb(sizeof(T) * 2 * Q, "batch_norm_act");
@@ -261,7 +263,7 @@ void flat_channel_sums(const FlatShape& fs, F&& terms, double* s1_out, double* s
       const int64_t b1 = std::min(end, b0 + kBlock);
       std::memset(t1, 0, sizeof(T) * 2 * Q);
       flat_vectors<T>(fs, b0, b1, [&](int64_t off, int64_t q, int64_t) {
-        const auto [fv, hv] = terms(off, q, L);
+        const auto [fv, hv] = f(off, q, L);
         (V::loadu(t1 + q) + fv).store(t1 + q);
         at::vec::fmadd(fv, hv, V::loadu(t2 + q)).store(t2 + q);
       });
@@ -298,7 +300,10 @@ void flat_channel_sums(const FlatShape& fs, F&& terms, double* s1_out, double* s
 template <typename T, typename F>
 void flat_for_each(const FlatShape& fs, F&& fn) {
   const int64_t grain = std::max<int64_t>(1, kGrainElems / fs.Q);
-  at::parallel_for(0, fs.periods, grain, [&](int64_t begin, int64_t end) { flat_vectors<T>(fs, begin, end, fn); });
+  at::parallel_for(0, fs.periods, grain, [&](int64_t begin, int64_t end) {
+    const std::decay_t<F> f = fn;  // as in flat_channel_sums
+    flat_vectors<T>(fs, begin, end, f);
+  });
   flat_tail<T>(fs, fn);
 }
 
@@ -382,7 +387,7 @@ void backward_flat_sums(const FlatShape& fs, const FlatBwd<T>& p, double* sg, do
   using V = Vectorized<T>;
   flat_channel_sums<T>(
       fs,
-      [&p](int64_t off, int64_t q, int64_t cnt) {
+      [p](int64_t off, int64_t q, int64_t cnt) {
         const V gz = flat_grad_z<T, RELU, RESID>(p, off, q, cnt);
         if (p.gr != nullptr) gz.store(p.gr + off, cnt);
         return std::make_pair(gz, V::loadu(p.x + off, cnt) - V::loadu(p.mean + q, cnt));
@@ -393,7 +398,7 @@ void backward_flat_sums(const FlatShape& fs, const FlatBwd<T>& p, double* sg, do
 template <typename T, bool RELU, bool RESID, bool TRAINING>
 void backward_flat_apply(const FlatShape& fs, const FlatBwd<T>& p) {
   using V = Vectorized<T>;
-  flat_for_each<T>(fs, [&p](int64_t off, int64_t q, int64_t cnt) {
+  flat_for_each<T>(fs, [p](int64_t off, int64_t q, int64_t cnt) {
     const V gz = p.gr != nullptr ? V::loadu(p.gr + off, cnt) : flat_grad_z<T, RELU, RESID>(p, off, q, cnt);
     V out = gz * V::loadu(p.ca + q, cnt);
     if constexpr (TRAINING) {
