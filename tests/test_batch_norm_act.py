@@ -18,8 +18,11 @@ from shufflekern.models._common import BatchNormReLU2d, ReLUInBatchNorm, bn_act
 
 OP = torch.ops.shufflekern.batch_norm_act
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-# odd channel counts (vector tails), 1x1 images, and one big enough for several threads' chunks
-SHAPES = [(2, 5, 3, 7), (3, 17, 1, 1), (4, 40, 5, 6), (4, 24, 32, 32)]
+# odd channel counts (vector tails), 1x1 images, and one big enough for several threads' chunks.  The
+# channels_last kernel cuts the flat tensor into periods of lcm(C, vector length) elements: (3, 17, 1, 1) is
+# shorter than one period, (2, 5, 3, 7) and (1, 60, 7, 9) are whole periods plus a tail (C = 60 as in
+# ShuffleNetV1 g=3), (4, 24, 32, 32) is more periods than one block of sums.
+SHAPES = [(2, 5, 3, 7), (3, 17, 1, 1), (4, 40, 5, 6), (4, 24, 32, 32), (1, 60, 7, 9)]
 
 
 def make(shape, dtype, fmt, residual, affine=True, seed=0, noncontig=False):
