@@ -184,6 +184,20 @@ void for_each_vector(const BnActArgs& a, F&& fn) {
   });
 }
 
+// Training statistics from the shifted sums s1 = sum(x - k), s2 = sum((x - k)^2) of each channel (k[c]: x at
+// the channel's first position): mean and biased variance into a.mean / a.var.
+template <typename T>
+void store_batch_stats(const BnActArgs& a, const T* k, const double* s1, const double* s2) {
+  const double m = static_cast<double>(a.n * a.hw);
+  T* mean = static_cast<T*>(a.mean);
+  T* var = static_cast<T*>(a.var);
+  for (int64_t c = 0; c < a.c; ++c) {
+    const double d = s1[c] / m;
+    mean[c] = static_cast<T>(static_cast<double>(k[c]) + d);
+    var[c] = static_cast<T>(std::max(0.0, s2[c] / m - d * d));
+  }
+}
+
 // Channel-indexed operand: a vector of per-channel values (CL) or one broadcast value (NCHW).
 template <typename T>
 inline Vectorized<T> per_channel(const BnActArgs& a, const T* v, int64_t c, int64_t cnt) {
@@ -343,14 +357,7 @@ void forward_flat(const BnActArgs& a) {
           return std::make_pair(d, d);
         },
         s1, s2);
-    const double m = static_cast<double>(a.n * a.hw);
-    T* mean = static_cast<T*>(a.mean);
-    T* var = static_cast<T*>(a.var);
-    for (int64_t c = 0; c < C; ++c) {
-      const double d = s1[c] / m;
-      mean[c] = static_cast<T>(static_cast<double>(k[c]) + d);
-      var[c] = static_cast<T>(std::max(0.0, s2[c] / m - d * d));
-    }
+    store_batch_stats<T>(a, k, s1, s2);
   }
   const Coefficients<T> coef(a);
   repeat_channels<T>(fs, coef.scale, rep1);
@@ -502,14 +509,7 @@ void forward_t(const BnActArgs& a) {
           return std::make_pair(d, d);
         },
         s1, s2);
-    const double m = static_cast<double>(a.n * a.hw);
-    T* mean = static_cast<T*>(a.mean);
-    T* var = static_cast<T*>(a.var);
-    for (int64_t c = 0; c < C; ++c) {
-      const double d = s1[c] / m;
-      mean[c] = static_cast<T>(static_cast<double>(k[c]) + d);
-      var[c] = static_cast<T>(std::max(0.0, s2[c] / m - d * d));
-    }
+    store_batch_stats<T>(a, k, s1, s2);
   }
   const Coefficients<T> coef(a);
   for_each_vector<T>(a, [&](int64_t pos, int64_t c, int64_t cnt) {
