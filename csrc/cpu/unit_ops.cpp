@@ -51,6 +51,25 @@ UnitArgs base_args(const at::Tensor& x, at::MemoryFormat fmt, int64_t stride) {
   return a;
 }
 
+// The contiguous parameters of both unit kinds (1x1 conv, depthwise, 1x1 conv: weights and biases), kept alive
+// for the call, and the input, output and parameter pointers set in `a`.
+struct UnitParams {
+  at::Tensor w1, b1, wd, bd, w2, b2;
+  UnitParams(UnitArgs& a, const at::Tensor& x, const at::Tensor& out, const at::Tensor& w1_, const at::Tensor& b1_,
+             const at::Tensor& wd_, const at::Tensor& bd_, const at::Tensor& w2_, const at::Tensor& b2_)
+      : w1(w1_.contiguous()), b1(b1_.contiguous()), wd(wd_.contiguous()), bd(bd_.contiguous()),
+        w2(w2_.contiguous()), b2(b2_.contiguous()) {
+    a.x = x.data_ptr();
+    a.out = out.data_ptr();
+    a.w1 = w1.data_ptr();
+    a.b1 = b1.data_ptr();
+    a.wd = wd.data_ptr();
+    a.bd = bd.data_ptr();
+    a.w2 = w2.data_ptr();
+    a.b2 = b2.data_ptr();
+  }
+};
+
 at::Tensor unit_v2_cpu(const at::Tensor& x_, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& wd,
                        const at::Tensor& bd, const at::Tensor& w2, const at::Tensor& b2,
                        const std::optional<at::Tensor>& wd1, const std::optional<at::Tensor>& bd1,
@@ -90,16 +109,7 @@ at::Tensor unit_v2_cpu(const at::Tensor& x_, const at::Tensor& w1, const at::Ten
   a.g1 = a.g3 = 1;
   at::Tensor out = at::empty({a.n, a.c_out, a.ho, a.wo}, x.options().memory_format(fmt));
   if (out.numel() == 0) return out;
-  const at::Tensor cw1 = w1.contiguous(), cb1 = b1.contiguous(), cwd = wd.contiguous(), cbd = bd.contiguous(),
-                   cw2 = w2.contiguous(), cb2 = b2.contiguous();
-  a.x = x.data_ptr();
-  a.out = out.data_ptr();
-  a.w1 = cw1.data_ptr();
-  a.b1 = cb1.data_ptr();
-  a.wd = cwd.data_ptr();
-  a.bd = cbd.data_ptr();
-  a.w2 = cw2.data_ptr();
-  a.b2 = cb2.data_ptr();
+  const UnitParams params(a, x, out, w1, b1, wd, bd, w2, b2);
   at::Tensor cwd1, cbd1, cwp1, cbp1;
   if (stride == 2) {
     cwd1 = wd1->contiguous();
@@ -151,16 +161,7 @@ at::Tensor unit_v1_cpu(const at::Tensor& x_, const at::Tensor& w1, const at::Ten
   std::vector<int32_t> kidx(mid);
   const int64_t q = mid / groups3;
   for (int64_t k = 0; k < mid; ++k) kidx[k] = static_cast<int32_t>((k % groups3) * q + k / groups3);
-  const at::Tensor cw1 = w1.contiguous(), cb1 = b1.contiguous(), cwd = wd.contiguous(), cbd = bd.contiguous(),
-                   cw3 = w3.contiguous(), cb3 = b3.contiguous();
-  a.x = x.data_ptr();
-  a.out = out.data_ptr();
-  a.w1 = cw1.data_ptr();
-  a.b1 = cb1.data_ptr();
-  a.wd = cwd.data_ptr();
-  a.bd = cbd.data_ptr();
-  a.w2 = cw3.data_ptr();
-  a.b2 = cb3.data_ptr();
+  const UnitParams params(a, x, out, w1, b1, wd, bd, w3, b3);
   a.kidx = kidx.data();
   unit_table.get()(a);
   return out;
