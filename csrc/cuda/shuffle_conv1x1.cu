@@ -862,6 +862,39 @@ void check_grid(int64_t groups, int64_t y_blocks) {
   TORCH_CHECK_VALUE(y_blocks <= kMaxGridY, "shuffle_conv1x1: too many channels a group for the CUDA grid");
 }
 
+// The plan of the forward (`forward`) or grad_input GEMM: the per-group tiles of least modeled time and, in
+// channels_last (`packed`), the whole-pixel plan (cl_gemm), taken when its modeled time is less (or equal with
+// no more bytes).
+struct GemmChoice {
+  GemmPlan pl;
+  ClPlan cl;
+  bool whole;
+};
+
+GemmChoice choose_gemm(const Dims& d, int64_t groups, int64_t shuffle_groups, bool packed, size_t A, size_t t,
+                       bool forward) {
+  const int64_t c_in = d.cg * groups, c_out = d.mg * groups;
+  const int64_t i_g = forward ? d.cg : d.mg, o_g = forward ? d.mg : d.cg;
+  const double in_f = packed ? cl_run_factor(d, groups, t, forward) : 1.0;
+  const double out_f = packed ? cl_run_factor(d, groups, t, !forward) : 1.0;
+  GemmChoice ch{};
+  PlanCost cost{0, 0};
+  ch.pl = plan_gemm(d.pixels, i_g, o_g, d.cg, A, false, [&](const GemmPlan& p, int64_t tiles) {
+    // grad_input: the grad_x side is staged in packed order but its W' reads are whole rows: no packed W factor
+    const PlanCost c =
+        gemm_cost(p, tiles, d.pixels, i_g, o_g, groups, shuffle_groups, packed && forward, t, in_f, out_f);
+    if (cost.time == 0 || c.time < cost.time || (c.time == cost.time && c.bytes < cost.bytes)) cost = c;
+    return c;
+  });
+  const PlanCost cl_cost =
+      packed ? plan_cl(ch.cl, d.pixels, forward ? c_in : c_out, forward ? c_out : c_in, i_g, c_out * d.cg, A, t,
+                       2.0 * double(d.pixels) * double(c_out) * double(d.cg))
+             : PlanCost{0, 0};
+  ch.whole = ch.cl.tp != 0 && (ch.pl.tp == 0 || cl_cost.time < cost.time ||
+                               (cl_cost.time == cost.time && cl_cost.bytes <= cost.bytes));
+  return ch;
+}
+
 at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                 int64_t groups, int64_t shuffle_groups) {
   check_shuffle_conv1x1_args(x, weight, bias, groups, shuffle_groups);
@@ -877,20 +910,10 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
   const Dims d = dims_of(x.size(0) * x.size(2) * x.size(3), c_in, c_out, groups, shuffle_groups);
   const bool packed = in.stride(3) != 1;
   const size_t A = x.scalar_type() == at::kDouble ? 8 : 4, t = x.element_size();
-  const double in_f = packed ? cl_run_factor(d, groups, t, true) : 1.0, out_f = packed ? cl_run_factor(d, groups, t, false) : 1.0;
-  PlanCost cost{0, 0};
-  const GemmPlan pl = plan_gemm(d.pixels, d.cg, d.mg, d.cg, A, false, [&](const GemmPlan& p, int64_t tiles) {
-    const PlanCost c = gemm_cost(p, tiles, d.pixels, d.cg, d.mg, groups, shuffle_groups, packed, t, in_f, out_f);
-    if (cost.time == 0 || c.time < cost.time || (c.time == cost.time && c.bytes < cost.bytes)) cost = c;
-    return c;
-  });
-  // channels_last: the whole-pixel kernel when its modeled time is less (see cl_gemm).
-  ClPlan cl{};
-  const PlanCost cl_cost = packed ? plan_cl(cl, d.pixels, c_in, c_out, d.cg, c_out * d.cg, A, t,
-                                            2.0 * double(d.pixels) * double(c_out) * double(d.cg))
-                                  : PlanCost{0, 0};
-  const bool whole = cl.tp != 0 && (pl.tp == 0 || cl_cost.time < cost.time ||
-                                    (cl_cost.time == cost.time && cl_cost.bytes <= cost.bytes));
+  const GemmChoice choice = choose_gemm(d, groups, shuffle_groups, packed, A, t, /*forward=*/true);
+  const GemmPlan& pl = choice.pl;
+  const ClPlan& cl = choice.cl;
+  const bool whole = choice.whole;
   TORCH_CHECK(whole || pl.tp != 0, "shuffle_conv1x1: too many channels a group for the CUDA kernel's shared memory");
   check_grid(groups, 1);
   TORCH_CHECK(!whole || cl.tiles <= INT32_MAX, "shuffle_conv1x1: too many pixels for the CUDA grid");
@@ -924,20 +947,10 @@ at::Tensor shuffle_conv1x1_grad_input_cuda(const at::Tensor& grad_out, const at:
   const Dims d = dims_of(gy.size(0) * gy.size(2) * gy.size(3), c_in, c_out, groups, shuffle_groups);
   const bool packed = gy.stride(3) != 1;
   const size_t A = gy.scalar_type() == at::kDouble ? 8 : 4, t = gy.element_size();
-  const double in_f = packed ? cl_run_factor(d, groups, t, false) : 1.0, out_f = packed ? cl_run_factor(d, groups, t, true) : 1.0;
-  PlanCost cost{0, 0};
-  const GemmPlan pl = plan_gemm(d.pixels, d.mg, d.cg, d.cg, A, false, [&](const GemmPlan& p, int64_t tiles) {
-    // the grad_x side is staged in packed order but its W' reads are whole rows: no packed W factor
-    const PlanCost c = gemm_cost(p, tiles, d.pixels, d.mg, d.cg, groups, shuffle_groups, false, t, in_f, out_f);
-    if (cost.time == 0 || c.time < cost.time || (c.time == cost.time && c.bytes < cost.bytes)) cost = c;
-    return c;
-  });
-  ClPlan cl{};
-  const PlanCost cl_cost = packed ? plan_cl(cl, d.pixels, c_out, c_in, d.mg, c_out * d.cg, A, t,
-                                            2.0 * double(d.pixels) * double(c_out) * double(d.cg))
-                                  : PlanCost{0, 0};
-  const bool whole = cl.tp != 0 && (pl.tp == 0 || cl_cost.time < cost.time ||
-                                    (cl_cost.time == cost.time && cl_cost.bytes <= cost.bytes));
+  const GemmChoice choice = choose_gemm(d, groups, shuffle_groups, packed, A, t, /*forward=*/false);
+  const GemmPlan& pl = choice.pl;
+  const ClPlan& cl = choice.cl;
+  const bool whole = choice.whole;
   TORCH_CHECK(whole || pl.tp != 0,
               "shuffle_conv1x1_grad_input: too many channels a group for the CUDA kernel's shared memory");
   check_grid(groups, 1);
