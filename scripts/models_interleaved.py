@@ -9,7 +9,7 @@ the eager model, each in NCHW and channels_last; `--compile` adds torch.compile 
 fused model (compile_fused), both channels_last.
 
     PYTHONPATH=. python scripts/models_interleaved.py [--steps 12] [--settle 3] [--models v1_g3,v2] [--compile]
-        [--cases infer16,train16] [--threads N]
+        [--cases infer16,train16] [--threads N] [--tune-malloc]
 """
 import argparse
 import statistics
@@ -95,9 +95,14 @@ def main():
                     help="comma-separated, of infer1, infer16, train16 (inference at batch 1 / 16, training "
                          "step at batch 16; default infer16,train16)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="sk.tune_malloc() first: glibc keeps freed memory instead of faulting it in again every "
+                         "step (applies to every provider alike: one process)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.tune_malloc and not sk.tune_malloc():
+        ap.error(f"--tune-malloc: {sk.malloc_state()['detail']}")
     rows, header = [], None
     cases = {"infer1": (False, 1), "infer16": (False, 16), "train16": (True, 16)}
     for c in a.cases.split(","):
@@ -111,7 +116,8 @@ def main():
             header = order
     print(f"\nmedian ms over {a.steps} interleaved rounds (each provider called {a.settle}x a round, the last "
           f"timed), 224x224 fp32, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, shufflekern CPU kernels {sk._C.runtime_cpu_isa()}; speed-up = best eager format / best fused format"
+          f"torch {torch.__version__}, shufflekern CPU kernels {sk._C.runtime_cpu_isa()}, malloc: "
+          f"{sk.malloc_state()['detail']}; speed-up = best eager format / best fused format"
           + ("; vs compile = torch.compile of eager (channels_last) / best fused; compile_fused = "
              "torch.compile of the fused model (channels_last)" if a.compile else ""))
     print("| model | case | batch | " + " | ".join(f"{k} ms" for k in header) + " | fused vs eager |"

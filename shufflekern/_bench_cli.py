@@ -45,6 +45,9 @@ def main(argv):
     ap.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to select cases")
     ap.add_argument("--out", default=None, help="results directory (default: bench/results/<timestamp>, and the report becomes bench/results/latest.*)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="sk.tune_malloc() in the bench processes (every provider alike): glibc keeps freed "
+                         "memory instead of faulting it in again")
     ap.add_argument("--passes", type=int, default=3,
                     help="run every case this many times, in alternating order, each with 1/passes of the time "
                          "budget; the report takes the median over the passes (default 3)")
@@ -62,6 +65,10 @@ def main(argv):
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     os.environ["SHUFFLEKERN_BENCH_DEVICE"] = str(device)
+    if a.tune_malloc:
+        from shufflekern import malloc_state, tune_malloc
+        if not tune_malloc():
+            sys.exit(f"shufflekern bench: --tune-malloc: {malloc_state()['detail']}")
     if not os.path.isdir(BENCH):
         sys.exit(f"shufflekern bench: the benchmark cases live in the source tree ({BENCH} not found); "
                  "run it from a clone of the repository")
@@ -109,6 +116,8 @@ def main(argv):
     if device.type == "cpu":
         from shufflekern import _C
         versions += f" cpu_isa {_C.runtime_cpu_isa()}"  # the kernels' ISA (ATEN_CPU_CAPABILITY honoured)
+        if a.tune_malloc:
+            versions += " malloc tuned (sk.tune_malloc)"
     if device.type == "cuda":
         versions += f" device {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     text, csv_path, pngs = report.render(json_paths, out, versions)

@@ -5,6 +5,7 @@ import platform
 import torch
 
 from . import _C, _backend
+from ._malloc import malloc_state
 
 
 def _version(pkg):
@@ -50,6 +51,7 @@ def info() -> dict:
         "compiled_cuda": bool(_C.with_cuda),
         "cuda_archs": _C.cuda_archs() or None,
         "backend": _backend.get_backend(),
+        "cpu_malloc": malloc_state()["detail"],
         "emulated_ops": list(_backend.emulated_ops()),
         "usable_backends": usable,
         "op_dtypes": _op_dtypes(),

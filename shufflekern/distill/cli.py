@@ -55,6 +55,9 @@ def _common(p, default_epochs):
     r.add_argument("--out", default=None, metavar="DIR", help="checkpoints and metrics (default runs/<name>)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     r.add_argument("--no-progress", action="store_true", help="no tqdm bar (the per-epoch line stays)")
+    r.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                   help="sk.tune_malloc(): glibc keeps freed CPU memory instead of faulting it in again every step "
+                        "(default on; the process keeps its peak memory)")
 
 
 def _model_args(p, flag, default):
@@ -127,6 +130,9 @@ def _run(p, args, *, model_name, teacher_path):
     from .trainer import NonFiniteLossError, Trainer, load_checkpoint_model
 
     _check(p, args)
+    if args.tune_malloc:
+        from .._malloc import tune_malloc
+        tune_malloc()  # False where the allocator is not glibc's: nothing to tune, the run goes on
     device = _device(args.device)
     created = D.setup_distributed(device)  # torchrun: join the process group (the Trainer does not)
     try:
