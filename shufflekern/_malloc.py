@@ -5,10 +5,10 @@ freed (the threshold rises as large blocks are freed, up to 32 MiB), and the top
 when more than the trim threshold (twice the mmap threshold) is free.  A training step allocates and frees
 the same activation-sized tensors every step; when its order of frees leaves the top of the heap free,
 glibc trims it and the next step faults every page in again (zero-filled by the kernel).  Which pattern
-trims is an accident of the order of allocations: measured on ShuffleNet V1 g=3, batch 16, 224x224, one
-thread (AMD EPYC Zen 4), the fused model's step faulted ~30,600 pages (125 MB) a step and the eager
-model's ~2,200; with fixed thresholds both fault none, and the steps took 25% (fused) and 12% (eager)
-less time.  PyTorch's CPU tensors come from malloc (c10's alloc_cpu), so this is a property of the process,
+trims is an accident of the process's allocation history: measured on ShuffleNet V1 g=3, batch 16,
+224x224, one thread (AMD EPYC Zen 4), the fused model's step faulted ~30,600 pages (125 MB) a step and
+the eager model's ~2,200 in one process, and ~25,000 each when each ran alone; with fixed thresholds
+neither faults.  PyTorch's CPU tensors come from malloc (c10's alloc_cpu), so this is a property of the process,
 not of an op: PyTorch's performance guide recommends a caching allocator (jemalloc, tcmalloc) for the same
 reason; `tune_malloc` is the no-install equivalent for glibc.
 
