@@ -387,9 +387,8 @@ BWD_OP = torch.ops.shufflekern.shuffle_conv1x1_backward
 
 
 def _fused_backward_launches():
-    """Launches of either fused backward kernel (a tile per group, or channels_last whole pixels)."""
-    n = sk.testing.emulated_launches()
-    return n.get("_shuffle_conv1x1_backward_kernel", 0) + n.get("_shuffle_conv1x1_cl_backward_kernel", 0)
+    """Launches of the fused backward kernel (grad_x tiles and grad_W tiles in one launch)."""
+    return sk.testing.emulated_launches().get("_shuffle_conv1x1_backward_split_kernel", 0)
 
 
 def _check_backward(x, w, gy, g, sg, masks=MASKS, launches=True):

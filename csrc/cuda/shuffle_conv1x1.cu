@@ -22,6 +22,7 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "checks.h"
 #include "cuda/runtime.h"
@@ -141,7 +142,7 @@ template <bool kFwd, typename T, typename Acc>
 __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(const T) w, SK_GLOBAL(const T) bias,
                                            SK_GLOBAL(T) out, const Dims& d, const Layout& lin,
                                            const Layout& lout, const GemmPlan& pl, bool compute = true,
-                                           int64_t tile = -1) {
+                                           int64_t tile = -1, int64_t group = -1) {
   SK_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t TP = pl.tp, OC = pl.oc, IC = pl.ic, OSC = pl.osc;
   Acc* in_s = reinterpret_cast<Acc*>(smem);
@@ -150,7 +151,7 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   int* tab = reinterpret_cast<int*>(out_s + TP * OSC);  // packed position -> weight column
   int* inv = tab + d.cg;                                 // weight column -> packed position
   const int tid = threadIdx.x;
-  const int64_t k = blockIdx.z;
+  const int64_t k = group < 0 ? int64_t(blockIdx.z) : group;
   const int64_t I = kFwd ? d.cg : d.mg, O = kFwd ? d.mg : d.cg;
   const int64_t p0 = (tile < 0 ? int64_t(blockIdx.x) : tile) * TP;
   const bool packed = !(kFwd ? lin.s_hw == 1 : lout.s_hw == 1);  // NCHW: natural order, W rows contiguous
@@ -533,14 +534,14 @@ __device__ __forceinline__ void cl_store(SK_GLOBAL(T) dst, SK_GLOBAL(const T) bi
 template <bool kFwd, typename T, typename Acc>
 __device__ __forceinline__ void cl_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(const T) w, SK_GLOBAL(const T) bias,
                                         SK_GLOBAL(T) out, const Dims& d, const Layout& lin, const Layout& lout,
-                                        const ClPlan& pl) {
+                                        const ClPlan& pl, int64_t tile = -1) {
   SK_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t G = d.cs * d.sg / d.cg;
   const int64_t I_all = (kFwd ? d.cg : d.mg) * G, O_all = (kFwd ? d.mg : d.cg) * G;
   Acc* in_s = reinterpret_cast<Acc*>(smem);
   Acc* out_s = in_s + I_all * pl.tp;
   Acc* w_s = out_s + O_all * pl.tp;
-  const int64_t p0 = int64_t(blockIdx.x) * pl.tp;
+  const int64_t p0 = (tile < 0 ? int64_t(blockIdx.x) : tile) * pl.tp;
   cl_stage<T, Acc>(in, in_s, lin, p0, I_all, pl.tp, d.pixels);
   __syncthreads();
   for (int64_t k = 0; k < G; ++k) cl_group_gemm<kFwd, T, Acc>(w, in_s, w_s, out_s, d, k, pl, O_all);
@@ -619,6 +620,188 @@ __global__ void _shuffle_conv1x1_cl_backward_kernel(SK_GLOBAL(const T) gy, SK_GL
     for (int64_t e = tid; e < WN; e += kThreads) part_w[slice * WN + e] = acc_w[e];
   if (f.gb)
     for (int64_t o = tid; o < C_out; o += kThreads) part_b[slice * C_out + o] = acc_b[o];
+}
+
+// ---- backward in one launch, blocks split by role: grad_x tiles and grad_W tiles ------------------------------
+//
+// The fused kernels above sum grad_W over each block's pixels, so every block writes a partial grad_W that a second
+// kernel reads back: 2 x slices x |W| bytes, which at 14x14 and 7x7 (a large W, few pixels) is as much as the
+// activations.  Here the launch's first gx_blocks blocks compute grad_x tiles (the grad_input GEMM: a tile per
+// group, sconv_gemm, or channels_last whole pixels, cl_gemm), and the others grad_W (and grad_b):
+//   mode 1  a tile of mc rows x jc packed positions of group k's grad_W, summed over a pixel slice (all pixels when
+//           slices = 1: no partial sums at all); gy's rows and x's channels of the tile are re-read by the group's
+//           other tiles, from the L2 (read-only buffers of one launch), not from DRAM;
+//   mode 2  channels_last: all of grad_W (every group) over a pixel slice, x and gy staged as whole channel vectors
+//           (contiguous ranges: every sector used), partial sums in shared memory.
+// With slices > 1 the partials go to part_w / part_b [slice] and _shuffle_conv1x1_grad_weight_sum_kernel adds
+// them in order.  Every sum has one owner and a fixed order: the same bits every run, no atomics.
+struct GwTiles {
+  int64_t mode;           // 0: no grad_W / grad_b blocks, 1: per-group tiles, 2: channels_last whole pixels
+  int64_t mc, jc, mb, jb;  // mode 1: rows of Mg and packed positions of Cg a tile; tiles a group along each
+  int64_t pc;             // pixels a staged chunk
+  int64_t slices, chunk;  // pixel slices, pixels a slice
+  int64_t blocks;         // grad_W blocks of the launch
+  size_t smem;
+};
+constexpr int kGwR = 8;  // mode 1: grad_W sums a thread owns (mc * jc <= kThreads * kGwR)
+
+// dst[r * PS + px] = src[pixel p0 + px, channel ch(r)] for r < R, px < pcc.  Pixel-fast rows (NCHW, H*W >= 32) in
+// aligned slots (AlignedRows); else along the contiguous dimension (channel runs of a pixel in channels_last).
+template <typename T, typename Acc, typename Ch>
+__device__ __forceinline__ void stage_rows(SK_GLOBAL(const T) src, Acc* dst, int64_t PS, const Layout& l, int64_t p0,
+                                           int64_t pcc, int64_t R, Ch ch) {
+  const int tid = threadIdx.x;
+  const bool pfast = l.s_hw == 1;
+  if (pfast && l.hw >= 32) {
+    const int64_t t = int64_t(sizeof(T));
+    const AlignedRows rows(p0, pcc, l.hw, 32 / t, uniform_rows<T>(l), address_of(src), t,
+                           [&](int64_t q) { return l.pixel(p0 + q); });
+    for (int64_t idx = tid; idx < R * rows.slots; idx += kThreads) {
+      const int64_t r = idx / rows.slots, c = ch(r);
+      bool pad;
+      const int64_t px = rows.px(idx - r * rows.slots, address_of(src), t,
+                                 [&](int64_t q) { return l.pixel(p0 + q) + c * l.s_c; }, pad);
+      const Acc v = Acc(src[l.pixel(p0 + px) + c * l.s_c]);
+      if (!pad) dst[r * PS + px] = v;
+    }
+    return;
+  }
+  for (int64_t idx = tid; idx < R * pcc; idx += kThreads) {
+    const int64_t r = pfast ? idx / pcc : idx % R, px = pfast ? idx % pcc : idx / R;
+    dst[r * PS + px] = Acc(src[l.pixel(p0 + px) + ch(r) * l.s_c]);
+  }
+}
+
+// Mode 1: grad_W block b.  Shared memory (dynamic): g_s [mc][PS], x_s [jc][PS], the packed tables [2 Cg] ints.
+template <typename T, typename Acc>
+__device__ __forceinline__ void gw_group_tile(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x, SK_GLOBAL(Acc) part_w,
+                                              SK_GLOBAL(Acc) part_b, const Dims& d, const Layout& lg,
+                                              const Layout& lx, const GwTiles& g, int64_t b, int64_t groups,
+                                              BwdFlags f) {
+  SK_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t PS = g.pc + 1;
+  Acc* g_s = reinterpret_cast<Acc*>(smem);
+  Acc* x_s = g_s + g.mc * PS;
+  int* tab = reinterpret_cast<int*>(x_s + g.jc * PS);  // packed position -> weight column
+  int* chs = tab + d.cg;                                // packed position -> x channel
+  const int tid = threadIdx.x;
+  const int64_t jbi = b % g.jb, mbi = b / g.jb % g.mb, k = b / (g.jb * g.mb) % groups;
+  const int64_t slice = b / (g.jb * g.mb * groups);
+  const int64_t m0 = mbi * g.mc, q0 = jbi * g.jc;
+  const int64_t mcc = d.mg - m0 < g.mc ? d.mg - m0 : g.mc;
+  const int64_t jcc = !f.gw ? 0 : d.cg - q0 < g.jc ? d.cg - q0 : g.jc;
+  const bool do_b = f.gb && jbi == 0;
+  if (tid == 0) {
+    int64_t q = 0;
+    for (int64_t r = 0; r < d.sg; ++r) {
+      const SconvBlock blk = sconv_block(k, r, d.cg, d.sg, d.cs);
+      for (int64_t e = 0; e < blk.len; ++e, ++q) {
+        tab[q] = int(blk.col_begin + e * d.sg);
+        chs[q] = int(blk.src_begin + e);
+      }
+    }
+  }
+  __syncthreads();
+  Acc acc[kGwR];
+#pragma unroll
+  for (int r = 0; r < kGwR; ++r) acc[r] = Acc(0);
+  Acc acc_b = Acc(0);
+  const int64_t p_begin = slice * g.chunk;
+  const int64_t p_end = d.pixels < p_begin + g.chunk ? d.pixels : p_begin + g.chunk;
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += g.pc) {
+    const int64_t pcc = p_end - p0 < g.pc ? p_end - p0 : g.pc;
+    if (jcc > 0) stage_rows<T, Acc>(x, x_s, PS, lx, p0, pcc, jcc, [&](int64_t r) { return int64_t(chs[q0 + r]); });
+    stage_rows<T, Acc>(gy, g_s, PS, lg, p0, pcc, mcc, [&](int64_t r) { return k * d.mg + m0 + r; });
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kGwR; ++r) {
+      const int64_t e = tid + int64_t(r) * kThreads;
+      if (e >= mcc * jcc) break;
+      const int64_t m = e / jcc, q = e - m * jcc;
+      Acc sum = Acc(0);
+      for (int64_t px = 0; px < pcc; ++px) sum += g_s[m * PS + px] * x_s[q * PS + px];
+      acc[r] += sum;
+    }
+    if (do_b && tid < mcc) {
+      Acc sum = Acc(0);
+      for (int64_t px = 0; px < pcc; ++px) sum += g_s[tid * PS + px];
+      acc_b += sum;
+    }
+    __syncthreads();
+  }
+  const int64_t base = (slice * groups + k) * d.mg + m0;
+#pragma unroll
+  for (int r = 0; r < kGwR; ++r) {
+    const int64_t e = tid + int64_t(r) * kThreads;
+    if (e >= mcc * jcc) break;
+    const int64_t m = e / jcc, q = e - m * jcc;
+    part_w[(base + m) * d.cg + tab[q0 + q]] = acc[r];
+  }
+  if (do_b && tid < mcc) part_b[base + tid] = acc_b;
+}
+
+// Mode 2 (channels_last): slice b's sums of all of grad_W.  Shared memory: g_s [C_out][pc], x_s [C_in][pc], then
+// the sums [C_out][Cg], [C_out].
+template <typename T, typename Acc>
+__device__ __forceinline__ void gw_cl_slice(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x, SK_GLOBAL(Acc) part_w,
+                                            SK_GLOBAL(Acc) part_b, const Dims& d, const Layout& lg, const Layout& lx,
+                                            const GwTiles& g, int64_t slice, int64_t groups, BwdFlags f) {
+  SK_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t PC = g.pc, C_in = d.cg * groups, C_out = d.mg * groups, WN = C_out * d.cg;
+  Acc* g_s = reinterpret_cast<Acc*>(smem);
+  Acc* x_s = g_s + C_out * PC;
+  Acc* acc_w = x_s + C_in * PC;
+  Acc* acc_b = acc_w + (f.gw ? WN : 0);
+  const int tid = threadIdx.x;
+  for (int64_t e = tid; e < WN + (f.gb ? C_out : 0); e += kThreads) acc_w[e] = Acc(0);  // each owned by one thread below
+  const int64_t p_begin = slice * g.chunk;
+  const int64_t p_end = d.pixels < p_begin + g.chunk ? d.pixels : p_begin + g.chunk;
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += PC) {
+    const int64_t pcc = p_end - p0 < PC ? p_end - p0 : PC;
+    cl_stage<T, Acc>(gy, g_s, lg, p0, C_out, PC, p0 + pcc);
+    if (f.gw) cl_stage<T, Acc>(x, x_s, lx, p0, C_in, PC, p0 + pcc);
+    __syncthreads();
+    if (f.gw)
+      for (int64_t e = tid; e < WN; e += kThreads) {
+        const int64_t o = e / d.cg, j = e - o * d.cg;
+        const Acc* gr = g_s + o * PC;
+        const Acc* xr = x_s + sconv_src_channel(o / d.mg, j, d.cg, d.sg, d.cs) * PC;
+        Acc sum = Acc(0);
+        for (int64_t px = 0; px < pcc; ++px) sum += gr[px] * xr[px];
+        acc_w[e] += sum;
+      }
+    if (f.gb)
+      for (int64_t o = tid; o < C_out; o += kThreads) {
+        Acc sum = Acc(0);
+        for (int64_t px = 0; px < pcc; ++px) sum += g_s[o * PC + px];
+        acc_b[o] += sum;
+      }
+    __syncthreads();
+  }
+  if (f.gw)
+    for (int64_t e = tid; e < WN; e += kThreads) part_w[slice * WN + e] = acc_w[e];
+  if (f.gb)
+    for (int64_t o = tid; o < C_out; o += kThreads) part_b[slice * C_out + o] = acc_b[o];
+}
+
+template <typename T, typename Acc>
+__global__ void _shuffle_conv1x1_backward_split_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x,
+                                                       SK_GLOBAL(const T) w, SK_GLOBAL(T) gx, SK_GLOBAL(Acc) part_w,
+                                                       SK_GLOBAL(Acc) part_b, Dims d, Layout lg, Layout lx,
+                                                       GemmPlan pl, ClPlan cl, bool whole, int64_t gx_blocks,
+                                                       GwTiles g, int64_t groups, BwdFlags f) {
+  const int64_t b = blockIdx.x;
+  if (b < gx_blocks) {
+    if (whole) {
+      cl_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, cl, b);
+    } else {
+      const int64_t tiles = gx_blocks / groups;
+      sconv_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, pl, true, b % tiles, b / tiles);
+    }
+    return;
+  }
+  if (g.mode == 2) gw_cl_slice<T, Acc>(gy, x, part_w, part_b, d, lg, lx, g, b - gx_blocks, groups, f);
+  else gw_group_tile<T, Acc>(gy, x, part_w, part_b, d, lg, lx, g, b - gx_blocks, groups, f);
 }
 
 // ---- plans -------------------------------------------------------------------------------------------------
@@ -895,6 +1078,131 @@ GemmChoice choose_gemm(const Dims& d, int64_t groups, int64_t shuffle_groups, bo
   return ch;
 }
 
+// ---- the backward's plan: grad_x tiles and grad_W tiles in one launch ------------------------------------------
+//
+// Modeled time of a launch (a model, like modeled_time, same H100 SXM figures): its DRAM bytes under the L2 model
+// (the traffic report's: read-only buffers move each sector once, re-reads hit the 50 MB L2) at the HBM3's
+// 3.35 TB/s; its request-level bytes pulled by min(blocks, 132) multiprocessors at twice their share of that each;
+// its FLOPs; and its largest block at one multiprocessor's rate (a launch lasts at least as long as its slowest
+// block: what a split of grad_W's sums over fewer pixels buys).
+double launch_time(double dram, double moved, double flops, double blocks, double block_bytes, double block_flops) {
+  constexpr double kBandwidth = 3.35e12, kSms = 132.0, kSmFlops = 67e12 / 132.0;
+  const double active = std::max(1.0, std::min(blocks, kSms)), sm_bw = 2.0 * kBandwidth / kSms;
+  return std::max({dram / kBandwidth, moved / (active * sm_bw), flops / (active * kSmFlops), block_bytes / sm_bw,
+                   block_flops / kSmFlops});
+}
+
+struct SplitPlan {
+  GemmChoice gxc;     // the grad_x role's plan (choose_gemm of grad_input)
+  int64_t gx_blocks;  // 0 without grad_x
+  GwTiles g;
+  size_t smem;
+  double time, moved, dram;
+};
+
+SplitPlan plan_backward(const Dims& d, int64_t groups, int64_t sg, bool packed, size_t A, size_t t, BwdFlags f) {
+  SplitPlan sp{};
+  sp.time = -1;
+  const double tb = double(t), P = double(d.pixels), G = double(groups), Cg = double(d.cg), Mg = double(d.mg);
+  const double Wn = Mg * G * Cg, C_in = Cg * G, C_out = Mg * G, E = 32.0 / tb;
+  const size_t limit = smem_limit();
+  // grad_x: the grad_input op's plan
+  double gx_moved = 0, gx_block = 0, gx_block_flops = 0;
+  size_t gx_smem = 0;
+  if (f.gx) {
+    sp.gxc = choose_gemm(d, groups, sg, packed, A, t, /*forward=*/false);
+    if (sp.gxc.whole) {
+      const ClPlan& cl = sp.gxc.cl;
+      sp.gx_blocks = cl.tiles;
+      gx_moved = tb * (P * (C_in + C_out) + double(cl.tiles) * Wn);
+      gx_block = tb * (double(cl.tp) * (C_in + C_out) + Wn);
+      gx_block_flops = 2.0 * double(cl.tp) * Wn;
+      gx_smem = cl.smem;
+    } else {
+      const GemmPlan& pl = sp.gxc.pl;
+      if (pl.tp == 0) return sp;
+      const int64_t tiles = (d.pixels + pl.tp - 1) / pl.tp;
+      sp.gx_blocks = tiles * groups;
+      const double in_f = packed ? cl_run_factor(d, groups, t, false) : 1.0;
+      const double out_f = packed ? cl_run_factor(d, groups, t, true) : 1.0;
+      gx_moved = gemm_cost(pl, tiles, d.pixels, d.mg, d.cg, groups, sg, false, t, in_f, out_f).bytes;
+      gx_block = gx_moved / double(sp.gx_blocks);
+      gx_block_flops = 2.0 * double(pl.tp) * Mg * Cg;
+      gx_smem = pl.smem;
+    }
+  }
+  // DRAM bytes (L2 model) without grad_W's partial sums: gy, x (for grad_W), W (for grad_x) read once, grad_x written
+  const double dram_base = tb * (P * C_out + (f.gw ? P * C_in : 0.0) + (f.gx ? P * C_in + Wn : 0.0));
+  const double flops = 2.0 * P * Mg * Cg * G * ((f.gx ? 1 : 0) + (f.gw ? 1 : 0));
+  const double sums = (f.gw ? Wn : 0.0) + (f.gb ? C_out : 0.0);  // grad_W, grad_b elements
+  auto consider = [&](const GwTiles& g, double w_moved, double w_block, double w_block_flops) {
+    const double S = double(g.slices);
+    // partial sums: written by the launch, read back by the sum kernel (fits the L2: once), the result written
+    const double part = double(A) * sums * (S > 1 ? 2.0 * S + 1.0 : 1.0);
+    const double dram = dram_base + part, moved = gx_moved + w_moved + part;
+    const double blocks = double(sp.gx_blocks + g.blocks);
+    const double time = launch_time(dram, moved, flops, blocks, std::max(gx_block, w_block),
+                                    std::max(gx_block_flops, w_block_flops));
+    if (sp.time < 0 || time < sp.time || (time == sp.time && moved < sp.moved)) {
+      sp.g = g;
+      sp.g.smem = std::max(g.smem, gx_smem);
+      sp.smem = sp.g.smem;
+      sp.time = time;
+      sp.moved = moved;
+      sp.dram = dram;
+    }
+  };
+  // slices of pixels: 1, 2, 4, ... (chunks of whole pc-pixel chunks)
+  auto each_slicing = [&](int64_t pc, auto&& fn) {
+    const int64_t chunks = (d.pixels + pc - 1) / pc;
+    for (int64_t s = 1;; s = std::min(2 * s, chunks)) {
+      const int64_t chunk = (chunks + s - 1) / s * pc;
+      fn((d.pixels + chunk - 1) / chunk, chunk);
+      if (s >= chunks) break;
+    }
+  };
+  if (!f.gw && !f.gb) {
+    GwTiles g{};
+    g.slices = 1;
+    consider(g, 0, 0, 0);
+    return sp;
+  }
+  // mode 1: per-group tiles
+  const double x_rf = packed ? cl_run_factor(d, groups, t, true) : 1.0, g_rf = packed ? cl_run_factor(d, groups, t, false) : 1.0;
+  std::vector<int64_t> mcs{d.mg}, jcs{f.gw ? d.cg : 0};
+  for (int64_t c = 8; c < d.mg && c <= kThreads; c *= 2) mcs.push_back(c);
+  for (int64_t c = 8; f.gw && c < d.cg; c *= 2) jcs.push_back(c);
+  for (int64_t mc : mcs)
+    for (int64_t jc : jcs) {
+      if (mc > kThreads || mc * jc > int64_t(kThreads) * kGwR) continue;
+      for (int64_t pc = 64; pc >= 16; pc /= 2) {
+        const size_t smem = size_t((mc + jc) * (pc + 1)) * A + size_t(2 * d.cg) * sizeof(int);
+        if (smem > limit) continue;
+        const int64_t mb = (d.mg + mc - 1) / mc, jb = jc == 0 ? 1 : (d.cg + jc - 1) / jc;
+        const double xf = x_rf * (packed && jc < d.cg ? 1.0 + E / double(std::max<int64_t>(jc, 1)) : 1.0);
+        const double gf = g_rf * (packed && mc < d.mg ? 1.0 + E / double(mc) : 1.0);
+        each_slicing(pc, [&](int64_t slices, int64_t chunk) {
+          const GwTiles g{1, mc, jc, mb, jb, pc, slices, chunk, slices * groups * mb * jb, smem};
+          const double moved = tb * P * G * (Mg * double(jb) * gf + (f.gw ? Cg * double(mb) * xf : 0.0));
+          const double block = tb * double(chunk) * (double(mc) * gf + double(jc) * xf);
+          consider(g, moved, block, 2.0 * double(chunk) * double(mc) * double(jc));
+        });
+        break;  // the largest chunk that fits
+      }
+    }
+  // mode 2: channels_last, whole pixels, all of grad_W a slice
+  for (int64_t pc = 64; packed && f.gw && pc >= 8; pc /= 2) {
+    const size_t smem = size_t(double(pc) * (C_in + C_out) + sums) * A;
+    if (smem > limit) continue;
+    each_slicing(pc, [&](int64_t slices, int64_t chunk) {
+      const GwTiles g{2, 0, 0, 1, 1, pc, slices, chunk, slices, smem};
+      consider(g, tb * P * (C_in + C_out), tb * double(chunk) * (C_in + C_out), 2.0 * double(chunk) * Wn);
+    });
+    break;
+  }
+  return sp;
+}
+
 at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                 int64_t groups, int64_t shuffle_groups) {
   check_shuffle_conv1x1_args(x, weight, bias, groups, shuffle_groups);
@@ -1048,112 +1356,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const size_t A = acc_type == at::kDouble ? 8 : 4, t = x.element_size();
   const BwdFlags f{output_mask[0], output_mask[1], output_mask[2]};
-  // Plans: a single grad_input plan (the whole grad_out tile staged) plus the grad_W / grad_b sums, per pixel
-  // tile; slices of per_slice tiles a block.  Modeled bytes: gy and (for grad_W) x read once, grad_x written
-  // once, W read by every tile (for grad_x), the partial sums written once a slice and read back by the sum
-  // kernel (written straight to the result with one slice).  The plan of least modeled time (modeled_time).
-  const size_t limit = smem_limit();
-  const double P = double(d.pixels), Wn = double(c_out) * double(d.cg), tb = double(t);
-  BwdPlan bp{};
-  double best_bytes = 0, best_time = 0;
-  const double flops = 2.0 * P * double(d.mg) * double(d.cg) * double(groups) * ((f.gx ? 1 : 0) + (f.gw ? 1 : 0));
-  const size_t acc_bytes = size_t(d.mg * d.cg + d.mg) * A;
   const bool packed = xc.stride(3) != 1;
-  const double E = 32.0 / tb;
-  // channels_last, a tile per group: group runs that share sectors (cl_run_factor)
-  const double x_rf = packed ? cl_run_factor(d, groups, t, true) : 1.0, g_rf = packed ? cl_run_factor(d, groups, t, false) : 1.0;
-  for (int64_t tp = 64; tp <= 1024; tp *= 2) {
-    const int64_t oc = kChunkElems / tp, iw = std::min<int64_t>(d.mg, 32);
-    // channels_last: out_s wide enough for all Cg outputs of grad_x and x's whole tile (whole channel runs a
-    // pixel), when that fits; else chunks, costed about one more sector a chunk.
-    int64_t osc = oc;
-    const int64_t want = std::max<int64_t>(d.cg, (d.cg * (tp + 1) - iw * oc + tp - 1) / tp);
-    if (packed && want > oc &&
-        size_t(d.mg * tp + iw * oc + tp * want) * A + size_t(2 * d.cg) * sizeof(int) <= limit)
-      osc = want;
-    const int64_t XC = std::min<int64_t>(d.cg, (iw * oc + tp * osc) / (tp + 1));
-    const double xf = x_rf * (packed && XC < d.cg ? 1.0 + E / double(XC) : 1.0);
-    const double gf = x_rf * (packed && osc < d.cg ? 1.0 + E / double(osc) : 1.0);
-    const size_t gemm = size_t(d.mg * tp + iw * oc + tp * osc) * A + size_t(2 * d.cg) * sizeof(int);
-    const size_t acc_off = (gemm + 15) / 16 * 16;
-    if (gemm > limit) continue;
-    const int64_t tiles = (d.pixels + tp - 1) / tp;
-    for (int64_t per = 1;; per = per * 2 < tiles ? per * 2 : tiles) {
-      if (per > 1 && acc_off + acc_bytes > limit) break;  // no room for the slice's sums
-      const int64_t slices = (tiles + per - 1) / per;
-      const double S = double(slices), T = double(tiles);
-      const double bytes = tb * P * double(c_out) * g_rf + (f.gw ? tb * P * double(c_in) * xf : 0.0) +
-                           (f.gx ? tb * (P * double(c_in) * gf + T * Wn) : 0.0) +
-                           (f.gw ? double(A) * Wn * (S > 1 ? 2 * S + 1 : 1) : 0.0) +
-                           (f.gb ? double(A) * double(c_out) * (S > 1 ? 2 * S + 1 : 1) : 0.0);
-      const double time = modeled_time(bytes, flops, S * double(groups));
-      if (bp.g.tp == 0 || time < best_time || (time == best_time && bytes < best_bytes)) {
-        bp = BwdPlan{GemmPlan{tp, oc, d.mg, iw, osc, per > 1 ? acc_off + acc_bytes : gemm}, tiles, slices, per,
-                     acc_off};
-        best_bytes = bytes;
-        best_time = time;
-      }
-      if (per >= tiles) break;
-    }
-  }
-  // channels_last: the whole-pixel kernel (_shuffle_conv1x1_cl_backward_kernel) when its modeled time is less:
-  // gy and x read, grad_x written as contiguous ranges, every tile reading all of W for grad_x, the partial sums
-  // as above (one set per block, all groups).
-  ClPlan cl{};
-  double cl_time = 0, cl_bytes = 0;
-  const int64_t WN = c_out * d.cg;
-  for (int64_t tp = 16; packed && tp <= 1024; tp *= 2) {
-    const int64_t oc = kChunkElems / tp, iw = std::min<int64_t>(d.mg, std::max<int64_t>(4, 4096 / oc));
-    const size_t gemm = size_t(tp * (c_in + c_out) + iw * oc) * A;
-    const size_t acc_off = (gemm + 15) / 16 * 16, sums = size_t(WN + c_out) * A;
-    if (gemm > limit) continue;
-    const int64_t tiles = (d.pixels + tp - 1) / tp;
-    for (int64_t per = 1;; per = per * 2 < tiles ? per * 2 : tiles) {
-      if (per > 1 && acc_off + sums > limit) break;
-      const double S = double((tiles + per - 1) / per), T = double(tiles);
-      const double bytes = tb * P * double(c_out) + (f.gw ? tb * P * double(c_in) : 0.0) +
-                           (f.gx ? tb * (P * double(c_in) + T * Wn) : 0.0) +
-                           (f.gw ? double(A) * Wn * (S > 1 ? 2 * S + 1 : 1) : 0.0) +
-                           (f.gb ? double(A) * double(c_out) * (S > 1 ? 2 * S + 1 : 1) : 0.0);
-      const double time = modeled_time(bytes, flops, S);
-      if (cl.tp == 0 || time < cl_time || (time == cl_time && bytes < cl_bytes)) {
-        cl = ClPlan{tp, oc, iw, tiles, per, acc_off, per > 1 ? acc_off + sums : gemm};
-        cl_time = time;
-        cl_bytes = bytes;
-      }
-      if (per >= tiles) break;
-    }
-  }
-  const bool whole = cl.tp != 0 && (bp.g.tp == 0 || cl_time < best_time || (cl_time == best_time && cl_bytes <= best_bytes));
-  if (whole) {
-    const int64_t slices = (cl.tiles + cl.per - 1) / cl.per;
-    TORCH_CHECK(slices <= INT32_MAX, "shuffle_conv1x1_backward: too many pixels for the CUDA grid");
-    at::Tensor gx = f.gx ? at::empty(x.sizes(), x.options().memory_format(fmt)) : x.new_empty({0});
-    at::Tensor gw_acc = f.gw ? at::empty({c_out, d.cg, 1, 1}, x.options().dtype(acc_type)) : at::Tensor();
-    at::Tensor gb_acc = f.gb ? at::empty({c_out}, x.options().dtype(acc_type)) : at::Tensor();
-    at::Tensor part_w = !f.gw ? at::Tensor() : slices == 1 ? gw_acc : at::empty({slices, WN}, gw_acc.options());
-    at::Tensor part_b = !f.gb ? at::Tensor() : slices == 1 ? gb_acc : at::empty({slices, c_out}, gb_acc.options());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_backward_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      SK_LAUNCH((_shuffle_conv1x1_cl_backward_kernel<scalar_t, acc_t>), dim3(slices), dim3(kThreads), cl.smem,
-                SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<scalar_t>(w),
-                f.gx ? SK_RT::dptr<scalar_t>(gx) : nullptr, f.gw ? SK_RT::dptr<acc_t>(part_w) : nullptr,
-                f.gb ? SK_RT::dptr<acc_t>(part_b) : nullptr, d, layout_of(gy), layout_of(xc), cl, f);
-      for (const auto& [part, sum] : {std::pair{part_w, gw_acc}, std::pair{part_b, gb_acc}}) {
-        if (!part.defined() || slices == 1) continue;
-        const int64_t n = sum.numel();
-        SK_LAUNCH((_shuffle_conv1x1_grad_weight_sum_kernel<acc_t>), dim3((n + kThreads - 1) / kThreads),
-                  dim3(kThreads), 0, SK_RT::dptr<acc_t>(part), SK_RT::dptr<acc_t>(sum), n, slices);
-      }
-    });
-    return {gx, f.gw ? gw_acc.to(x.scalar_type()) : weight.new_empty({0}),
-            f.gb ? gb_acc.to(x.scalar_type()) : weight.new_empty({0})};
-  }
+  const SplitPlan sp = plan_backward(d, groups, shuffle_groups, packed, A, t, f);
   // A grad_out tile too large for shared memory (thousands of outputs a group): the two separate kernels.
-  if (bp.g.tp == 0) return from_parts();
-  const int64_t slices = bp.slices;
+  if (sp.time < 0) return from_parts();
+  const GwTiles& g = sp.g;
+  const int64_t slices = g.slices, blocks = sp.gx_blocks + g.blocks;
   check_grid(groups, 1);
-  TORCH_CHECK(slices <= INT32_MAX, "shuffle_conv1x1_backward: too many pixels for the CUDA grid");
+  TORCH_CHECK(blocks <= INT32_MAX, "shuffle_conv1x1_backward: too many pixels for the CUDA grid");
   at::Tensor gx = f.gx ? at::empty(x.sizes(), x.options().memory_format(fmt)) : x.new_empty({0});
   at::Tensor gw_acc = f.gw ? at::empty({c_out, d.cg, 1, 1}, x.options().dtype(acc_type)) : at::Tensor();
   at::Tensor gb_acc = f.gb ? at::empty({c_out}, x.options().dtype(acc_type)) : at::Tensor();
@@ -1161,10 +1371,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
   at::Tensor part_b = !f.gb ? at::Tensor() : slices == 1 ? gb_acc : at::empty({slices, c_out}, gb_acc.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    SK_LAUNCH((_shuffle_conv1x1_backward_kernel<scalar_t, acc_t>), dim3(slices, 1, groups), dim3(kThreads),
-              bp.g.smem, SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<scalar_t>(w),
+    SK_LAUNCH((_shuffle_conv1x1_backward_split_kernel<scalar_t, acc_t>), dim3(blocks), dim3(kThreads), sp.smem,
+              SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<scalar_t>(w),
               f.gx ? SK_RT::dptr<scalar_t>(gx) : nullptr, f.gw ? SK_RT::dptr<acc_t>(part_w) : nullptr,
-              f.gb ? SK_RT::dptr<acc_t>(part_b) : nullptr, d, layout_of(gy), layout_of(xc), bp, f);
+              f.gb ? SK_RT::dptr<acc_t>(part_b) : nullptr, d, layout_of(gy), layout_of(xc), sp.gxc.pl, sp.gxc.cl,
+              sp.gxc.whole, sp.gx_blocks, g, groups, f);
     for (const auto& [part, sum] : {std::pair{part_w, gw_acc}, std::pair{part_b, gb_acc}}) {
       if (!part.defined() || slices == 1) continue;
       const int64_t n = sum.numel();
