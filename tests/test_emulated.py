@@ -539,6 +539,25 @@ def test_shuffle_conv1x1_backward_split_roles(n, c, h, w_, g, sg, mg, layout, sl
     assert sums == (2 if sliced else 0), sums
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", tsc.FORMATS)
+@pytest.mark.parametrize("c,mg,hw", [(240, 20, 28), (60, 80, 28), (480, 40, 14), (120, 160, 14), (960, 80, 7)])
+def test_shuffle_conv1x1_v1_shapes(c, mg, hw, layout, dtype):
+    """The traffic report's ShuffleNet V1 (g=3) layers at batch 2: the plans the report's rows run (forward tiles of
+    whole 7x7 images in NCHW, whole pixels in channels_last; backward per-group grad_W tiles, channels_last
+    whole-pixel grad_W slices, grad_x per group or whole pixels) against fp64."""
+    fmt = tsc.FORMATS[layout]
+    x, w, b = tsc.make_inputs(2, c, hw, hw, 3, mg, dtype, fmt, True)
+    exact_y, _ = tsc.reference(x.double(), w.double(), b.double(), 3, 3)
+    eager_y, _ = tsc.reference(x, w, b, 3, 3)
+    with sk.backend(EMU):
+        y = sk.shuffle_conv1x1(x, w, b, groups=3, shuffle_groups=3)
+    assert y.is_contiguous(memory_format=fmt)
+    tsc.assert_flash_close("y", y, eager_y, exact_y)
+    gy = torch.randn(2, 3 * mg, hw, hw, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    _check_backward(x, w, gy.to(dtype).contiguous(memory_format=fmt), 3, 3, [[True, True, True]])
+
+
 def test_shuffle_conv1x1_backward_split_deterministic_under_schedules(monkeypatch):
     """No atomics: every grad_W / grad_b sum has one owner and a fixed order, so the same bits under every block
     schedule, with and without pixel slices."""

@@ -130,10 +130,41 @@ struct AlignedRows {
 constexpr int kThreads = 256, kRP = 4, kRO = 8;
 constexpr int64_t kChunkElems = int64_t(kThreads) * kRP * kRO;  // TP * OC
 
+// NCHW, a chunk of whole images (p0, pcc multiples of H*W): dst[r * PS + px] = src[pixel p0 + px, channel ch(r)],
+// each image's rows of consecutive channels read as one contiguous range (planes of H*W < 64 elements start and
+// end mid-sector: row by row, every plane would move its boundary sectors twice).  A range is read in aligned
+// slots, a multiple of 32 of them, so a warp's request covers whole sectors of one range; a padding slot reads
+// the range's nearest element again (a sector the request moves anyway), so every lane of a warp makes the same
+// accesses in the same order.
+template <typename T, typename Acc, typename Ch>
+__device__ __forceinline__ void stage_images(SK_GLOBAL(const T) src, Acc* dst, int64_t PS, const Layout& l,
+                                             int64_t p0, int64_t pcc, int64_t R, Ch ch) {
+  const int tid = threadIdx.x;
+  const int64_t t = int64_t(sizeof(T)), E = 32 / t, hw = l.hw, n0 = p0 / hw, imgs = pcc / hw;
+  for (int64_t ra = 0; ra < R;) {
+    int64_t rb = ra + 1;
+    while (rb < R && ch(rb) == ch(rb - 1) + 1) ++rb;
+    const int64_t len = (rb - ra) * hw;
+    for (int64_t i = 0; i < imgs; ++i) {
+      const int64_t start = (n0 + i) * l.s_n + ch(ra) * l.s_c;
+      const int64_t m = int64_t((address_of(src) + uintptr_t(start) * uintptr_t(t)) % 32) / t;
+      const int64_t slots = (len + m + 31) / 32 * 32;
+      for (int64_t s = tid; s < slots; s += kThreads) {
+        const int64_t e = s - m < 0 ? 0 : s - m >= len ? len - 1 : s - m;
+        const Acc v = Acc(src[start + e]);
+        if (s - m == e) dst[(ra + e / hw) * PS + i * hw + e % hw] = v;
+      }
+    }
+    ra = rb;
+  }
+  (void)E;
+}
+
 struct GemmPlan {
   int64_t tp, oc, ic, iw, osc;  // pixels a block, outputs a register chunk, inputs staged, W inputs a chunk,
                                 // outputs accumulated in out_s
   size_t smem;
+  int64_t span = 0;             // > 0: pixels a tile (<= tp; the forward's whole images of NCHW planes < 64)
 };
 
 // Returns with in_s holding inputs [I - icc_last, I) (with a single plan: the whole input tile) and the shared
@@ -153,8 +184,13 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   const int tid = threadIdx.x;
   const int64_t k = group < 0 ? int64_t(blockIdx.z) : group;
   const int64_t I = kFwd ? d.cg : d.mg, O = kFwd ? d.mg : d.cg;
-  const int64_t p0 = (tile < 0 ? int64_t(blockIdx.x) : tile) * TP;
-  const bool packed = !(kFwd ? lin.s_hw == 1 : lout.s_hw == 1);  // NCHW: natural order, W rows contiguous
+  const int64_t SPAN = pl.span > 0 ? pl.span : TP;
+  const int64_t p0 = (tile < 0 ? int64_t(blockIdx.x) : tile) * SPAN;
+  const int64_t tpe = d.pixels - p0 < SPAN ? d.pixels - p0 : SPAN;  // pixels of the tile that exist
+  // A forward tile of whole images of NCHW planes: packed order, so that an image's rows of a run of consecutive
+  // x channels are one contiguous range (stage_images); the single plan reads W's columns in order (row inv[j]).
+  const bool images = kFwd && pl.span > 0 && lin.s_hw == 1 && lin.s_c == lin.hw;
+  const bool packed = images || !(kFwd ? lin.s_hw == 1 : lout.s_hw == 1);  // NCHW: natural order, W rows contiguous
   if (tid == 0 && !packed) {
     for (int64_t q = 0; q < d.cg; ++q) tab[q] = inv[q] = int(q);
   } else if (tid == 0) {
@@ -172,8 +208,14 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   // in_s[c][px] = in[p0 + px, input ib + c] for c < icc (0 beyond the last pixel).
   const bool in_rows = in_pfast && lin.hw >= 32, out_rows = out_pfast && lout.hw >= 32;
   auto stage = [&](int64_t ib, int64_t icc) {
+    if (images) {
+      for (int64_t idx = tid; idx < icc * (TP - tpe); idx += kThreads)
+        in_s[idx / (TP - tpe) * TP + tpe + idx % (TP - tpe)] = Acc(0);
+      stage_images<T, Acc>(in, in_s, TP, lin, p0, tpe, icc,
+                           [&](int64_t r) { return sconv_src_channel(k, tab[ib + r], d.cg, d.sg, d.cs); });
+      return;
+    }
     if (in_rows) {
-      const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;  // pixels of the tile that exist
       const AlignedRows rows(p0, tpe, lin.hw, 32 / int64_t(sizeof(T)), uniform_rows<T>(lin), address_of(in),
                              int64_t(sizeof(T)), [&](int64_t q) { return lin.pixel(p0 + q); });
       for (int64_t idx = tid; idx < icc * (TP - tpe); idx += kThreads)
@@ -193,7 +235,7 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
       const int64_t c = in_pfast ? idx / TP : idx % icc, px = in_pfast ? idx % TP : idx / icc;
       const int64_t p = p0 + px, i = ib + c;
       Acc v = Acc(0);
-      if (p < d.pixels) {
+      if (px < tpe) {
         const int64_t ch = kFwd ? sconv_src_channel(k, tab[i], d.cg, d.sg, d.cs) : k * d.mg + i;
         v = Acc(in[lin.pixel(p) + ch * lin.s_c]);
       }
@@ -274,7 +316,6 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
       }
     }
     __syncthreads();
-    const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;
     const AlignedRows rows(p0, tpe, out_rows ? lout.hw : 32, 32 / int64_t(sizeof(T)), uniform_rows<T>(lout),
                            address_of(out), int64_t(sizeof(T)), [&](int64_t q) { return lout.pixel(p0 + q); });
     for (int64_t idx = tid; idx < osc * (out_rows ? rows.slots : TP); idx += kThreads) {
@@ -287,7 +328,7 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
                      [&](int64_t q) { return lout.pixel(p0 + q) + ch * lout.s_c; }, pad);
       }
       const int64_t p = p0 + px, o = os0 + oc;
-      if (p < d.pixels) {
+      if (px < tpe) {
         Acc v = out_s[px * OSC + oc];
         int64_t ch;
         if (kFwd) {
@@ -506,36 +547,6 @@ __device__ __forceinline__ void stage_rows(SK_GLOBAL(const T) src, Acc* dst, int
     const int64_t r = pfast ? idx / pcc : idx % R, px = pfast ? idx % pcc : idx / R;
     dst[r * PS + px] = Acc(src[l.pixel(p0 + px) + ch(r) * l.s_c]);
   }
-}
-
-// NCHW, a chunk of whole images (p0, pcc multiples of H*W): dst[r * PS + px] = src[pixel p0 + px, channel ch(r)],
-// each image's rows of consecutive channels read as one contiguous range (planes of H*W < 64 elements start and
-// end mid-sector: row by row, every plane would move its boundary sectors twice).  A range is read in aligned
-// slots, a multiple of 32 of them, so a warp's request covers whole sectors of one range; a padding slot reads
-// the range's nearest element again (a sector the request moves anyway), so every lane of a warp makes the same
-// accesses in the same order.
-template <typename T, typename Acc, typename Ch>
-__device__ __forceinline__ void stage_images(SK_GLOBAL(const T) src, Acc* dst, int64_t PS, const Layout& l,
-                                             int64_t p0, int64_t pcc, int64_t R, Ch ch) {
-  const int tid = threadIdx.x;
-  const int64_t t = int64_t(sizeof(T)), E = 32 / t, hw = l.hw, n0 = p0 / hw, imgs = pcc / hw;
-  for (int64_t ra = 0; ra < R;) {
-    int64_t rb = ra + 1;
-    while (rb < R && ch(rb) == ch(rb - 1) + 1) ++rb;
-    const int64_t len = (rb - ra) * hw;
-    for (int64_t i = 0; i < imgs; ++i) {
-      const int64_t start = (n0 + i) * l.s_n + ch(ra) * l.s_c;
-      const int64_t m = int64_t((address_of(src) + uintptr_t(start) * uintptr_t(t)) % 32) / t;
-      const int64_t slots = (len + m + 31) / 32 * 32;
-      for (int64_t s = tid; s < slots; s += kThreads) {
-        const int64_t e = s - m < 0 ? 0 : s - m >= len ? len - 1 : s - m;
-        const Acc v = Acc(src[start + e]);
-        if (s - m == e) dst[(ra + e / hw) * PS + i * hw + e % hw] = v;
-      }
-    }
-    ra = rb;
-  }
-  (void)E;
 }
 
 // channels_last, pixel vectors of whole sectors (every pixel's channels at the same offsets in their sectors):
@@ -1243,7 +1254,11 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
   const bool packed = in.stride(3) != 1;
   const size_t A = x.scalar_type() == at::kDouble ? 8 : 4, t = x.element_size();
   const GemmChoice choice = choose_gemm(d, groups, shuffle_groups, packed, A, t, /*forward=*/true);
-  const GemmPlan& pl = choice.pl;
+  GemmPlan pl = choice.pl;
+  // NCHW planes of fewer than 64 pixels (7x7: 49 floats, half of them starting mid-sector): tiles of whole images,
+  // read as contiguous ranges of consecutive channels (the single plan: the whole input tile staged)
+  const int64_t hw = x.size(2) * x.size(3);
+  if (!packed && pl.tp != 0 && hw < 64 && pl.ic >= d.cg && pl.tp >= hw) pl.span = hw * (pl.tp / hw);
   const ClPlan& cl = choice.cl;
   const bool whole = choice.whole;
   TORCH_CHECK(whole || pl.tp != 0, "shuffle_conv1x1: too many channels a group for the CUDA kernel's shared memory");
@@ -1257,7 +1272,8 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
                 SK_RT::dptr<scalar_t>(out), d, layout_of(in), layout_of(out), cl);
       return;
     }
-    const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
+    const int64_t span = pl.span > 0 ? pl.span : pl.tp;
+    const dim3 grid((d.pixels + span - 1) / span, 1, groups);
     SK_LAUNCH((_shuffle_conv1x1_fwd_kernel<scalar_t, acc_t>), grid, dim3(kThreads), pl.smem,
               SK_RT::dptr<scalar_t>(in), SK_RT::dptr<scalar_t>(w), b.defined() ? SK_RT::dptr<scalar_t>(b) : nullptr,
               SK_RT::dptr<scalar_t>(out), d, layout_of(in), layout_of(out), pl);
