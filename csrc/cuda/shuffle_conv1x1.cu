@@ -900,23 +900,30 @@ PlanCost gemm_cost(const GemmPlan& pl, int64_t tiles, int64_t pixels, int64_t in
 // input tile, every group's outputs and a W' chunk fit in shared memory (tp = 0: none fits).  Modeled bytes: the
 // activations read and written once (contiguous ranges), every tile reading all of W.  i_all / o_all: every
 // group's inputs / outputs; i_g the group's inputs.
+// The whole-pixel plan of tp pixels a tile (tp = 0: it does not fit in shared memory).
+ClPlan cl_plan_for(int64_t tp, int64_t pixels, int64_t i_all, int64_t o_all, int64_t i_g, size_t acc_size) {
+  const int64_t oc = kChunkElems / tp;
+  const int64_t iw = std::min<int64_t>(i_g, std::max<int64_t>(4, 4096 / oc));
+  const size_t smem = size_t(tp * (i_all + o_all) + iw * oc) * acc_size;
+  if (smem > smem_limit()) return ClPlan{};
+  return ClPlan{tp, oc, iw, (pixels + tp - 1) / tp, smem};
+}
+
 PlanCost plan_cl(ClPlan& best, int64_t pixels, int64_t i_all, int64_t o_all, int64_t i_g, int64_t w_elems,
                  size_t acc_size, size_t t_size, double flops) {
   best = ClPlan{};
   PlanCost best_cost{0, 0};
   const double t = double(t_size);
   for (int64_t tp = 16; tp <= 1024; tp *= 2) {
-    const int64_t oc = kChunkElems / tp;
-    const int64_t iw = std::min<int64_t>(i_g, std::max<int64_t>(4, 4096 / oc));
-    const size_t smem = size_t(tp * (i_all + o_all) + iw * oc) * acc_size;
-    if (smem > smem_limit()) continue;
-    const int64_t tiles = (pixels + tp - 1) / tp;
+    const ClPlan pl = cl_plan_for(tp, pixels, i_all, o_all, i_g, acc_size);
+    if (pl.tp == 0) continue;
+    const int64_t tiles = pl.tiles;
     const double act = t * double(pixels) * double(i_all + o_all), bytes = act + t * double(tiles) * double(w_elems);
     const PlanCost c{bytes, launch_time(act + t * double(w_elems), bytes, flops, double(tiles),
                                         t * (double(tp) * double(i_all + o_all) + double(w_elems)),
                                         flops / double(tiles))};
     if (best.tp == 0 || c.time < best_cost.time || (c.time == best_cost.time && c.bytes < best_cost.bytes)) {
-      best = ClPlan{tp, oc, iw, tiles, smem};
+      best = pl;
       best_cost = c;
     }
   }
@@ -1109,9 +1116,10 @@ double cl_piece_sectors(const Dims& d, int64_t groups, size_t t_size, int64_t ch
 // img: H*W in NCHW (grad_W chunks of whole images), 0 in channels_last.
 // Every pairing of a grad_x plan (the grad_input op's per-group tiles, or channels_last whole pixels) with a grad_W
 // tiling (mode 1: tile sizes and pixel slices; mode 2: pixel slices).  A GPU wants its loads coalesced and its DRAM
-// traffic near the minimum, so the plans whose modeled sector efficiency (bytes asked for / moved) is >= 0.92 and
-// whose modeled DRAM bytes are within 12% of the least (grad_W summed without partials) come first; among them the
-// least launch_time, then the fewest request-level bytes.  A pure function of the shapes.
+// traffic near the minimum, so the plans whose modeled sector efficiency (bytes asked for / moved) is >= 0.92,
+// whose modeled DRAM bytes are within 12% of the least (grad_W summed without partials) and whose launch has at
+// least the blocks of the grad_input op's plan come first; among them the least launch_time, then the fewest
+// request-level bytes.  A pure function of the shapes.
 SplitPlan plan_backward(const Dims& d, int64_t groups, int64_t sg, bool packed, int64_t img, size_t A, size_t t,
                         BwdFlags f) {
   SplitPlan sp{};
@@ -1124,11 +1132,12 @@ SplitPlan plan_backward(const Dims& d, int64_t groups, int64_t sg, bool packed, 
     int64_t blocks;
     double asked, moved, block, block_flops;
     size_t smem;
+    ClPlan cl;
   };
   std::vector<GxOption> gxs;
   GemmChoice gxc{};
   if (!f.gx) {
-    gxs.push_back(GxOption{false, 0, 0, 0, 0, 0, 0});
+    gxs.push_back(GxOption{false, 0, 0, 0, 0, 0, 0, ClPlan{}});
   } else {
     gxc = choose_gemm(d, groups, sg, packed, A, t, /*forward=*/false);
     if (gxc.pl.tp != 0) {
@@ -1141,16 +1150,21 @@ SplitPlan plan_backward(const Dims& d, int64_t groups, int64_t sg, bool packed, 
       // channels_last, register chunks narrower than Cg: W' columns read in packed order, sg apart
       if (packed && pl.oc < d.cg) moved += tb * double(tiles) * Wn * double(std::min<int64_t>(sg, 8) - 1);
       gxs.push_back(GxOption{false, tiles * groups, asked, moved, moved / double(tiles * groups),
-                             2.0 * double(pl.tp) * Mg * Cg, pl.smem});
+                             2.0 * double(pl.tp) * Mg * Cg, pl.smem, ClPlan{}});
     }
-    if (packed && gxc.cl.tp != 0) {
-      const ClPlan& cl = gxc.cl;
+    for (int64_t tp = 16; packed && tp <= 1024; tp *= 2) {  // every whole-pixel tile size
+      const ClPlan cl = cl_plan_for(tp, d.pixels, d.mg * groups, d.cg * groups, d.mg, A);
+      if (cl.tp == 0) continue;
       const double moved = tb * (P * (C_in + C_out) + double(cl.tiles) * Wn);
       gxs.push_back(GxOption{true, cl.tiles, moved, moved, tb * (double(cl.tp) * (C_in + C_out) + Wn),
-                             2.0 * double(cl.tp) * Wn, cl.smem});
+                             2.0 * double(cl.tp) * Wn, cl.smem, cl});
     }
     if (gxs.empty()) return sp;
   }
+  // Parallelism kept: at least the blocks of the grad_input op's own plan.
+  const double min_blocks = !f.gx ? 0.0
+                            : gxc.whole ? double(gxc.cl.tiles)
+                                        : double((d.pixels + gxc.pl.tp - 1) / std::max<int64_t>(gxc.pl.tp, 1) * groups);
   // DRAM bytes (L2 model) without grad_W's partial sums: gy, x (for grad_W), W (for grad_x) read once, grad_x written
   const double dram_base = tb * (P * C_out + (f.gw ? P * C_in : 0.0) + (f.gx ? P * C_in + Wn : 0.0));
   const double flops = 2.0 * P * Mg * Cg * G * ((f.gx ? 1 : 0) + (f.gw ? 1 : 0));
@@ -1167,11 +1181,12 @@ SplitPlan plan_backward(const Dims& d, int64_t groups, int64_t sg, bool packed, 
       const double blocks = double(o.blocks + g.blocks);
       const double time = launch_time(dram, moved, flops, blocks, std::max(o.block, w_block),
                                       std::max(o.block_flops, w_block_flops));
-      const bool ok = asked >= 0.92 * moved && dram <= 1.12 * dram_least;
+      const bool ok = asked >= 0.92 * moved && dram <= 1.12 * dram_least && blocks >= min_blocks;
       if (sp.time < 0 || (ok && !best_ok) ||
           (ok == best_ok && (time < sp.time || (time == sp.time && moved < sp.moved)))) {
         sp.gxc = gxc;
         sp.gxc.whole = o.whole;
+        if (o.whole) sp.gxc.cl = o.cl;
         sp.gx_blocks = o.blocks;
         sp.g = g;
         sp.g.smem = std::max(g.smem, o.smem);
