@@ -140,7 +140,7 @@ template <typename T, typename Acc, typename Ch>
 __device__ __forceinline__ void stage_images(SK_GLOBAL(const T) src, Acc* dst, int64_t PS, const Layout& l,
                                              int64_t p0, int64_t pcc, int64_t R, Ch ch) {
   const int tid = threadIdx.x;
-  const int64_t t = int64_t(sizeof(T)), E = 32 / t, hw = l.hw, n0 = p0 / hw, imgs = pcc / hw;
+  const int64_t t = int64_t(sizeof(T)), hw = l.hw, n0 = p0 / hw, imgs = pcc / hw;
   for (int64_t ra = 0; ra < R;) {
     int64_t rb = ra + 1;
     while (rb < R && ch(rb) == ch(rb - 1) + 1) ++rb;
@@ -157,7 +157,6 @@ __device__ __forceinline__ void stage_images(SK_GLOBAL(const T) src, Acc* dst, i
     }
     ra = rb;
   }
-  (void)E;
 }
 
 struct GemmPlan {
