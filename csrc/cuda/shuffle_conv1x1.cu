@@ -1117,8 +1117,8 @@ double cl_piece_sectors(const Dims& d, int64_t groups, size_t t_size, int64_t ch
 // tiling (mode 1: tile sizes and pixel slices; mode 2: pixel slices).  A GPU wants its loads coalesced and its DRAM
 // traffic near the minimum, so the plans whose modeled sector efficiency (bytes asked for / moved) is >= 0.92,
 // whose modeled DRAM bytes are within 12% of the least (grad_W summed without partials) and whose launch has at
-// least the blocks of the grad_input op's plan come first; among them the least launch_time, then the fewest
-// request-level bytes.  A pure function of the shapes.
+// least the blocks of the grad_input op's plan come first; among them the least launch_time (within 5%: the fewest
+// request-level bytes).  A pure function of the shapes.
 SplitPlan plan_backward(const Dims& d, int64_t groups, int64_t sg, bool packed, int64_t img, size_t A, size_t t,
                         BwdFlags f) {
   SplitPlan sp{};
@@ -1181,8 +1181,9 @@ SplitPlan plan_backward(const Dims& d, int64_t groups, int64_t sg, bool packed, 
       const double time = launch_time(dram, moved, flops, blocks, std::max(o.block, w_block),
                                       std::max(o.block_flops, w_block_flops));
       const bool ok = asked >= 0.92 * moved && dram <= 1.12 * dram_least && blocks >= min_blocks;
-      if (sp.time < 0 || (ok && !best_ok) ||
-          (ok == best_ok && (time < sp.time || (time == sp.time && moved < sp.moved)))) {
+      // modeled times within 5% count as equal (the model is coarse): then the fewer request-level bytes
+      const bool faster = time < 0.95 * sp.time || (time <= 1.05 * sp.time && moved < sp.moved);
+      if (sp.time < 0 || (ok && !best_ok) || (ok == best_ok && faster)) {
         sp.gxc = gxc;
         sp.gxc.whole = o.whole;
         if (o.whole) sp.gxc.cl = o.cl;
