@@ -387,9 +387,8 @@ BWD_OP = torch.ops.shufflekern.shuffle_conv1x1_backward
 
 
 def _fused_backward_launches():
-    """Launches of either fused backward kernel (a tile per group, or channels_last whole pixels)."""
-    n = sk.testing.emulated_launches()
-    return n.get("_shuffle_conv1x1_backward_kernel", 0) + n.get("_shuffle_conv1x1_cl_backward_kernel", 0)
+    """Launches of the fused backward kernel (grad_x tiles and grad_W tiles in one launch)."""
+    return sk.testing.emulated_launches().get("_shuffle_conv1x1_backward_split_kernel", 0)
 
 
 def _check_backward(x, w, gy, g, sg, masks=MASKS, launches=True):
@@ -480,8 +479,7 @@ def test_shuffle_conv1x1_channels_last_wide_chunks(n, c, h, g, sg, mg, dtype):
     _check_backward(x, w, gy, g, sg, [[True, True, True], [False, True, False], [True, False, False]])
 
 
-WHOLE_PIXEL = ("_shuffle_conv1x1_cl_fwd_kernel", "_shuffle_conv1x1_cl_grad_input_kernel",
-               "_shuffle_conv1x1_cl_backward_kernel")
+WHOLE_PIXEL = ("_shuffle_conv1x1_cl_fwd_kernel", "_shuffle_conv1x1_cl_grad_input_kernel")
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
@@ -490,8 +488,8 @@ WHOLE_PIXEL = ("_shuffle_conv1x1_cl_fwd_kernel", "_shuffle_conv1x1_cl_grad_input
     (2, 36, 30, 30, 3, 4, 5),    # Cg = 12, 1800 pixels: several tiles a block, partial sums per block
 ])
 def test_shuffle_conv1x1_channels_last_whole_pixels(n, c, h, w_, g, sg, mg, dtype):
-    """channels_last tiles over every group (whole channel vectors read and written once): forward, the
-    grad_input op and the fused backward run the whole-pixel kernels and match the fp64 reference."""
+    """channels_last tiles over every group (whole channel vectors read and written once): forward and the
+    grad_input op run the whole-pixel kernels and match the fp64 reference; so does the fused backward."""
     fmt = torch.channels_last
     x, w, b = tsc.make_inputs(n, c, h, w_, g, mg, dtype, fmt, True)
     gy = torch.randn(n, g * mg, h, w_, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -510,7 +508,70 @@ def test_shuffle_conv1x1_channels_last_whole_pixels(n, c, h, w_, g, sg, mg, dtyp
     tsc.assert_flash_close("grad_input op", gx, eager[0], exact[0])
     masks = MASKS if dtype == torch.float64 else [[True, True, True], [False, True, False]]
     _check_backward(x, w, gy, g, sg, masks)
-    assert sk.testing.emulated_launches().get(WHOLE_PIXEL[2], 0) == before.get(WHOLE_PIXEL[2], 0) + sum(map(any, masks))
+
+
+SUM_KERNEL = "_shuffle_conv1x1_grad_weight_sum_kernel"
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("n,c,h,w_,g,sg,mg,layout,sliced", [
+    (2, 96, 7, 7, 3, 3, 8, "nchw", False),           # 7x7 planes: whole-image ranges of consecutive channels
+    (1, 48, 9, 9, 3, 3, 32, "nchw", False),          # 81-pixel planes: rows along pixels, weight-column order
+    (2, 48, 5, 5, 3, 3, 8, "channels_last", False),  # pixel vectors of whole sectors: aligned pieces
+    (2, 60, 5, 3, 3, 3, 7, "channels_last", False),  # 60 channels (not whole sectors): channel runs, no pieces
+    (2, 36, 40, 40, 3, 3, 4, "nchw", True),          # 3200 pixels, a small W: grad_W over pixel slices
+    (2, 36, 40, 40, 3, 3, 4, "channels_last", True),
+])
+def test_shuffle_conv1x1_backward_split_roles(n, c, h, w_, g, sg, mg, layout, sliced, dtype):
+    """The backward launch's grad_W blocks (tiles of a group's grad_W over all pixels, or over pixel slices whose
+    partials a second kernel adds in order) and grad_x blocks, every mask, against the fp64 reference; with all
+    three gradients the sum kernel runs exactly when the plan slices the pixels (shapes chosen for each case)."""
+    fmt = tsc.FORMATS[layout]
+    x, w, _ = tsc.make_inputs(n, c, h, w_, g, mg, dtype, fmt, False)
+    gy = torch.randn(n, g * mg, h, w_, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    gy = gy.to(dtype).contiguous(memory_format=fmt)
+    masks = MASKS if dtype in (torch.float32, torch.float64) else [[True, True, True], [False, False, True]]
+    _check_backward(x, w, gy, g, sg, masks)
+    before = sk.testing.emulated_launches().get(SUM_KERNEL, 0)
+    with sk.backend(EMU):
+        BWD_OP(gy, x, w, g, sg, [True, True, True])
+    sums = sk.testing.emulated_launches().get(SUM_KERNEL, 0) - before
+    assert sums == (2 if sliced else 0), sums
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", tsc.FORMATS)
+@pytest.mark.parametrize("c,mg,hw", [(240, 20, 28), (60, 80, 28), (480, 40, 14), (120, 160, 14), (960, 80, 7)])
+def test_shuffle_conv1x1_v1_shapes(c, mg, hw, layout, dtype):
+    """The traffic report's ShuffleNet V1 (g=3) layers at batch 2: the plans the report's rows run (forward tiles of
+    whole 7x7 images in NCHW, whole pixels in channels_last; backward per-group grad_W tiles, channels_last
+    whole-pixel grad_W slices, grad_x per group or whole pixels) against fp64."""
+    fmt = tsc.FORMATS[layout]
+    x, w, b = tsc.make_inputs(2, c, hw, hw, 3, mg, dtype, fmt, True)
+    exact_y, _ = tsc.reference(x.double(), w.double(), b.double(), 3, 3)
+    eager_y, _ = tsc.reference(x, w, b, 3, 3)
+    with sk.backend(EMU):
+        y = sk.shuffle_conv1x1(x, w, b, groups=3, shuffle_groups=3)
+    assert y.is_contiguous(memory_format=fmt)
+    tsc.assert_flash_close("y", y, eager_y, exact_y)
+    gy = torch.randn(2, 3 * mg, hw, hw, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    _check_backward(x, w, gy.to(dtype).contiguous(memory_format=fmt), 3, 3, [[True, True, True]])
+
+
+def test_shuffle_conv1x1_backward_split_deterministic_under_schedules(monkeypatch):
+    """No atomics: every grad_W / grad_b sum has one owner and a fixed order, so the same bits under every block
+    schedule, with and without pixel slices."""
+    for shape, fmt in (((2, 96, 7, 7), torch.contiguous_format), ((2, 36, 40, 40), torch.channels_last)):
+        n, c, h, w_ = shape
+        x, w, _ = tsc.make_inputs(n, c, h, w_, 3, 4, torch.float32, fmt, False)
+        gy = torch.randn(n, 12, h, w_).contiguous(memory_format=fmt)
+        runs = []
+        for sched in ("inorder", "reverse", "random:7"):
+            monkeypatch.setenv("SHUFFLEKERN_EMU_SCHEDULE", sched)
+            with sk.backend(EMU):
+                runs.append(BWD_OP(gy, x, w, 3, 3, [True, True, True]))
+        for other in runs[1:]:
+            assert all(torch.equal(u, v) for u, v in zip(runs[0], other))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

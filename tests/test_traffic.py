@@ -104,3 +104,18 @@ def test_channels_last_whole_pixel_tiles_use_every_sector():
     assert tot["kernels"] == ["_shuffle_conv1x1_cl_fwd_kernel"]
     assert tot["requested"] / tot["moved"] >= 0.99
     assert tot["dram"] == (x.numel() + 4 * 24 * 196 + w.numel()) * 4
+
+
+def test_shuffle_conv1x1_rows_coalesced_and_near_the_dram_minimum():
+    """The report's shuffle_conv1x1 rows (ShuffleNet V1 g=3 layers, both formats, forward and backward): every
+    row's modeled sector efficiency >= 0.9 and its DRAM bytes under the L2 model within 15% of the minimum (the
+    backward sums grad_W in tiles over all pixels, or over a few pixel slices, instead of per-tile partials), with
+    at least as many blocks as before that change (75 at 28x28 and 14x14; 21 at 7x7)."""
+    rows = traffic.report(ops=["shuffle_conv1x1"])
+    assert len(rows) == 20
+    for r in rows:
+        where = (r["case"], r["mode"])
+        assert r["sector_efficiency"] >= 0.9, where
+        assert r["dram_over_min"] <= 1.15, where
+        assert r["blocks"] >= (21 if "7x7" in r["case"] else 75), where
+        assert r["eager_over_dram"] >= 1.0, where

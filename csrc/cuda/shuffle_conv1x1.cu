@@ -5,12 +5,12 @@
 // channels through sconv_src_channel (csrc/shuffle_conv1x1.h), a free index remap:
 //   y[p, k*Mg + m]       = sum_j x[p, src(k, j)] * W[k*Mg + m, j] (+ b)
 //   gx[p, src(k, j)]     = sum_m gy[p, k*Mg + m] * W[k*Mg + m, j]      (each x channel written once)
-//   gW[k*Mg + m, j]      = sum_p gy[p, k*Mg + m] * x[p, src(k, j)]     (two-stage, deterministic)
+//   gW[k*Mg + m, j]      = sum_p gy[p, k*Mg + m] * x[p, src(k, j)]     (one owner a sum, deterministic)
 // Forward and grad_input: a block computes ALL outputs of a group for a tile of pixels, so activations are
 // read once and written once (see sconv_gemm); grad_weight reads x and gy once per pixel slice.  The backward
-// op (what the autograd calls) is one fused kernel: a block reads its tiles' grad_out and x once and writes
-// grad_x and a partial grad_W / grad_b, summed in order by a second kernel.  Tile sizes are planned from the
-// modeled memory traffic (see "plans").  Loads and stores run along the contiguous dimension (pixels in NCHW,
+// op (what the autograd calls) is one launch whose blocks split by role: grad_x tiles, and grad_W tiles that sum
+// over all pixels (or a few slices, then summed in order by a second kernel), so no per-tile partial grad_W goes
+// through DRAM (see "backward in one launch").  Plans are chosen from the modeled memory traffic (see "plans").  Loads and stores run along the contiguous dimension (pixels in NCHW,
 // channel runs in channels_last).  In channels_last a second family of kernels (_shuffle_conv1x1_cl_*) tiles
 // pixels over ALL groups, so whole channel vectors are read and written once (see cl_gemm); the planner picks
 // the family of least modeled time.
@@ -22,6 +22,7 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "checks.h"
 #include "cuda/runtime.h"
@@ -129,19 +130,49 @@ struct AlignedRows {
 constexpr int kThreads = 256, kRP = 4, kRO = 8;
 constexpr int64_t kChunkElems = int64_t(kThreads) * kRP * kRO;  // TP * OC
 
+// NCHW, a chunk of whole images (p0, pcc multiples of H*W): dst[r * PS + px] = src[pixel p0 + px, channel ch(r)],
+// each image's rows of consecutive channels read as one contiguous range (planes of H*W < 64 elements start and
+// end mid-sector: row by row, every plane would move its boundary sectors twice).  A range is read in aligned
+// slots, a multiple of 32 of them, so a warp's request covers whole sectors of one range; a padding slot reads
+// the range's nearest element again (a sector the request moves anyway), so every lane of a warp makes the same
+// accesses in the same order.
+template <typename T, typename Acc, typename Ch>
+__device__ __forceinline__ void stage_images(SK_GLOBAL(const T) src, Acc* dst, int64_t PS, const Layout& l,
+                                             int64_t p0, int64_t pcc, int64_t R, Ch ch) {
+  const int tid = threadIdx.x;
+  const int64_t t = int64_t(sizeof(T)), hw = l.hw, n0 = p0 / hw, imgs = pcc / hw;
+  for (int64_t ra = 0; ra < R;) {
+    int64_t rb = ra + 1;
+    while (rb < R && ch(rb) == ch(rb - 1) + 1) ++rb;
+    const int64_t len = (rb - ra) * hw;
+    for (int64_t i = 0; i < imgs; ++i) {
+      const int64_t start = (n0 + i) * l.s_n + ch(ra) * l.s_c;
+      const int64_t m = int64_t((address_of(src) + uintptr_t(start) * uintptr_t(t)) % 32) / t;
+      const int64_t slots = (len + m + 31) / 32 * 32;
+      for (int64_t s = tid; s < slots; s += kThreads) {
+        const int64_t e = s - m < 0 ? 0 : s - m >= len ? len - 1 : s - m;
+        const Acc v = Acc(src[start + e]);
+        if (s - m == e) dst[(ra + e / hw) * PS + i * hw + e % hw] = v;
+      }
+    }
+    ra = rb;
+  }
+}
+
 struct GemmPlan {
   int64_t tp, oc, ic, iw, osc;  // pixels a block, outputs a register chunk, inputs staged, W inputs a chunk,
                                 // outputs accumulated in out_s
   size_t smem;
+  int64_t span = 0;             // > 0: pixels a tile (<= tp; the forward's whole images of NCHW planes < 64)
 };
 
 // Returns with in_s holding inputs [I - icc_last, I) (with a single plan: the whole input tile) and the shared
-// memory after it free; compute = false only stages the whole input tile (plan must be single).
+// memory after it free.
 template <bool kFwd, typename T, typename Acc>
 __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(const T) w, SK_GLOBAL(const T) bias,
                                            SK_GLOBAL(T) out, const Dims& d, const Layout& lin,
-                                           const Layout& lout, const GemmPlan& pl, bool compute = true,
-                                           int64_t tile = -1) {
+                                           const Layout& lout, const GemmPlan& pl, int64_t tile = -1,
+                                           int64_t group = -1) {
   SK_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t TP = pl.tp, OC = pl.oc, IC = pl.ic, OSC = pl.osc;
   Acc* in_s = reinterpret_cast<Acc*>(smem);
@@ -150,10 +181,15 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   int* tab = reinterpret_cast<int*>(out_s + TP * OSC);  // packed position -> weight column
   int* inv = tab + d.cg;                                 // weight column -> packed position
   const int tid = threadIdx.x;
-  const int64_t k = blockIdx.z;
+  const int64_t k = group < 0 ? int64_t(blockIdx.z) : group;
   const int64_t I = kFwd ? d.cg : d.mg, O = kFwd ? d.mg : d.cg;
-  const int64_t p0 = (tile < 0 ? int64_t(blockIdx.x) : tile) * TP;
-  const bool packed = !(kFwd ? lin.s_hw == 1 : lout.s_hw == 1);  // NCHW: natural order, W rows contiguous
+  const int64_t SPAN = pl.span > 0 ? pl.span : TP;
+  const int64_t p0 = (tile < 0 ? int64_t(blockIdx.x) : tile) * SPAN;
+  const int64_t tpe = d.pixels - p0 < SPAN ? d.pixels - p0 : SPAN;  // pixels of the tile that exist
+  // A forward tile of whole images of NCHW planes: packed order, so that an image's rows of a run of consecutive
+  // x channels are one contiguous range (stage_images); the single plan reads W's columns in order (row inv[j]).
+  const bool images = kFwd && pl.span > 0 && lin.s_hw == 1 && lin.s_c == lin.hw;
+  const bool packed = images || !(kFwd ? lin.s_hw == 1 : lout.s_hw == 1);  // NCHW: natural order, W rows contiguous
   if (tid == 0 && !packed) {
     for (int64_t q = 0; q < d.cg; ++q) tab[q] = inv[q] = int(q);
   } else if (tid == 0) {
@@ -171,8 +207,14 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   // in_s[c][px] = in[p0 + px, input ib + c] for c < icc (0 beyond the last pixel).
   const bool in_rows = in_pfast && lin.hw >= 32, out_rows = out_pfast && lout.hw >= 32;
   auto stage = [&](int64_t ib, int64_t icc) {
+    if (images) {
+      for (int64_t idx = tid; idx < icc * (TP - tpe); idx += kThreads)
+        in_s[idx / (TP - tpe) * TP + tpe + idx % (TP - tpe)] = Acc(0);
+      stage_images<T, Acc>(in, in_s, TP, lin, p0, tpe, icc,
+                           [&](int64_t r) { return sconv_src_channel(k, tab[ib + r], d.cg, d.sg, d.cs); });
+      return;
+    }
     if (in_rows) {
-      const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;  // pixels of the tile that exist
       const AlignedRows rows(p0, tpe, lin.hw, 32 / int64_t(sizeof(T)), uniform_rows<T>(lin), address_of(in),
                              int64_t(sizeof(T)), [&](int64_t q) { return lin.pixel(p0 + q); });
       for (int64_t idx = tid; idx < icc * (TP - tpe); idx += kThreads)
@@ -192,7 +234,7 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
       const int64_t c = in_pfast ? idx / TP : idx % icc, px = in_pfast ? idx % TP : idx / icc;
       const int64_t p = p0 + px, i = ib + c;
       Acc v = Acc(0);
-      if (p < d.pixels) {
+      if (px < tpe) {
         const int64_t ch = kFwd ? sconv_src_channel(k, tab[i], d.cg, d.sg, d.cs) : k * d.mg + i;
         v = Acc(in[lin.pixel(p) + ch * lin.s_c]);
       }
@@ -200,11 +242,6 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
     }
   };
   const bool single = IC >= I;
-  if (!compute) {
-    stage(0, I);
-    __syncthreads();
-    return;
-  }
   const int64_t PG = TP / kRP, OG = kThreads / PG;
   const int64_t pg = tid % PG, og = tid / PG;
   for (int64_t os0 = 0; os0 < O; os0 += OSC) {
@@ -278,7 +315,6 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
       }
     }
     __syncthreads();
-    const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;
     const AlignedRows rows(p0, tpe, out_rows ? lout.hw : 32, 32 / int64_t(sizeof(T)), uniform_rows<T>(lout),
                            address_of(out), int64_t(sizeof(T)), [&](int64_t q) { return lout.pixel(p0 + q); });
     for (int64_t idx = tid; idx < osc * (out_rows ? rows.slots : TP); idx += kThreads) {
@@ -291,7 +327,7 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
                      [&](int64_t q) { return lout.pixel(p0 + q) + ch * lout.s_c; }, pad);
       }
       const int64_t p = p0 + px, o = os0 + oc;
-      if (p < d.pixels) {
+      if (px < tpe) {
         Acc v = out_s[px * OSC + oc];
         int64_t ch;
         if (kFwd) {
@@ -320,108 +356,10 @@ __global__ void _shuffle_conv1x1_grad_input_kernel(SK_GLOBAL(const T) gy, SK_GLO
   sconv_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, pl);
 }
 
-// ---- fused backward: grad_x, grad_weight and grad_bias from one read of grad_out and x ----------------------
-//
-// Block (slice of pixel tiles, group k); for each tile of its slice, in order: the group's grad_out tile is
-// staged once (a single plan of the grad_input GEMM, which writes grad_x of the tile when asked), then x's tile
-// is streamed in chunks of XC packed positions through the shared memory after it, and grad_W[m, j] +=
-// sum_px gy[px, m] x[px, j] (grad_b[m] += sum_px gy[px, m]) accumulate in shared memory, each element owned by
-// one thread, in a fixed order.  The slice's sums go to part_w[slice] (part_b[slice]) once;
-// _shuffle_conv1x1_grad_weight_sum_kernel adds the slices in order: the same bits every run, no atomics.
-// Slices of several tiles let a large grad_out tile count stay within the shared memory while the partials
-// (written and read back once a slice) stay few.
+// Which gradients the backward computes (output_mask).
 struct BwdFlags {
   bool gx, gw, gb;
 };
-
-struct BwdPlan {
-  GemmPlan g;
-  int64_t tiles, slices, per_slice;  // pixel tiles, blocks a group, tiles a block
-  size_t acc_off;                    // byte offset of the grad_W / grad_b sums in shared memory
-};
-
-template <typename T, typename Acc>
-__global__ void _shuffle_conv1x1_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x, SK_GLOBAL(const T) w,
-                                                 SK_GLOBAL(T) gx, SK_GLOBAL(Acc) part_w, SK_GLOBAL(Acc) part_b,
-                                                 Dims d, Layout lg, Layout lx, BwdPlan bp, BwdFlags f) {
-  SK_DYNAMIC_SHARED(unsigned char, smem);
-  const GemmPlan& pl = bp.g;
-  const int64_t TP = pl.tp, PS = TP + 1;
-  const Acc* g_s = reinterpret_cast<const Acc*>(smem);  // [Mg][TP]
-  Acc* x_s = reinterpret_cast<Acc*>(smem) + d.mg * TP;   // [XC][PS]
-  const int* tab = reinterpret_cast<const int*>(x_s + pl.iw * pl.oc + TP * pl.osc);
-  const int* inv = tab + d.cg;
-  Acc* acc_w = reinterpret_cast<Acc*>(smem + bp.acc_off);  // [Mg][Cg], weight-column order
-  Acc* acc_b = acc_w + d.mg * d.cg;                         // [Mg]
-  const int tid = threadIdx.x;
-  const int64_t k = blockIdx.z, slice = blockIdx.x;
-  const int64_t xc = (pl.iw * pl.oc + TP * pl.osc) / PS;
-  const int64_t XC = xc < d.cg ? xc : d.cg;
-  const bool xfast = lx.s_hw == 1;
-  const bool direct = bp.per_slice == 1;  // one tile a block: the sums go straight to part_w / part_b
-  const int64_t base_w = (slice * gridDim.z + k) * d.mg * d.cg, base_b = (slice * gridDim.z + k) * d.mg;
-  if (!direct)
-    for (int64_t e = tid; e < d.mg * d.cg + d.mg; e += kThreads) acc_w[e] = Acc(0);  // read after a barrier
-  const int64_t t_end = (slice + 1) * bp.per_slice < bp.tiles ? (slice + 1) * bp.per_slice : bp.tiles;
-  for (int64_t tile = slice * bp.per_slice; tile < t_end; ++tile) {
-    const int64_t p0 = tile * TP;
-    sconv_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, pl, f.gx, tile);  // leaves the gy tile in g_s
-    if (f.gw) {
-      for (int64_t q0 = 0; q0 < d.cg; q0 += XC) {
-        const int64_t xcc = d.cg - q0 < XC ? d.cg - q0 : XC;
-        const bool all = xcc == d.cg;  // the whole tile: sums in weight-column order, row inv[j]
-        const bool x_rows = xfast && lx.hw >= 32;
-        const int64_t tpe = d.pixels - p0 < TP ? d.pixels - p0 : TP;
-        const AlignedRows rows(p0, tpe, x_rows ? lx.hw : 32, 32 / int64_t(sizeof(T)), uniform_rows<T>(lx),
-                               address_of(x), int64_t(sizeof(T)), [&](int64_t r) { return lx.pixel(p0 + r); });
-        if (x_rows)
-          for (int64_t idx = tid; idx < xcc * (TP - tpe); idx += kThreads)
-            x_s[idx / (TP - tpe) * PS + tpe + idx % (TP - tpe)] = Acc(0);
-        for (int64_t idx = tid; idx < xcc * (x_rows ? rows.slots : TP); idx += kThreads) {
-          int64_t q = xfast ? idx / TP : idx % xcc, px = xfast ? idx % TP : idx / xcc;
-          if (x_rows) {
-            q = idx / rows.slots;
-            const int64_t ch = sconv_src_channel(k, tab[q0 + q], d.cg, d.sg, d.cs);
-            bool pad;
-            px = rows.px(idx - q * rows.slots, address_of(x), int64_t(sizeof(T)),
-                         [&](int64_t r) { return lx.pixel(p0 + r) + ch * lx.s_c; }, pad);
-            const Acc v = Acc(x[lx.pixel(p0 + px) + ch * lx.s_c]);
-            if (!pad) x_s[q * PS + px] = v;
-            continue;
-          }
-          const int64_t p = p0 + px;
-          x_s[q * PS + px] =
-              p < d.pixels ? Acc(x[lx.pixel(p) + sconv_src_channel(k, tab[q0 + q], d.cg, d.sg, d.cs) * lx.s_c])
-                           : Acc(0);
-        }
-        __syncthreads();
-        for (int64_t e = tid; e < d.mg * xcc; e += kThreads) {
-          const int64_t m = e / xcc, jj = e - m * xcc;
-          const int64_t j = all ? jj : tab[q0 + jj], row = all ? inv[jj] : jj;
-          Acc sum = Acc(0);
-          for (int64_t px = 0; px < TP; ++px) sum += g_s[m * TP + px] * x_s[row * PS + px];
-          if (direct) part_w[base_w + m * d.cg + j] = sum;
-          else acc_w[m * d.cg + j] += sum;
-        }
-        __syncthreads();
-      }
-    }
-    if (f.gb) {
-      for (int64_t m = tid; m < d.mg; m += kThreads) {
-        Acc sum = Acc(0);
-        for (int64_t px = 0; px < TP; ++px) sum += g_s[m * TP + px];
-        if (direct) part_b[base_b + m] = sum;
-        else acc_b[m] += sum;
-      }
-    }
-    __syncthreads();  // g_s is restaged by the next tile
-  }
-  if (direct) return;
-  if (f.gw)
-    for (int64_t e = tid; e < d.mg * d.cg; e += kThreads) part_w[base_w + e] = acc_w[e];
-  if (f.gb)
-    for (int64_t m = tid; m < d.mg; m += kThreads) part_b[base_b + m] = acc_b[m];
-}
 
 // ---- channels_last, whole pixels: a block's pixel tile covers ALL groups -------------------------------------
 //
@@ -434,8 +372,8 @@ __global__ void _shuffle_conv1x1_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBA
 // group's W').  A thread owns kRP pixels x kRO outputs of an OC-wide chunk in registers, as in sconv_gemm.
 struct ClPlan {
   int64_t tp, oc, iw;   // pixels a tile, outputs a register chunk, W' inputs a chunk
-  int64_t tiles, per;   // pixel tiles; tiles a block (fused backward: grad_W partial sums kept per block)
-  size_t acc_off, smem;  // fused backward: byte offset of the grad_W / grad_b sums (per > 1)
+  int64_t tiles;        // pixel tiles (blocks)
+  size_t smem;
 };
 
 // dst[c * TP + px] = src[pixel p0 + px, channel c] for c < C (0 beyond the last pixel): the tile's contiguous
@@ -533,14 +471,14 @@ __device__ __forceinline__ void cl_store(SK_GLOBAL(T) dst, SK_GLOBAL(const T) bi
 template <bool kFwd, typename T, typename Acc>
 __device__ __forceinline__ void cl_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(const T) w, SK_GLOBAL(const T) bias,
                                         SK_GLOBAL(T) out, const Dims& d, const Layout& lin, const Layout& lout,
-                                        const ClPlan& pl) {
+                                        const ClPlan& pl, int64_t tile = -1) {
   SK_DYNAMIC_SHARED(unsigned char, smem);
   const int64_t G = d.cs * d.sg / d.cg;
   const int64_t I_all = (kFwd ? d.cg : d.mg) * G, O_all = (kFwd ? d.mg : d.cg) * G;
   Acc* in_s = reinterpret_cast<Acc*>(smem);
   Acc* out_s = in_s + I_all * pl.tp;
   Acc* w_s = out_s + O_all * pl.tp;
-  const int64_t p0 = int64_t(blockIdx.x) * pl.tp;
+  const int64_t p0 = (tile < 0 ? int64_t(blockIdx.x) : tile) * pl.tp;
   cl_stage<T, Acc>(in, in_s, lin, p0, I_all, pl.tp, d.pixels);
   __syncthreads();
   for (int64_t k = 0; k < G; ++k) cl_group_gemm<kFwd, T, Acc>(w, in_s, w_s, out_s, d, k, pl, O_all);
@@ -560,65 +498,261 @@ __global__ void _shuffle_conv1x1_cl_grad_input_kernel(SK_GLOBAL(const T) gy, SK_
   cl_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, pl);
 }
 
-// Fused backward, channels_last, whole pixels: block `slice` takes tiles [slice*per, (slice+1)*per); for each,
-// gy's and x's tiles are staged once (contiguous ranges), grad_W[o, j] += sum_px gy[px, o] x[px, src(k(o), j)]
-// and grad_b[o] += sum_px gy[px, o] (each element owned by one thread, fixed order), then grad_x of every group
-// into the space x's tile held, stored as one contiguous range.  Partial sums go to part_w / part_b [slice]
-// (straight from registers when per = 1), added in order by _shuffle_conv1x1_grad_weight_sum_kernel.
-template <typename T, typename Acc>
-__global__ void _shuffle_conv1x1_cl_backward_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x,
-                                                    SK_GLOBAL(const T) w, SK_GLOBAL(T) gx, SK_GLOBAL(Acc) part_w,
-                                                    SK_GLOBAL(Acc) part_b, Dims d, Layout lg, Layout lx, ClPlan pl,
-                                                    BwdFlags f) {
-  SK_DYNAMIC_SHARED(unsigned char, smem);
-  const int64_t G = d.cs * d.sg / d.cg, TP = pl.tp;
-  const int64_t C_in = d.cg * G, C_out = d.mg * G, WN = C_out * d.cg;
-  Acc* g_s = reinterpret_cast<Acc*>(smem);  // [C_out][TP]
-  Acc* x_s = g_s + C_out * TP;              // [C_in][TP], then grad_x's [TP][C_in]
-  Acc* w_s = x_s + C_in * TP;               // [IW][OC]
-  Acc* acc_w = reinterpret_cast<Acc*>(smem + pl.acc_off);  // [C_out][Cg], [C_out]
-  Acc* acc_b = acc_w + WN;
+// ---- backward in one launch, blocks split by role: grad_x tiles and grad_W tiles ------------------------------
+//
+// The fused kernels above sum grad_W over each block's pixels, so every block writes a partial grad_W that a second
+// kernel reads back: 2 x slices x |W| bytes, which at 14x14 and 7x7 (a large W, few pixels) is as much as the
+// activations.  Here the launch's first gx_blocks blocks compute grad_x tiles (the grad_input GEMM: a tile per
+// group, sconv_gemm, or channels_last whole pixels, cl_gemm), and the others grad_W (and grad_b):
+//   mode 1  a tile of mc rows x jc packed positions of group k's grad_W, summed over a pixel slice (all pixels when
+//           slices = 1: no partial sums at all); gy's rows and x's channels of the tile are re-read by the group's
+//           other tiles, from the L2 (read-only buffers of one launch), not from DRAM;
+//   mode 2  channels_last: all of grad_W (every group) over a pixel slice, x and gy staged as whole channel vectors
+//           (contiguous ranges: every sector used), partial sums in shared memory.
+// With slices > 1 the partials go to part_w / part_b [slice] and _shuffle_conv1x1_grad_weight_sum_kernel adds
+// them in order.  Every sum has one owner and a fixed order: the same bits every run, no atomics.
+struct GwTiles {
+  int64_t mode;           // 0: no grad_W / grad_b blocks, 1: per-group tiles, 2: channels_last whole pixels
+  int64_t mc, jc, mb, jb;  // mode 1: rows of Mg and packed positions of Cg a tile; tiles a group along each
+  int64_t pc;             // pixels a staged chunk
+  int64_t slices, chunk;  // pixel slices, pixels a slice
+  int64_t blocks;         // grad_W blocks of the launch
+  size_t smem;
+};
+constexpr int kGwR = 8;  // mode 1: grad_W sums a thread owns (mc * jc <= kThreads * kGwR)
+
+// dst[r * PS + px] = src[pixel p0 + px, channel ch(r)] for r < R, px < pcc.  Pixel-fast rows (NCHW, H*W >= 32) in
+// aligned slots (AlignedRows); else along the contiguous dimension (channel runs of a pixel in channels_last).
+template <typename T, typename Acc, typename Ch>
+__device__ __forceinline__ void stage_rows(SK_GLOBAL(const T) src, Acc* dst, int64_t PS, const Layout& l, int64_t p0,
+                                           int64_t pcc, int64_t R, Ch ch) {
   const int tid = threadIdx.x;
-  const int64_t slice = blockIdx.x;
-  const bool direct = pl.per == 1;
-  if (!direct)
-    for (int64_t e = tid; e < WN + C_out; e += kThreads) acc_w[e] = Acc(0);  // read after a barrier
-  const int64_t t_end = (slice + 1) * pl.per < pl.tiles ? (slice + 1) * pl.per : pl.tiles;
-  for (int64_t tile = slice * pl.per; tile < t_end; ++tile) {
-    const int64_t p0 = tile * TP;
-    cl_stage<T, Acc>(gy, g_s, lg, p0, C_out, TP, d.pixels);
-    if (f.gw) cl_stage<T, Acc>(x, x_s, lx, p0, C_in, TP, d.pixels);
+  const bool pfast = l.s_hw == 1;
+  if (pfast && l.hw >= 32) {
+    const int64_t t = int64_t(sizeof(T));
+    const AlignedRows rows(p0, pcc, l.hw, 32 / t, uniform_rows<T>(l), address_of(src), t,
+                           [&](int64_t q) { return l.pixel(p0 + q); });
+    for (int64_t idx = tid; idx < R * rows.slots; idx += kThreads) {
+      const int64_t r = idx / rows.slots, c = ch(r);
+      bool pad;
+      const int64_t px = rows.px(idx - r * rows.slots, address_of(src), t,
+                                 [&](int64_t q) { return l.pixel(p0 + q) + c * l.s_c; }, pad);
+      const Acc v = Acc(src[l.pixel(p0 + px) + c * l.s_c]);
+      if (!pad) dst[r * PS + px] = v;
+    }
+    return;
+  }
+  for (int64_t idx = tid; idx < R * pcc; idx += kThreads) {
+    const int64_t r = pfast ? idx / pcc : idx % R, px = pfast ? idx % pcc : idx / R;
+    dst[r * PS + px] = Acc(src[l.pixel(p0 + px) + ch(r) * l.s_c]);
+  }
+}
+
+// channels_last, pixel vectors of whole sectors (every pixel's channels at the same offsets in their sectors):
+// dst[r * PS + px] = src[pixel p0 + px, channel ch(r)], each pixel's rows of consecutive channels (a "piece") read
+// in aligned slots: a piece's slots start on its first sector, so a warp's 32 slots are whole sectors of the
+// pieces (the unaligned order moves a sector that two requests share twice).  pieces: [R + 1] x 4 ints of shared
+// memory (first row, length, first slot, offset in its sector), set up by the caller's thread 0 with cl_pieces.
+// pieces[0]: their count, pieces[1]: slots a pixel; piece i at pieces[4 + 4i ..]: first row, length, first slot,
+// element offset in its sector.
+__device__ __forceinline__ void cl_pieces(int* pieces, int64_t R, uintptr_t first, int64_t t, int64_t s_c,
+                                          const int* chs, int64_t ch0) {
+  int64_t n = 0, slots = 0;
+  const int64_t E = 32 / t;
+  for (int64_t ra = 0; ra < R;) {
+    const int64_t c0 = chs != nullptr ? chs[ra] : ch0 + ra;
+    int64_t rb = ra + 1;
+    while (rb < R && (chs != nullptr ? chs[rb] : ch0 + rb) == c0 + (rb - ra)) ++rb;
+    const int64_t m = int64_t((first + uintptr_t(c0 * s_c) * uintptr_t(t)) % 32) / t;
+    int* pc = pieces + 4 + 4 * n;
+    pc[0] = int(ra);
+    pc[1] = int(rb - ra);
+    pc[2] = int(slots);
+    pc[3] = int(m);
+    slots += (m + rb - ra + E - 1) / E * E;
+    ++n;
+    ra = rb;
+  }
+  pieces[0] = int(n);
+  pieces[1] = int(slots);
+}
+
+template <typename T, typename Acc, typename Ch>
+__device__ __forceinline__ void stage_pieces(SK_GLOBAL(const T) src, Acc* dst, int64_t PS, const Layout& l,
+                                             int64_t p0, int64_t pcc, const int* pieces, Ch ch) {
+  const int64_t np = pieces[0], SP = pieces[1];
+  const int* pc = pieces + 4;
+  const int64_t total = (pcc * SP + 31) / 32 * 32;
+  for (int64_t s = threadIdx.x; s < total; s += kThreads) {
+    const int64_t sc = s < pcc * SP ? s : pcc * SP - 1;  // a padding slot: the last slot's element again
+    const int64_t px = sc / SP, w = sc - px * SP;
+    int64_t i = 0;
+    while (i + 1 < np && pc[4 * (i + 1) + 2] <= w) ++i;
+    const int64_t len = pc[4 * i + 1], e0 = w - pc[4 * i + 2] - pc[4 * i + 3];
+    const int64_t e = e0 < 0 ? 0 : e0 >= len ? len - 1 : e0;
+    const int64_t r = pc[4 * i] + e;
+    const Acc v = Acc(src[l.pixel(p0 + px) + ch(r) * l.s_c]);
+    if (e == e0 && s == sc) dst[r * PS + px] = v;
+  }
+}
+
+// Mode 1: grad_W block b.  Shared memory (dynamic): g_s [mc][PS], x_s [jc][PS], the packed tables [2 Cg] ints, the
+// channels_last pieces of x's and gy's rows [4 (jc + 1)], [4 (mc + 1)] ints.
+template <typename T, typename Acc>
+__device__ __forceinline__ void gw_group_tile(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x, SK_GLOBAL(Acc) part_w,
+                                              SK_GLOBAL(Acc) part_b, const Dims& d, const Layout& lg,
+                                              const Layout& lx, const GwTiles& g, int64_t b, int64_t groups,
+                                              BwdFlags f) {
+  SK_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t PS = g.pc + 1;
+  Acc* g_s = reinterpret_cast<Acc*>(smem);
+  Acc* x_s = g_s + g.mc * PS;
+  int* tab = reinterpret_cast<int*>(x_s + g.jc * PS);  // packed position -> weight column
+  int* chs = tab + d.cg;                                // packed position -> x channel
+  int* x_pieces = chs + d.cg;
+  int* g_pieces = x_pieces + 4 * (g.jc + 1);
+  const int tid = threadIdx.x;
+  const int64_t jbi = b % g.jb, mbi = b / g.jb % g.mb, k = b / (g.jb * g.mb) % groups;
+  const int64_t slice = b / (g.jb * g.mb * groups);
+  const int64_t m0 = mbi * g.mc, q0 = jbi * g.jc;
+  const int64_t mcc = d.mg - m0 < g.mc ? d.mg - m0 : g.mc;
+  const int64_t jcc = !f.gw ? 0 : d.cg - q0 < g.jc ? d.cg - q0 : g.jc;
+  const bool do_b = f.gb && jbi == 0;
+  // NCHW planes of >= 64 pixels: weight-column order (contiguous grad_W rows); else packed (x's runs of consecutive
+  // channels: contiguous in channels_last, and whole-image ranges in NCHW)
+  const bool natural = lx.s_hw == 1 && lx.hw >= 64;
+  const bool images = lx.s_hw == 1 && lg.s_hw == 1 && !natural;
+  if (tid == 0 && natural) {
+    for (int64_t q = 0; q < d.cg; ++q) {
+      tab[q] = int(q);
+      chs[q] = int(sconv_src_channel(k, q, d.cg, d.sg, d.cs));
+    }
+  } else if (tid == 0) {
+    int64_t q = 0;
+    for (int64_t r = 0; r < d.sg; ++r) {
+      const SconvBlock blk = sconv_block(k, r, d.cg, d.sg, d.cs);
+      for (int64_t e = 0; e < blk.len; ++e, ++q) {
+        tab[q] = int(blk.col_begin + e * d.sg);
+        chs[q] = int(blk.src_begin + e);
+      }
+    }
+  }
+  // channels_last with pixel vectors of whole sectors: aligned pieces (stage_pieces)
+  const int64_t tsz = int64_t(sizeof(T));
+  const bool x_al = lx.s_hw != 1 && lx.s_hw * tsz % 32 == 0 && lx.s_n * tsz % 32 == 0;
+  const bool g_al = lg.s_hw != 1 && lg.s_hw * tsz % 32 == 0 && lg.s_n * tsz % 32 == 0;
+  if (tid == 0 && x_al && jcc > 0) cl_pieces(x_pieces, jcc, address_of(x), tsz, lx.s_c, chs + q0, 0);
+  if (tid == 0 && g_al) cl_pieces(g_pieces, mcc, address_of(gy), tsz, lg.s_c, nullptr, k * d.mg + m0);
+  __syncthreads();
+  Acc acc[kGwR];
+#pragma unroll
+  for (int r = 0; r < kGwR; ++r) acc[r] = Acc(0);
+  Acc acc_b = Acc(0);
+  const int64_t p_begin = slice * g.chunk;
+  const int64_t p_end = d.pixels < p_begin + g.chunk ? d.pixels : p_begin + g.chunk;
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += g.pc) {
+    const int64_t pcc = p_end - p0 < g.pc ? p_end - p0 : g.pc;
+    auto xch = [&](int64_t r) { return int64_t(chs[q0 + r]); };
+    auto gch = [&](int64_t r) { return k * d.mg + m0 + r; };
+    if (images && p0 % lx.hw == 0 && pcc % lx.hw == 0) {
+      if (jcc > 0) stage_images<T, Acc>(x, x_s, PS, lx, p0, pcc, jcc, xch);
+      stage_images<T, Acc>(gy, g_s, PS, lg, p0, pcc, mcc, gch);
+    } else {
+      if (jcc > 0 && x_al) stage_pieces<T, Acc>(x, x_s, PS, lx, p0, pcc, x_pieces, xch);
+      else if (jcc > 0) stage_rows<T, Acc>(x, x_s, PS, lx, p0, pcc, jcc, xch);
+      if (g_al) stage_pieces<T, Acc>(gy, g_s, PS, lg, p0, pcc, g_pieces, gch);
+      else stage_rows<T, Acc>(gy, g_s, PS, lg, p0, pcc, mcc, gch);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kGwR; ++r) {
+      const int64_t e = tid + int64_t(r) * kThreads;
+      if (e >= mcc * jcc) break;
+      const int64_t m = e / jcc, q = e - m * jcc;
+      Acc sum = Acc(0);
+      for (int64_t px = 0; px < pcc; ++px) sum += g_s[m * PS + px] * x_s[q * PS + px];
+      acc[r] += sum;
+    }
+    if (do_b && tid < mcc) {
+      Acc sum = Acc(0);
+      for (int64_t px = 0; px < pcc; ++px) sum += g_s[tid * PS + px];
+      acc_b += sum;
+    }
+    __syncthreads();
+  }
+  const int64_t base = (slice * groups + k) * d.mg + m0;
+#pragma unroll
+  for (int r = 0; r < kGwR; ++r) {
+    const int64_t e = tid + int64_t(r) * kThreads;
+    if (e >= mcc * jcc) break;
+    const int64_t m = e / jcc, q = e - m * jcc;
+    part_w[(base + m) * d.cg + tab[q0 + q]] = acc[r];
+  }
+  if (do_b && tid < mcc) part_b[base + tid] = acc_b;
+}
+
+// Mode 2 (channels_last): slice b's sums of all of grad_W.  Shared memory: g_s [C_out][pc], x_s [C_in][pc], then
+// the sums [C_out][Cg], [C_out].
+template <typename T, typename Acc>
+__device__ __forceinline__ void gw_cl_slice(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x, SK_GLOBAL(Acc) part_w,
+                                            SK_GLOBAL(Acc) part_b, const Dims& d, const Layout& lg, const Layout& lx,
+                                            const GwTiles& g, int64_t slice, int64_t groups, BwdFlags f) {
+  SK_DYNAMIC_SHARED(unsigned char, smem);
+  const int64_t PC = g.pc, C_in = d.cg * groups, C_out = d.mg * groups, WN = C_out * d.cg;
+  Acc* g_s = reinterpret_cast<Acc*>(smem);
+  Acc* x_s = g_s + C_out * PC;
+  Acc* acc_w = x_s + C_in * PC;
+  Acc* acc_b = acc_w + (f.gw ? WN : 0);
+  const int tid = threadIdx.x;
+  for (int64_t e = tid; e < WN + (f.gb ? C_out : 0); e += kThreads) acc_w[e] = Acc(0);  // each owned by one thread below
+  const int64_t p_begin = slice * g.chunk;
+  const int64_t p_end = d.pixels < p_begin + g.chunk ? d.pixels : p_begin + g.chunk;
+  for (int64_t p0 = p_begin; p0 < p_end; p0 += PC) {
+    const int64_t pcc = p_end - p0 < PC ? p_end - p0 : PC;
+    cl_stage<T, Acc>(gy, g_s, lg, p0, C_out, PC, p0 + pcc);
+    if (f.gw) cl_stage<T, Acc>(x, x_s, lx, p0, C_in, PC, p0 + pcc);
     __syncthreads();
     if (f.gw)
       for (int64_t e = tid; e < WN; e += kThreads) {
         const int64_t o = e / d.cg, j = e - o * d.cg;
-        const Acc* gr = g_s + o * TP;
-        const Acc* xr = x_s + sconv_src_channel(o / d.mg, j, d.cg, d.sg, d.cs) * TP;
+        const Acc* gr = g_s + o * PC;
+        const Acc* xr = x_s + sconv_src_channel(o / d.mg, j, d.cg, d.sg, d.cs) * PC;
         Acc sum = Acc(0);
-        for (int64_t px = 0; px < TP; ++px) sum += gr[px] * xr[px];
-        if (direct) part_w[slice * WN + e] = sum;
-        else acc_w[e] += sum;
+        for (int64_t px = 0; px < pcc; ++px) sum += gr[px] * xr[px];
+        acc_w[e] += sum;
       }
     if (f.gb)
       for (int64_t o = tid; o < C_out; o += kThreads) {
         Acc sum = Acc(0);
-        for (int64_t px = 0; px < TP; ++px) sum += g_s[o * TP + px];
-        if (direct) part_b[slice * C_out + o] = sum;
-        else acc_b[o] += sum;
+        for (int64_t px = 0; px < pcc; ++px) sum += g_s[o * PC + px];
+        acc_b[o] += sum;
       }
-    __syncthreads();  // x_s is overwritten by grad_x
-    if (f.gx) {
-      for (int64_t k = 0; k < G; ++k) cl_group_gemm<false, T, Acc>(w, g_s, w_s, x_s, d, k, pl, C_in);
-      __syncthreads();
-      cl_store<T, Acc>(gx, nullptr, x_s, lx, p0, C_in, TP, d.pixels);
-      __syncthreads();  // g_s and x_s are restaged by the next tile
-    }
+    __syncthreads();
   }
-  if (direct) return;
   if (f.gw)
     for (int64_t e = tid; e < WN; e += kThreads) part_w[slice * WN + e] = acc_w[e];
   if (f.gb)
     for (int64_t o = tid; o < C_out; o += kThreads) part_b[slice * C_out + o] = acc_b[o];
+}
+
+template <typename T, typename Acc>
+__global__ void _shuffle_conv1x1_backward_split_kernel(SK_GLOBAL(const T) gy, SK_GLOBAL(const T) x,
+                                                       SK_GLOBAL(const T) w, SK_GLOBAL(T) gx, SK_GLOBAL(Acc) part_w,
+                                                       SK_GLOBAL(Acc) part_b, Dims d, Layout lg, Layout lx,
+                                                       GemmPlan pl, ClPlan cl, bool whole, int64_t gx_blocks,
+                                                       GwTiles g, int64_t groups, BwdFlags f) {
+  const int64_t b = blockIdx.x;
+  if (b < gx_blocks) {
+    if (whole) {
+      cl_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, cl, b);
+    } else {
+      const int64_t tiles = gx_blocks / groups;
+      sconv_gemm<false, T, Acc>(gy, w, nullptr, gx, d, lg, lx, pl, b % tiles, b / tiles);
+    }
+    return;
+  }
+  if (g.mode == 2) gw_cl_slice<T, Acc>(gy, x, part_w, part_b, d, lg, lx, g, b - gx_blocks, groups, f);
+  else gw_group_tile<T, Acc>(gy, x, part_w, part_b, d, lg, lx, g, b - gx_blocks, groups, f);
 }
 
 // ---- plans -------------------------------------------------------------------------------------------------
@@ -635,6 +769,18 @@ double modeled_time(double bytes, double flops, double blocks) {
   constexpr double kBandwidth = 3.35e12, kSms = 132.0, kSmFlops = 67e12 / 132.0;
   const double active = std::max(1.0, std::min(blocks, kSms));
   return std::max(bytes / std::min(kBandwidth, active * 2.0 * kBandwidth / kSms), flops / (active * kSmFlops));
+}
+
+// Modeled time of a launch (a model, like modeled_time, same H100 SXM figures): its DRAM bytes under the L2 model
+// (the traffic report's: read-only buffers move each sector once, re-reads hit the 50 MB L2) at the HBM3's
+// 3.35 TB/s; its request-level bytes pulled by min(blocks, 132) multiprocessors at twice their share of that each;
+// its FLOPs; and its largest block at one multiprocessor's rate (a launch lasts at least as long as its slowest
+// block: what a split of grad_W's sums over fewer pixels buys).
+double launch_time(double dram, double moved, double flops, double blocks, double block_bytes, double block_flops) {
+  constexpr double kBandwidth = 3.35e12, kSms = 132.0, kSmFlops = 67e12 / 132.0;
+  const double active = std::max(1.0, std::min(blocks, kSms)), sm_bw = 2.0 * kBandwidth / kSms;
+  return std::max({dram / kBandwidth, moved / (active * sm_bw), flops / (active * kSmFlops), block_bytes / sm_bw,
+                   block_flops / kSmFlops});
 }
 
 size_t smem_limit() {
@@ -753,21 +899,30 @@ PlanCost gemm_cost(const GemmPlan& pl, int64_t tiles, int64_t pixels, int64_t in
 // input tile, every group's outputs and a W' chunk fit in shared memory (tp = 0: none fits).  Modeled bytes: the
 // activations read and written once (contiguous ranges), every tile reading all of W.  i_all / o_all: every
 // group's inputs / outputs; i_g the group's inputs.
+// The whole-pixel plan of tp pixels a tile (tp = 0: it does not fit in shared memory).
+ClPlan cl_plan_for(int64_t tp, int64_t pixels, int64_t i_all, int64_t o_all, int64_t i_g, size_t acc_size) {
+  const int64_t oc = kChunkElems / tp;
+  const int64_t iw = std::min<int64_t>(i_g, std::max<int64_t>(4, 4096 / oc));
+  const size_t smem = size_t(tp * (i_all + o_all) + iw * oc) * acc_size;
+  if (smem > smem_limit()) return ClPlan{};
+  return ClPlan{tp, oc, iw, (pixels + tp - 1) / tp, smem};
+}
+
 PlanCost plan_cl(ClPlan& best, int64_t pixels, int64_t i_all, int64_t o_all, int64_t i_g, int64_t w_elems,
                  size_t acc_size, size_t t_size, double flops) {
   best = ClPlan{};
   PlanCost best_cost{0, 0};
   const double t = double(t_size);
   for (int64_t tp = 16; tp <= 1024; tp *= 2) {
-    const int64_t oc = kChunkElems / tp;
-    const int64_t iw = std::min<int64_t>(i_g, std::max<int64_t>(4, 4096 / oc));
-    const size_t smem = size_t(tp * (i_all + o_all) + iw * oc) * acc_size;
-    if (smem > smem_limit()) continue;
-    const int64_t tiles = (pixels + tp - 1) / tp;
-    const double bytes = t * double(pixels) * double(i_all + o_all) + t * double(tiles) * double(w_elems);
-    const PlanCost c{bytes, modeled_time(bytes, flops, double(tiles))};
+    const ClPlan pl = cl_plan_for(tp, pixels, i_all, o_all, i_g, acc_size);
+    if (pl.tp == 0) continue;
+    const int64_t tiles = pl.tiles;
+    const double act = t * double(pixels) * double(i_all + o_all), bytes = act + t * double(tiles) * double(w_elems);
+    const PlanCost c{bytes, launch_time(act + t * double(w_elems), bytes, flops, double(tiles),
+                                        t * (double(tp) * double(i_all + o_all) + double(w_elems)),
+                                        flops / double(tiles))};
     if (best.tp == 0 || c.time < best_cost.time || (c.time == best_cost.time && c.bytes < best_cost.bytes)) {
-      best = ClPlan{tp, oc, iw, tiles, 1, 0, smem};
+      best = pl;
       best_cost = c;
     }
   }
@@ -890,9 +1045,212 @@ GemmChoice choose_gemm(const Dims& d, int64_t groups, int64_t shuffle_groups, bo
       packed ? plan_cl(ch.cl, d.pixels, forward ? c_in : c_out, forward ? c_out : c_in, i_g, c_out * d.cg, A, t,
                        2.0 * double(d.pixels) * double(c_out) * double(d.cg))
              : PlanCost{0, 0};
-  ch.whole = ch.cl.tp != 0 && (ch.pl.tp == 0 || cl_cost.time < cost.time ||
-                               (cl_cost.time == cost.time && cl_cost.bytes <= cost.bytes));
+  // The per-group plan in the same terms (launch_time: activations and W once from DRAM) and its modeled sector
+  // efficiency; the whole-pixel plan uses every sector.  A plan whose modeled efficiency is >= 0.92 comes first,
+  // then the least time, then the fewest bytes.
+  if (ch.pl.tp != 0 && ch.cl.tp != 0) {
+    const int64_t tiles = (d.pixels + ch.pl.tp - 1) / ch.pl.tp;
+    const double tb = double(t), Wn = double(c_out) * double(d.cg);
+    double moved = cost.bytes;
+    if (!forward && ch.pl.oc < o_g) moved += tb * double(tiles) * Wn * double(std::min<int64_t>(shuffle_groups, 8) - 1);
+    const double asked =
+        gemm_cost(ch.pl, tiles, d.pixels, i_g, o_g, groups, shuffle_groups, false, t, 1.0, 1.0).bytes;
+    const double blocks = double(tiles * groups), flops = 2.0 * double(d.pixels) * double(c_out) * double(d.cg);
+    const double time = launch_time(tb * (double(d.pixels) * double(c_in + c_out) + Wn), moved, flops, blocks,
+                                    moved / blocks, flops / blocks);
+    const bool ok = asked >= 0.92 * moved;
+    cost = PlanCost{moved, time};
+    ch.whole = !ok || cl_cost.time < cost.time || (cl_cost.time == cost.time && cl_cost.bytes <= cost.bytes);
+  } else {
+    ch.whole = ch.cl.tp != 0;
+  }
   return ch;
+}
+
+// ---- the backward's plan: grad_x tiles and grad_W tiles in one launch ------------------------------------------
+//
+struct SplitPlan {
+  GemmChoice gxc;     // the grad_x role's plan (choose_gemm of grad_input)
+  int64_t gx_blocks;  // 0 without grad_x
+  GwTiles g;
+  size_t smem;
+  double time, moved, dram;
+};
+
+// channels_last, grad_W mode 1: the sectors one pass of the tiles' staging (stage_pieces) moves a pixel, over x's
+// channels (x_side: group k's packed positions in chunks of jc) or gy's (chunks of mc of its Mg), every group.
+// Exact when a pixel's channel vector is whole sectors (pixel 0 on a sector); else each piece is taken to move its
+// expected ceil share plus the requests it straddles (stage_rows: about a quarter more).
+double cl_piece_sectors(const Dims& d, int64_t groups, size_t t_size, int64_t chunk, bool x_side) {
+  const int64_t t = int64_t(t_size), E = std::max<int64_t>(1, 32 / t);
+  const int64_t C = (x_side ? d.cg : d.mg) * groups;
+  const bool aligned = C * t % 32 == 0;
+  double sectors = 0;
+  std::vector<int64_t> chs;
+  for (int64_t k = 0; k < groups; ++k) {
+    chs.clear();
+    if (x_side) {
+      for (int64_t b = 0; b < d.sg; ++b) {
+        const SconvBlock blk = sconv_block(k, b, d.cg, d.sg, d.cs);
+        for (int64_t e = 0; e < blk.len; ++e) chs.push_back(blk.src_begin + e);
+      }
+    } else {
+      for (int64_t m = 0; m < d.mg; ++m) chs.push_back(k * d.mg + m);
+    }
+    const int64_t n = int64_t(chs.size());
+    for (int64_t q0 = 0; q0 < n; q0 += chunk) {
+      const int64_t q1 = std::min(n, q0 + chunk);
+      for (int64_t ra = q0; ra < q1;) {
+        int64_t rb = ra + 1;
+        while (rb < q1 && chs[rb] == chs[ra] + (rb - ra)) ++rb;
+        const int64_t len = rb - ra, m = chs[ra] % E;
+        sectors += aligned ? double((m + len + E - 1) / E) : 1.25 * double(len + E - 1) / double(E);
+        ra = rb;
+      }
+    }
+  }
+  return sectors;
+}
+
+// img: H*W in NCHW (grad_W chunks of whole images), 0 in channels_last.
+// Every pairing of a grad_x plan (the grad_input op's per-group tiles, or channels_last whole pixels) with a grad_W
+// tiling (mode 1: tile sizes and pixel slices; mode 2: pixel slices).  A GPU wants its loads coalesced and its DRAM
+// traffic near the minimum, so the plans whose modeled sector efficiency (bytes asked for / moved) is >= 0.92,
+// whose modeled DRAM bytes are within 12% of the least (grad_W summed without partials) and whose launch has at
+// least the blocks of the grad_input op's plan come first; among them the least launch_time (within 5%: the fewest
+// request-level bytes).  A pure function of the shapes.
+SplitPlan plan_backward(const Dims& d, int64_t groups, int64_t sg, bool packed, int64_t img, size_t A, size_t t,
+                        BwdFlags f) {
+  SplitPlan sp{};
+  sp.time = -1;
+  const double tb = double(t), P = double(d.pixels), G = double(groups), Cg = double(d.cg), Mg = double(d.mg);
+  const double Wn = Mg * G * Cg, C_in = Cg * G, C_out = Mg * G;
+  const size_t limit = smem_limit();
+  struct GxOption {
+    bool whole;
+    int64_t blocks;
+    double asked, moved, block, block_flops;
+    size_t smem;
+    ClPlan cl;
+  };
+  std::vector<GxOption> gxs;
+  GemmChoice gxc{};
+  if (!f.gx) {
+    gxs.push_back(GxOption{false, 0, 0, 0, 0, 0, 0, ClPlan{}});
+  } else {
+    gxc = choose_gemm(d, groups, sg, packed, A, t, /*forward=*/false);
+    if (gxc.pl.tp != 0) {
+      const GemmPlan& pl = gxc.pl;
+      const int64_t tiles = (d.pixels + pl.tp - 1) / pl.tp;
+      const double in_f = packed ? cl_run_factor(d, groups, t, false) : 1.0;
+      const double out_f = packed ? cl_run_factor(d, groups, t, true) : 1.0;
+      double moved = gemm_cost(pl, tiles, d.pixels, d.mg, d.cg, groups, sg, false, t, in_f, out_f).bytes;
+      const double asked = gemm_cost(pl, tiles, d.pixels, d.mg, d.cg, groups, sg, false, t, 1.0, 1.0).bytes;
+      // channels_last, register chunks narrower than Cg: W' columns read in packed order, sg apart
+      if (packed && pl.oc < d.cg) moved += tb * double(tiles) * Wn * double(std::min<int64_t>(sg, 8) - 1);
+      gxs.push_back(GxOption{false, tiles * groups, asked, moved, moved / double(tiles * groups),
+                             2.0 * double(pl.tp) * Mg * Cg, pl.smem, ClPlan{}});
+    }
+    for (int64_t tp = 16; packed && tp <= 1024; tp *= 2) {  // every whole-pixel tile size
+      const ClPlan cl = cl_plan_for(tp, d.pixels, d.mg * groups, d.cg * groups, d.mg, A);
+      if (cl.tp == 0) continue;
+      const double moved = tb * (P * (C_in + C_out) + double(cl.tiles) * Wn);
+      gxs.push_back(GxOption{true, cl.tiles, moved, moved, tb * (double(cl.tp) * (C_in + C_out) + Wn),
+                             2.0 * double(cl.tp) * Wn, cl.smem, cl});
+    }
+    if (gxs.empty()) return sp;
+  }
+  // Parallelism kept: at least the blocks of the grad_input op's own plan.
+  const double min_blocks = !f.gx ? 0.0
+                            : gxc.whole ? double(gxc.cl.tiles)
+                                        : double((d.pixels + gxc.pl.tp - 1) / std::max<int64_t>(gxc.pl.tp, 1) * groups);
+  // DRAM bytes (L2 model) without grad_W's partial sums: gy, x (for grad_W), W (for grad_x) read once, grad_x written
+  const double dram_base = tb * (P * C_out + (f.gw ? P * C_in : 0.0) + (f.gx ? P * C_in + Wn : 0.0));
+  const double flops = 2.0 * P * Mg * Cg * G * ((f.gx ? 1 : 0) + (f.gw ? 1 : 0));
+  const double sums = (f.gw ? Wn : 0.0) + (f.gb ? C_out : 0.0);  // grad_W, grad_b elements
+  const double dram_least = dram_base + double(A) * sums;
+  bool best_ok = false;
+  auto consider = [&](const GwTiles& g, double w_asked, double w_moved, double w_block, double w_block_flops) {
+    const double S = double(g.slices);
+    // partial sums: written by the launch, read back by the sum kernel (fits the L2: once), the result written
+    const double part = double(A) * sums * (S > 1 ? 2.0 * S + 1.0 : 1.0);
+    const double dram = dram_base + part;
+    for (const GxOption& o : gxs) {
+      const double moved = o.moved + w_moved + part, asked = o.asked + w_asked + part;
+      const double blocks = double(o.blocks + g.blocks);
+      const double time = launch_time(dram, moved, flops, blocks, std::max(o.block, w_block),
+                                      std::max(o.block_flops, w_block_flops));
+      const bool ok = asked >= 0.92 * moved && dram <= 1.12 * dram_least && blocks >= min_blocks;
+      // modeled times within 5% count as equal (the model is coarse): then the fewer request-level bytes
+      const bool faster = time < 0.95 * sp.time || (time <= 1.05 * sp.time && moved < sp.moved);
+      if (sp.time < 0 || (ok && !best_ok) || (ok == best_ok && faster)) {
+        sp.gxc = gxc;
+        sp.gxc.whole = o.whole;
+        if (o.whole) sp.gxc.cl = o.cl;
+        sp.gx_blocks = o.blocks;
+        sp.g = g;
+        sp.g.smem = std::max(g.smem, o.smem);
+        sp.smem = sp.g.smem;
+        sp.time = time;
+        sp.moved = moved;
+        sp.dram = dram;
+        best_ok = ok;
+      }
+    }
+  };
+  // slices of pixels: 1, 2, 4, ... (chunks of whole pc-pixel chunks)
+  auto each_slicing = [&](int64_t pc, auto&& fn) {
+    const int64_t chunks = (d.pixels + pc - 1) / pc;
+    for (int64_t s = 1;; s = std::min(2 * s, chunks)) {
+      const int64_t chunk = (chunks + s - 1) / s * pc;
+      fn((d.pixels + chunk - 1) / chunk, chunk);
+      if (s >= chunks) break;
+    }
+  };
+  if (!f.gw && !f.gb) {
+    GwTiles g{};
+    g.slices = 1;
+    consider(g, 0, 0, 0, 0);
+    return sp;
+  }
+  // mode 1: per-group tiles.  NCHW: chunks of whole images when H*W <= 256 (gw_group_tile reads an image's rows of
+  // consecutive channels as one range when H*W < 64); rows read along pixels, whole sectors (up to the planes' ends)
+  std::vector<int64_t> mcs{d.mg}, jcs{f.gw ? d.cg : 0};
+  for (int64_t c = 8; c < d.mg && c <= kThreads; c *= 2) mcs.push_back(c);
+  for (int64_t c = 8; f.gw && c < d.cg; c *= 2) jcs.push_back(c);
+  for (int64_t mc : mcs)
+    for (int64_t jc : jcs) {
+      if (mc > kThreads || mc * jc > int64_t(kThreads) * kGwR) continue;
+      for (int64_t pc0 = 64; pc0 >= 16; pc0 /= 2) {
+        const int64_t pc = img > 0 && img <= 256 ? img * std::max<int64_t>(1, pc0 / img) : pc0;
+        const size_t smem =
+            size_t((mc + jc) * (pc + 1)) * A + size_t(2 * d.cg + 4 * (mc + jc + 2)) * sizeof(int);
+        if (smem > limit) continue;
+        const int64_t mb = (d.mg + mc - 1) / mc, jb = jc == 0 ? 1 : (d.cg + jc - 1) / jc;
+        const double x_px = f.gw ? (packed ? 32.0 * cl_piece_sectors(d, groups, t, jc, true) : tb * C_in) : 0.0;
+        const double g_px = packed ? 32.0 * cl_piece_sectors(d, groups, t, mc, false) : tb * C_out;
+        each_slicing(pc, [&](int64_t slices, int64_t chunk) {
+          const GwTiles g{1, mc, jc, mb, jb, pc, slices, chunk, slices * groups * mb * jb, smem};
+          const double asked = tb * P * G * (Mg * double(jb) + (f.gw ? Cg * double(mb) : 0.0));
+          const double moved = P * (g_px * double(jb) + x_px * double(mb));
+          const double block = double(chunk) * (g_px / G * double(mc) / Mg + x_px / G * double(jc) / Cg);
+          consider(g, asked, moved, block, 2.0 * double(chunk) * double(mc) * double(jc));
+        });
+        break;  // the largest chunk that fits
+      }
+    }
+  // mode 2: channels_last, whole pixels, all of grad_W a slice
+  for (int64_t pc = 64; packed && f.gw && pc >= 8; pc /= 2) {
+    const size_t smem = size_t(double(pc) * (C_in + C_out) + sums) * A;
+    if (smem > limit) continue;
+    each_slicing(pc, [&](int64_t slices, int64_t chunk) {
+      const GwTiles g{2, 0, 0, 1, 1, pc, slices, chunk, slices, smem};
+      const double bytes = tb * P * (C_in + C_out);
+      consider(g, bytes, bytes, tb * double(chunk) * (C_in + C_out), 2.0 * double(chunk) * Wn);
+    });
+    break;
+  }
+  return sp;
 }
 
 at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -911,7 +1269,11 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
   const bool packed = in.stride(3) != 1;
   const size_t A = x.scalar_type() == at::kDouble ? 8 : 4, t = x.element_size();
   const GemmChoice choice = choose_gemm(d, groups, shuffle_groups, packed, A, t, /*forward=*/true);
-  const GemmPlan& pl = choice.pl;
+  GemmPlan pl = choice.pl;
+  // NCHW planes of fewer than 64 pixels (7x7: 49 floats, half of them starting mid-sector): tiles of whole images,
+  // read as contiguous ranges of consecutive channels (the single plan: the whole input tile staged)
+  const int64_t hw = x.size(2) * x.size(3);
+  if (!packed && pl.tp != 0 && hw < 64 && pl.ic >= d.cg && pl.tp >= hw) pl.span = hw * (pl.tp / hw);
   const ClPlan& cl = choice.cl;
   const bool whole = choice.whole;
   TORCH_CHECK(whole || pl.tp != 0, "shuffle_conv1x1: too many channels a group for the CUDA kernel's shared memory");
@@ -925,7 +1287,8 @@ at::Tensor shuffle_conv1x1_cuda(const at::Tensor& x, const at::Tensor& weight, c
                 SK_RT::dptr<scalar_t>(out), d, layout_of(in), layout_of(out), cl);
       return;
     }
-    const dim3 grid((d.pixels + pl.tp - 1) / pl.tp, 1, groups);
+    const int64_t span = pl.span > 0 ? pl.span : pl.tp;
+    const dim3 grid((d.pixels + span - 1) / span, 1, groups);
     SK_LAUNCH((_shuffle_conv1x1_fwd_kernel<scalar_t, acc_t>), grid, dim3(kThreads), pl.smem,
               SK_RT::dptr<scalar_t>(in), SK_RT::dptr<scalar_t>(w), b.defined() ? SK_RT::dptr<scalar_t>(b) : nullptr,
               SK_RT::dptr<scalar_t>(out), d, layout_of(in), layout_of(out), pl);
@@ -1024,8 +1387,8 @@ at::Tensor shuffle_conv1x1_grad_weight_cuda(const at::Tensor& grad_out, const at
 
 }  // namespace
 
-// The autograd's entry: one fused kernel (grad_x and per-tile partials of grad_W, grad_b from one read of
-// grad_out and x), then the partials summed over tiles in a fixed order.
+// The autograd's entry: one launch of grad_x tiles and grad_W / grad_b tiles (_shuffle_conv1x1_backward_split_kernel,
+// plan_backward), then, when grad_W is summed over several pixel slices, the slices' partials added in order.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, int64_t groups, int64_t shuffle_groups,
     std::array<bool, 3> output_mask) {
@@ -1048,112 +1411,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const size_t A = acc_type == at::kDouble ? 8 : 4, t = x.element_size();
   const BwdFlags f{output_mask[0], output_mask[1], output_mask[2]};
-  // Plans: a single grad_input plan (the whole grad_out tile staged) plus the grad_W / grad_b sums, per pixel
-  // tile; slices of per_slice tiles a block.  Modeled bytes: gy and (for grad_W) x read once, grad_x written
-  // once, W read by every tile (for grad_x), the partial sums written once a slice and read back by the sum
-  // kernel (written straight to the result with one slice).  The plan of least modeled time (modeled_time).
-  const size_t limit = smem_limit();
-  const double P = double(d.pixels), Wn = double(c_out) * double(d.cg), tb = double(t);
-  BwdPlan bp{};
-  double best_bytes = 0, best_time = 0;
-  const double flops = 2.0 * P * double(d.mg) * double(d.cg) * double(groups) * ((f.gx ? 1 : 0) + (f.gw ? 1 : 0));
-  const size_t acc_bytes = size_t(d.mg * d.cg + d.mg) * A;
   const bool packed = xc.stride(3) != 1;
-  const double E = 32.0 / tb;
-  // channels_last, a tile per group: group runs that share sectors (cl_run_factor)
-  const double x_rf = packed ? cl_run_factor(d, groups, t, true) : 1.0, g_rf = packed ? cl_run_factor(d, groups, t, false) : 1.0;
-  for (int64_t tp = 64; tp <= 1024; tp *= 2) {
-    const int64_t oc = kChunkElems / tp, iw = std::min<int64_t>(d.mg, 32);
-    // channels_last: out_s wide enough for all Cg outputs of grad_x and x's whole tile (whole channel runs a
-    // pixel), when that fits; else chunks, costed about one more sector a chunk.
-    int64_t osc = oc;
-    const int64_t want = std::max<int64_t>(d.cg, (d.cg * (tp + 1) - iw * oc + tp - 1) / tp);
-    if (packed && want > oc &&
-        size_t(d.mg * tp + iw * oc + tp * want) * A + size_t(2 * d.cg) * sizeof(int) <= limit)
-      osc = want;
-    const int64_t XC = std::min<int64_t>(d.cg, (iw * oc + tp * osc) / (tp + 1));
-    const double xf = x_rf * (packed && XC < d.cg ? 1.0 + E / double(XC) : 1.0);
-    const double gf = x_rf * (packed && osc < d.cg ? 1.0 + E / double(osc) : 1.0);
-    const size_t gemm = size_t(d.mg * tp + iw * oc + tp * osc) * A + size_t(2 * d.cg) * sizeof(int);
-    const size_t acc_off = (gemm + 15) / 16 * 16;
-    if (gemm > limit) continue;
-    const int64_t tiles = (d.pixels + tp - 1) / tp;
-    for (int64_t per = 1;; per = per * 2 < tiles ? per * 2 : tiles) {
-      if (per > 1 && acc_off + acc_bytes > limit) break;  // no room for the slice's sums
-      const int64_t slices = (tiles + per - 1) / per;
-      const double S = double(slices), T = double(tiles);
-      const double bytes = tb * P * double(c_out) * g_rf + (f.gw ? tb * P * double(c_in) * xf : 0.0) +
-                           (f.gx ? tb * (P * double(c_in) * gf + T * Wn) : 0.0) +
-                           (f.gw ? double(A) * Wn * (S > 1 ? 2 * S + 1 : 1) : 0.0) +
-                           (f.gb ? double(A) * double(c_out) * (S > 1 ? 2 * S + 1 : 1) : 0.0);
-      const double time = modeled_time(bytes, flops, S * double(groups));
-      if (bp.g.tp == 0 || time < best_time || (time == best_time && bytes < best_bytes)) {
-        bp = BwdPlan{GemmPlan{tp, oc, d.mg, iw, osc, per > 1 ? acc_off + acc_bytes : gemm}, tiles, slices, per,
-                     acc_off};
-        best_bytes = bytes;
-        best_time = time;
-      }
-      if (per >= tiles) break;
-    }
-  }
-  // channels_last: the whole-pixel kernel (_shuffle_conv1x1_cl_backward_kernel) when its modeled time is less:
-  // gy and x read, grad_x written as contiguous ranges, every tile reading all of W for grad_x, the partial sums
-  // as above (one set per block, all groups).
-  ClPlan cl{};
-  double cl_time = 0, cl_bytes = 0;
-  const int64_t WN = c_out * d.cg;
-  for (int64_t tp = 16; packed && tp <= 1024; tp *= 2) {
-    const int64_t oc = kChunkElems / tp, iw = std::min<int64_t>(d.mg, std::max<int64_t>(4, 4096 / oc));
-    const size_t gemm = size_t(tp * (c_in + c_out) + iw * oc) * A;
-    const size_t acc_off = (gemm + 15) / 16 * 16, sums = size_t(WN + c_out) * A;
-    if (gemm > limit) continue;
-    const int64_t tiles = (d.pixels + tp - 1) / tp;
-    for (int64_t per = 1;; per = per * 2 < tiles ? per * 2 : tiles) {
-      if (per > 1 && acc_off + sums > limit) break;
-      const double S = double((tiles + per - 1) / per), T = double(tiles);
-      const double bytes = tb * P * double(c_out) + (f.gw ? tb * P * double(c_in) : 0.0) +
-                           (f.gx ? tb * (P * double(c_in) + T * Wn) : 0.0) +
-                           (f.gw ? double(A) * Wn * (S > 1 ? 2 * S + 1 : 1) : 0.0) +
-                           (f.gb ? double(A) * double(c_out) * (S > 1 ? 2 * S + 1 : 1) : 0.0);
-      const double time = modeled_time(bytes, flops, S);
-      if (cl.tp == 0 || time < cl_time || (time == cl_time && bytes < cl_bytes)) {
-        cl = ClPlan{tp, oc, iw, tiles, per, acc_off, per > 1 ? acc_off + sums : gemm};
-        cl_time = time;
-        cl_bytes = bytes;
-      }
-      if (per >= tiles) break;
-    }
-  }
-  const bool whole = cl.tp != 0 && (bp.g.tp == 0 || cl_time < best_time || (cl_time == best_time && cl_bytes <= best_bytes));
-  if (whole) {
-    const int64_t slices = (cl.tiles + cl.per - 1) / cl.per;
-    TORCH_CHECK(slices <= INT32_MAX, "shuffle_conv1x1_backward: too many pixels for the CUDA grid");
-    at::Tensor gx = f.gx ? at::empty(x.sizes(), x.options().memory_format(fmt)) : x.new_empty({0});
-    at::Tensor gw_acc = f.gw ? at::empty({c_out, d.cg, 1, 1}, x.options().dtype(acc_type)) : at::Tensor();
-    at::Tensor gb_acc = f.gb ? at::empty({c_out}, x.options().dtype(acc_type)) : at::Tensor();
-    at::Tensor part_w = !f.gw ? at::Tensor() : slices == 1 ? gw_acc : at::empty({slices, WN}, gw_acc.options());
-    at::Tensor part_b = !f.gb ? at::Tensor() : slices == 1 ? gb_acc : at::empty({slices, c_out}, gb_acc.options());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_backward_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      SK_LAUNCH((_shuffle_conv1x1_cl_backward_kernel<scalar_t, acc_t>), dim3(slices), dim3(kThreads), cl.smem,
-                SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<scalar_t>(w),
-                f.gx ? SK_RT::dptr<scalar_t>(gx) : nullptr, f.gw ? SK_RT::dptr<acc_t>(part_w) : nullptr,
-                f.gb ? SK_RT::dptr<acc_t>(part_b) : nullptr, d, layout_of(gy), layout_of(xc), cl, f);
-      for (const auto& [part, sum] : {std::pair{part_w, gw_acc}, std::pair{part_b, gb_acc}}) {
-        if (!part.defined() || slices == 1) continue;
-        const int64_t n = sum.numel();
-        SK_LAUNCH((_shuffle_conv1x1_grad_weight_sum_kernel<acc_t>), dim3((n + kThreads - 1) / kThreads),
-                  dim3(kThreads), 0, SK_RT::dptr<acc_t>(part), SK_RT::dptr<acc_t>(sum), n, slices);
-      }
-    });
-    return {gx, f.gw ? gw_acc.to(x.scalar_type()) : weight.new_empty({0}),
-            f.gb ? gb_acc.to(x.scalar_type()) : weight.new_empty({0})};
-  }
+  const SplitPlan sp = plan_backward(d, groups, shuffle_groups, packed, packed ? 0 : x.size(2) * x.size(3), A, t, f);
   // A grad_out tile too large for shared memory (thousands of outputs a group): the two separate kernels.
-  if (bp.g.tp == 0) return from_parts();
-  const int64_t slices = bp.slices;
+  if (sp.time < 0) return from_parts();
+  const GwTiles& g = sp.g;
+  const int64_t slices = g.slices, blocks = sp.gx_blocks + g.blocks;
   check_grid(groups, 1);
-  TORCH_CHECK(slices <= INT32_MAX, "shuffle_conv1x1_backward: too many pixels for the CUDA grid");
+  TORCH_CHECK(blocks <= INT32_MAX, "shuffle_conv1x1_backward: too many pixels for the CUDA grid");
   at::Tensor gx = f.gx ? at::empty(x.sizes(), x.options().memory_format(fmt)) : x.new_empty({0});
   at::Tensor gw_acc = f.gw ? at::empty({c_out, d.cg, 1, 1}, x.options().dtype(acc_type)) : at::Tensor();
   at::Tensor gb_acc = f.gb ? at::empty({c_out}, x.options().dtype(acc_type)) : at::Tensor();
@@ -1161,10 +1426,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_conv1x1_backward_cuda(
   at::Tensor part_b = !f.gb ? at::Tensor() : slices == 1 ? gb_acc : at::empty({slices, c_out}, gb_acc.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "shuffle_conv1x1_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    SK_LAUNCH((_shuffle_conv1x1_backward_kernel<scalar_t, acc_t>), dim3(slices, 1, groups), dim3(kThreads),
-              bp.g.smem, SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<scalar_t>(w),
+    SK_LAUNCH((_shuffle_conv1x1_backward_split_kernel<scalar_t, acc_t>), dim3(blocks), dim3(kThreads), sp.smem,
+              SK_RT::dptr<scalar_t>(gy), SK_RT::dptr<scalar_t>(xc), SK_RT::dptr<scalar_t>(w),
               f.gx ? SK_RT::dptr<scalar_t>(gx) : nullptr, f.gw ? SK_RT::dptr<acc_t>(part_w) : nullptr,
-              f.gb ? SK_RT::dptr<acc_t>(part_b) : nullptr, d, layout_of(gy), layout_of(xc), bp, f);
+              f.gb ? SK_RT::dptr<acc_t>(part_b) : nullptr, d, layout_of(gy), layout_of(xc), sp.gxc.pl, sp.gxc.cl,
+              sp.gxc.whole, sp.gx_blocks, g, groups, f);
     for (const auto& [part, sum] : {std::pair{part_w, gw_acc}, std::pair{part_b, gb_acc}}) {
       if (!part.defined() || slices == 1) continue;
       const int64_t n = sum.numel();
