@@ -128,12 +128,13 @@ def test_native_narrow_columns_channels_last(cols):
 
 
 @pytest.mark.parametrize("n,c,hw,sg,mg", [
-    (2, 96, 56, 1, 20),   # forward: A = x is 2.4 MB, K = 32, 20 columns
+    (2, 96, 56, 1, 20),   # forward: A = x is 2.4 MB, K = 32, 20 columns; grad_weight: mg = 20, x 2.4 MB
     (2, 96, 56, 3, 20),   # the same through the shuffle's column table
     (4, 60, 40, 3, 40),   # grad_input: A = grad_out is 3 MB, K = 40, 20 columns
 ])
 def test_native_large_channels_last_prefetch(n, c, hw, sg, mg):
-    """Operands beyond L2 take the fp32 path that prefetches the next row tile (csrc/cpu/vec/shuffle_conv1x1.cpp)."""
+    """Operands beyond L2 take the fp32 paths that prefetch the next row tile (forward, grad_input) or the next
+    pixel chunk (grad_weight with mg <= 24), csrc/cpu/vec/shuffle_conv1x1.cpp."""
     check_against_reference(n, c, hw, hw - 1, 3, sg, mg, torch.float32, torch.channels_last, bias=True)
 
 
@@ -146,6 +147,7 @@ print(sk._C.runtime_cpu_isa())
 for cols in t.NARROW_COLS:
     t.check_narrow(cols, 3 if cols % 3 == 0 else 1)
 t.test_native_large_channels_last_prefetch(4, 60, 40, 3, 40)
+t.test_native_large_channels_last_prefetch(2, 96, 56, 3, 20)
 for layout in t.FORMATS:
     t.test_native_larger_shapes(2, 240, 9, 3, 3, 20, layout)
 print("ok")
