@@ -111,6 +111,62 @@ def test_native_larger_shapes(n, c, hw, g, sg, mg, layout):
     check_against_reference(n, c, hw, hw, g, sg, mg, torch.float32, FORMATS[layout], bias=True)
 
 
+# Narrow channels_last GEMMs: 1..24 output columns per group in the forward (mg) and in grad_input (cg), K = 40
+# (the fp32 microkernels then load the zero-padded weight rows as whole vectors and store C masked), 105
+# pixels (not a multiple of 16 or of the 96-pixel tile).
+NARROW_COLS = list(range(1, 25))
+
+
+def check_narrow(cols, sg):
+    check_against_reference(1, 3 * 40, 7, 15, 3, sg, cols, torch.float32, torch.channels_last, bias=True)
+    check_against_reference(1, 3 * cols, 7, 15, 3, sg, 40, torch.float32, torch.channels_last, bias=False)
+
+
+@pytest.mark.parametrize("cols", NARROW_COLS)
+def test_native_narrow_columns_channels_last(cols):
+    check_narrow(cols, 3 if cols % 3 == 0 else 1)
+
+
+@pytest.mark.parametrize("n,c,hw,sg,mg", [
+    (2, 96, 56, 1, 20),   # forward: A = x is 2.4 MB, K = 32, 20 columns; grad_weight: mg = 20, x 2.4 MB
+    (2, 96, 56, 3, 20),   # the same through the shuffle's column table
+    (4, 60, 40, 3, 40),   # grad_input: A = grad_out is 3 MB, K = 40, 20 columns
+])
+def test_native_large_channels_last_prefetch(n, c, hw, sg, mg):
+    """Operands beyond L2 take the fp32 paths that prefetch the next row tile (forward, grad_input) or the next
+    pixel chunk (grad_weight with mg <= 24), csrc/cpu/vec/shuffle_conv1x1.cpp."""
+    check_against_reference(n, c, hw, hw - 1, 3, sg, mg, torch.float32, torch.channels_last, bias=True)
+
+
+_ISA_CODE = """
+import sys, torch
+sys.path.insert(0, "tests")
+import shufflekern as sk
+import test_shuffle_conv1x1 as t
+print(sk._C.runtime_cpu_isa())
+for cols in t.NARROW_COLS:
+    t.check_narrow(cols, 3 if cols % 3 == 0 else 1)
+t.test_native_large_channels_last_prefetch(4, 60, 40, 3, 40)
+t.test_native_large_channels_last_prefetch(2, 96, 56, 3, 20)
+for layout in t.FORMATS:
+    t.test_native_larger_shapes(2, 240, 9, 3, 3, 20, layout)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa,name", [("avx2", "AVX2"), ("default", "DEFAULT")])
+def test_narrow_columns_other_isas(isa, name):
+    """The AVX2 and portable builds (ATEN_CPU_CAPABILITY) on the narrow and large channels_last shapes."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa, PYTHONPATH=root)
+    r = subprocess.run([sys.executable, "-c", _ISA_CODE], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == [name, "ok"]
+
+
 def test_default_shuffle_groups_is_groups():
     x, w, b = make_inputs(2, 12, 5, 5, 3, 4, torch.float32, torch.contiguous_format, True)
     torch.testing.assert_close(sk.shuffle_conv1x1(x, w, b, groups=3),
