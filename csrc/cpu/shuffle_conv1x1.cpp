@@ -78,31 +78,35 @@ int dtype_code(at::ScalarType st) {
   }
 }
 
-// Packed weights (wp [G][mg][cgp], wpt [G][cg][mgp], zero padded) and bias [G][mgp] (accumulation type).
+// Packed weights, zero padded: wp [G][mg][cgp] (rows of output channels) or wpt [G][cg][mgp] (rows of input
+// positions j'), whichever the kernel reads (`transposed`), and bias [G][mgp] (accumulation type).
 struct Packed {
   at::Tensor wp, wpt, bias;
   int64_t cgp, mgp;
 };
 
-Packed pack(const at::Tensor& weight, const std::optional<at::Tensor>& bias, const Tables& t, int64_t mg) {
+Packed pack(const at::Tensor& weight, const std::optional<at::Tensor>& bias, const Tables& t, int64_t mg,
+            bool transposed) {
   Packed p;
   p.cgp = round_up(t.cg, kPad);
   p.mgp = round_up(mg, kPad);
   const int64_t groups = t.groups, cg = t.cg;
   const at::Tensor w = weight.contiguous();
-  p.wp = at::zeros({groups, mg, p.cgp}, w.options());
-  p.wpt = at::zeros({groups, cg, p.mgp}, w.options());
+  at::Tensor& out = transposed ? p.wpt : p.wp;
+  out = transposed ? at::zeros({groups, cg, p.mgp}, w.options()) : at::zeros({groups, mg, p.cgp}, w.options());
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w.scalar_type(), "shuffle_conv1x1_pack", [&] {
     const scalar_t* ws = w.const_data_ptr<scalar_t>();
-    scalar_t* wp = p.wp.mutable_data_ptr<scalar_t>();
-    scalar_t* wpt = p.wpt.mutable_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
     for (int64_t k = 0; k < groups; ++k) {
       for (int64_t m = 0; m < mg; ++m) {
         const scalar_t* row = ws + (k * mg + m) * cg;
         for (int64_t j = 0; j < cg; ++j) {
           const scalar_t v = row[t.col[k * cg + j]];
-          wp[(k * mg + m) * p.cgp + j] = v;
-          wpt[(k * cg + j) * p.mgp + m] = v;
+          if (transposed) {
+            o[(k * cg + j) * p.mgp + m] = v;
+          } else {
+            o[(k * mg + m) * p.cgp + j] = v;
+          }
         }
       }
     }
@@ -150,7 +154,7 @@ at::Tensor shuffle_conv1x1_cpu(const at::Tensor& x, const at::Tensor& weight, co
   at::Tensor out = at::empty({x.size(0), c_out, x.size(2), x.size(3)}, x.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   const Tables t = make_tables(c_in, groups, shuffle_groups);
-  const Packed p = pack(weight, bias, t, c_out / groups);
+  const Packed p = pack(weight, bias, t, c_out / groups, /*transposed=*/fmt == at::MemoryFormat::ChannelsLast);
   SconvArgs a = make_args(in, t, p, c_in, c_out, fmt == at::MemoryFormat::ChannelsLast);
   a.out = out.mutable_data_ptr();
   if (c_in == 0) {
@@ -173,7 +177,7 @@ at::Tensor shuffle_conv1x1_grad_input_cpu(const at::Tensor& grad_out, const at::
   if (gx.numel() == 0) return gx;
   if (c_out == 0) return gx.zero_();
   const Tables t = make_tables(c_in, groups, shuffle_groups);
-  const Packed p = pack(weight, std::nullopt, t, c_out / groups);
+  const Packed p = pack(weight, std::nullopt, t, c_out / groups, /*transposed=*/fmt != at::MemoryFormat::ChannelsLast);
   SconvArgs a = make_args(gy, t, p, c_in, c_out, fmt == at::MemoryFormat::ChannelsLast);
   a.out = gx.mutable_data_ptr();
   shuffle_conv1x1_grad_input_table.get()(a);
@@ -196,8 +200,8 @@ at::Tensor shuffle_conv1x1_grad_weight_cpu(const at::Tensor& grad_out, const at:
   const at::Tensor gy = grad_out.contiguous(fmt);
   const int64_t c_in = x.size(1), c_out = grad_out.size(1);
   const int64_t cg = c_in / groups, mg = c_out / groups;
-  at::Tensor gw = at::zeros({c_out, cg, 1, 1}, x.options());
-  if (x.size(0) * x.size(2) * x.size(3) == 0 || c_out * cg == 0) return gw;
+  if (x.size(0) * x.size(2) * x.size(3) == 0 || c_out * cg == 0) return at::zeros({c_out, cg, 1, 1}, x.options());
+  at::Tensor gw = at::empty({c_out, cg, 1, 1}, x.options());
   const Tables t = make_tables(c_in, groups, shuffle_groups);
   const int64_t nthreads = at::get_num_threads();
   at::Tensor partial = at::zeros({nthreads, groups, cl ? cg : mg, cl ? mg : cg}, x.options());
@@ -208,12 +212,24 @@ at::Tensor shuffle_conv1x1_grad_weight_cpu(const at::Tensor& grad_out, const at:
   a.x = xc.const_data_ptr();
   a.out = partial.mutable_data_ptr();
   shuffle_conv1x1_grad_weight_table.get()(a);
-  // Sum the threads' buffers and put the packed columns j' back in the weight's column order.
-  at::Tensor total = partial.sum(0);
-  if (cl) total = total.transpose(1, 2);
-  const at::Tensor col = at::from_blob(const_cast<int64_t*>(t.col.data()), {groups, 1, cg}, at::kLong)
-                             .expand({groups, mg, cg});
-  gw.view({groups, mg, cg}).scatter_(2, col, total);
+  // Sum the threads' buffers (in thread order) and put the packed columns j' back in the weight's column order:
+  // one pass, every element of gw written once.
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "shuffle_conv1x1_grad_weight_sum", [&] {
+    const scalar_t* part = partial.const_data_ptr<scalar_t>();
+    scalar_t* out = gw.mutable_data_ptr<scalar_t>();
+    const int64_t per_thread = groups * mg * cg;
+    for (int64_t k = 0; k < groups; ++k) {
+      for (int64_t m = 0; m < mg; ++m) {
+        scalar_t* row = out + (k * mg + m) * cg;
+        for (int64_t j = 0; j < cg; ++j) {
+          const int64_t at_j = cl ? (k * cg + j) * mg + m : (k * mg + m) * cg + j;
+          scalar_t acc = part[at_j];
+          for (int64_t th = 1; th < nthreads; ++th) acc += part[th * per_thread + at_j];
+          row[t.col[k * cg + j]] = acc;
+        }
+      }
+    }
+  });
   return gw;
 }
 
