@@ -391,6 +391,12 @@ def _fused_backward_launches():
     return sk.testing.emulated_launches().get("_shuffle_conv1x1_backward_split_kernel", 0)
 
 
+def _grad_out(n, c_out, h, w_, dtype, fmt, seed):
+    """A random grad_out (fp64 draws, then dtype) in memory format fmt."""
+    gy = torch.randn(n, c_out, h, w_, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return gy.to(dtype).contiguous(memory_format=fmt)
+
+
 def _check_backward(x, w, gy, g, sg, masks=MASKS, launches=True):
     """Every mask: the requested gradients against the fp64 eager ones (flash rule: error <= 2 x eager's at x's
     dtype + slack), the others 0-element; grad_x in x's memory format."""
@@ -426,8 +432,7 @@ def _check_backward(x, w, gy, g, sg, masks=MASKS, launches=True):
 def test_shuffle_conv1x1_backward_fused(n, c, h, w_, g, sg, mg, layout, dtype):
     fmt = tsc.FORMATS[layout]
     x, w, _ = tsc.make_inputs(n, c, h, w_, g, mg, dtype, fmt, False)
-    gy = torch.randn(n, g * mg, h, w_, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    gy = gy.to(dtype).contiguous(memory_format=fmt)
+    gy = _grad_out(n, g * mg, h, w_, dtype, fmt, 1)
     masks = MASKS if dtype in (torch.float32, torch.float64) else [[True, True, True], [False, True, False]]
     _check_backward(x, w, gy, g, sg, masks)
 
@@ -492,8 +497,7 @@ def test_shuffle_conv1x1_channels_last_whole_pixels(n, c, h, w_, g, sg, mg, dtyp
     grad_input op run the whole-pixel kernels and match the fp64 reference; so does the fused backward."""
     fmt = torch.channels_last
     x, w, b = tsc.make_inputs(n, c, h, w_, g, mg, dtype, fmt, True)
-    gy = torch.randn(n, g * mg, h, w_, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    gy = gy.to(dtype).contiguous(memory_format=fmt)
+    gy = _grad_out(n, g * mg, h, w_, dtype, fmt, 1)
     exact_y, exact = tsc.reference(x.double(), w.double(), b.double(), g, sg, gy.double())
     eager_y, eager = tsc.reference(x, w, b, g, sg, gy)
     before = sk.testing.emulated_launches()
@@ -528,8 +532,7 @@ def test_shuffle_conv1x1_backward_split_roles(n, c, h, w_, g, sg, mg, layout, sl
     three gradients the sum kernel runs exactly when the plan slices the pixels (shapes chosen for each case)."""
     fmt = tsc.FORMATS[layout]
     x, w, _ = tsc.make_inputs(n, c, h, w_, g, mg, dtype, fmt, False)
-    gy = torch.randn(n, g * mg, h, w_, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    gy = gy.to(dtype).contiguous(memory_format=fmt)
+    gy = _grad_out(n, g * mg, h, w_, dtype, fmt, 2)
     masks = MASKS if dtype in (torch.float32, torch.float64) else [[True, True, True], [False, False, True]]
     _check_backward(x, w, gy, g, sg, masks)
     before = sk.testing.emulated_launches().get(SUM_KERNEL, 0)
