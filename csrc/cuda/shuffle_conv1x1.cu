@@ -159,6 +159,34 @@ __device__ __forceinline__ void stage_images(SK_GLOBAL(const T) src, Acc* dst, i
   }
 }
 
+// dst[r * PS + px] = src[pixel p0 + px, channel ch(r)] for r < R, px < pcc.  Pixel-fast rows (NCHW, H*W >= 32) in
+// aligned slots (AlignedRows); else along the contiguous dimension (channel runs of a pixel in channels_last).
+template <typename T, typename Acc, typename Ch>
+__device__ __forceinline__ void stage_rows(SK_GLOBAL(const T) src, Acc* dst, int64_t PS, const Layout& l, int64_t p0,
+                                           int64_t pcc, int64_t R, Ch ch) {
+  const int tid = threadIdx.x;
+  const bool pfast = l.s_hw == 1;
+  if (pfast && l.hw >= 32) {
+    const int64_t t = int64_t(sizeof(T));
+    const AlignedRows rows(p0, pcc, l.hw, 32 / t, uniform_rows<T>(l), address_of(src), t,
+                           [&](int64_t q) { return l.pixel(p0 + q); });
+    for (int64_t idx = tid; idx < R * rows.slots; idx += kThreads) {
+      const int64_t r = idx / rows.slots, c = ch(r);
+      bool pad;
+      const int64_t px = rows.px(idx - r * rows.slots, address_of(src), t,
+                                 [&](int64_t q) { return l.pixel(p0 + q) + c * l.s_c; }, pad);
+      const Acc v = Acc(src[l.pixel(p0 + px) + c * l.s_c]);
+      if (!pad) dst[r * PS + px] = v;
+    }
+    return;
+  }
+  for (int64_t idx = tid; idx < R * pcc; idx += kThreads) {
+    const int64_t r = pfast ? idx / pcc : idx % R, px = pfast ? idx % pcc : idx / R;
+    dst[r * PS + px] = Acc(src[l.pixel(p0 + px) + ch(r) * l.s_c]);
+  }
+}
+
+// channels_last, pixel vectors of whole sectors (every pixel's channels at the same offsets in their sectors):
 struct GemmPlan {
   int64_t tp, oc, ic, iw, osc;  // pixels a block, outputs a register chunk, inputs staged, W inputs a chunk,
                                 // outputs accumulated in out_s
@@ -215,19 +243,11 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
       return;
     }
     if (in_rows) {
-      const AlignedRows rows(p0, tpe, lin.hw, 32 / int64_t(sizeof(T)), uniform_rows<T>(lin), address_of(in),
-                             int64_t(sizeof(T)), [&](int64_t q) { return lin.pixel(p0 + q); });
       for (int64_t idx = tid; idx < icc * (TP - tpe); idx += kThreads)
         in_s[idx / (TP - tpe) * TP + tpe + idx % (TP - tpe)] = Acc(0);
-      for (int64_t idx = tid; idx < icc * rows.slots; idx += kThreads) {
-        const int64_t c = idx / rows.slots, i = ib + c;
-        const int64_t ch = kFwd ? sconv_src_channel(k, tab[i], d.cg, d.sg, d.cs) : k * d.mg + i;
-        bool pad;
-        const int64_t px = rows.px(idx - c * rows.slots, address_of(in), int64_t(sizeof(T)),
-                                   [&](int64_t q) { return lin.pixel(p0 + q) + ch * lin.s_c; }, pad);
-        const Acc v = Acc(in[lin.pixel(p0 + px) + ch * lin.s_c]);
-        if (!pad) in_s[c * TP + px] = v;
-      }
+      stage_rows<T, Acc>(in, in_s, TP, lin, p0, tpe, icc, [&](int64_t c) {
+        return kFwd ? sconv_src_channel(k, tab[ib + c], d.cg, d.sg, d.cs) : k * d.mg + ib + c;
+      });
       return;
     }
     for (int64_t idx = tid; idx < icc * TP; idx += kThreads) {
@@ -521,34 +541,6 @@ struct GwTiles {
 };
 constexpr int kGwR = 8;  // mode 1: grad_W sums a thread owns (mc * jc <= kThreads * kGwR)
 
-// dst[r * PS + px] = src[pixel p0 + px, channel ch(r)] for r < R, px < pcc.  Pixel-fast rows (NCHW, H*W >= 32) in
-// aligned slots (AlignedRows); else along the contiguous dimension (channel runs of a pixel in channels_last).
-template <typename T, typename Acc, typename Ch>
-__device__ __forceinline__ void stage_rows(SK_GLOBAL(const T) src, Acc* dst, int64_t PS, const Layout& l, int64_t p0,
-                                           int64_t pcc, int64_t R, Ch ch) {
-  const int tid = threadIdx.x;
-  const bool pfast = l.s_hw == 1;
-  if (pfast && l.hw >= 32) {
-    const int64_t t = int64_t(sizeof(T));
-    const AlignedRows rows(p0, pcc, l.hw, 32 / t, uniform_rows<T>(l), address_of(src), t,
-                           [&](int64_t q) { return l.pixel(p0 + q); });
-    for (int64_t idx = tid; idx < R * rows.slots; idx += kThreads) {
-      const int64_t r = idx / rows.slots, c = ch(r);
-      bool pad;
-      const int64_t px = rows.px(idx - r * rows.slots, address_of(src), t,
-                                 [&](int64_t q) { return l.pixel(p0 + q) + c * l.s_c; }, pad);
-      const Acc v = Acc(src[l.pixel(p0 + px) + c * l.s_c]);
-      if (!pad) dst[r * PS + px] = v;
-    }
-    return;
-  }
-  for (int64_t idx = tid; idx < R * pcc; idx += kThreads) {
-    const int64_t r = pfast ? idx / pcc : idx % R, px = pfast ? idx % pcc : idx / R;
-    dst[r * PS + px] = Acc(src[l.pixel(p0 + px) + ch(r) * l.s_c]);
-  }
-}
-
-// channels_last, pixel vectors of whole sectors (every pixel's channels at the same offsets in their sectors):
 // dst[r * PS + px] = src[pixel p0 + px, channel ch(r)], each pixel's rows of consecutive channels (a "piece") read
 // in aligned slots: a piece's slots start on its first sector, so a warp's 32 slots are whole sectors of the
 // pieces (the unaligned order moves a sector that two requests share twice).  pieces: [R + 1] x 4 ints of shared
