@@ -198,6 +198,40 @@ void store_batch_stats(const BnActArgs& a, const T* k, const double* s1, const d
   }
 }
 
+// Backward: the weight and bias gradients (where asked for) from the per-channel sums sg = sum gz and
+// sgx = sum gz * (x - mean).
+template <typename T>
+void store_param_grads(const BnActArgs& a, const Coefficients<T>& coef, const double* sg, const double* sgx) {
+  if (a.grad_bias != nullptr) {
+    for (int64_t c = 0; c < a.c; ++c) static_cast<T*>(a.grad_bias)[c] = static_cast<T>(sg[c]);
+  }
+  if (a.grad_weight != nullptr) {
+    for (int64_t c = 0; c < a.c; ++c) static_cast<T*>(a.grad_weight)[c] = static_cast<T>(sgx[c] * coef.invstd[c]);
+  }
+}
+
+// Backward: the per-channel coefficients of grad_x = A gz + B (x - mean) + D (csrc/batch_norm_act.h).
+template <typename T>
+struct GradCoefficients {
+  Scratch buf;
+  T *a, *b, *d;
+  GradCoefficients(const BnActArgs& args, const Coefficients<T>& coef, const double* sg, const double* sgx)
+      : buf(sizeof(T) * 3 * args.c, "batch_norm_act") {
+    a = buf.as<T>();
+    b = a + args.c;
+    d = b + args.c;
+    const T* w = static_cast<const T*>(args.weight);
+    const double m = static_cast<double>(args.n * args.hw);
+    for (int64_t c = 0; c < args.c; ++c) {
+      const BnGradCoef k = bn_grad_coefficients(w ? static_cast<double>(w[c]) : 1.0, coef.invstd[c], sg[c], sgx[c], m,
+                                                args.training);
+      a[c] = static_cast<T>(k.a);
+      b[c] = static_cast<T>(k.b);
+      d[c] = static_cast<T>(k.d);
+    }
+  }
+};
+
 // Channel-indexed operand: a vector of per-channel values (CL) or one broadcast value (NCHW).
 template <typename T>
 inline Vectorized<T> per_channel(const BnActArgs& a, const T* v, int64_t c, int64_t cnt) {
@@ -444,27 +478,10 @@ void backward_flat(const BnActArgs& a) {
   } else {
     resid ? backward_flat_sums<T, false, true>(fs, p, sg, sgx) : backward_flat_sums<T, false, false>(fs, p, sg, sgx);
   }
-  const T* w = static_cast<const T*>(a.weight);
-  if (a.grad_bias != nullptr) {
-    for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_bias)[c] = static_cast<T>(sg[c]);
-  }
-  if (a.grad_weight != nullptr) {
-    for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_weight)[c] = static_cast<T>(sgx[c] * coef.invstd[c]);
-  }
+  store_param_grads<T>(a, coef, sg, sgx);
   if (p.gx == nullptr) return;
-  // grad_x = A gz + B (x - mean) + D (csrc/batch_norm_act.h).
-  Scratch kb(sizeof(T) * 3 * C, "batch_norm_act");
-  T* ca = kb.as<T>();
-  T* cbv = ca + C;
-  T* cd = cbv + C;
-  const double m = static_cast<double>(a.n * a.hw);
-  for (int64_t c = 0; c < C; ++c) {
-    const BnGradCoef k = bn_grad_coefficients(w ? static_cast<double>(w[c]) : 1.0, coef.invstd[c], sg[c], sgx[c], m,
-                                              a.training);
-    ca[c] = static_cast<T>(k.a);
-    cbv[c] = static_cast<T>(k.b);
-    cd[c] = static_cast<T>(k.d);
-  }
+  const GradCoefficients<T> gk(a, coef, sg, sgx);  // grad_x = A gz + B (x - mean) + D
+  const T *ca = gk.a, *cbv = gk.b, *cd = gk.d;
   repeat_channels<T>(fs, ca, rep + 3 * Q);
   repeat_channels<T>(fs, cbv, rep + 4 * Q);
   repeat_channels<T>(fs, cd, rep + 5 * Q);
@@ -550,27 +567,10 @@ void backward_t(const BnActArgs& a) {
         return std::make_pair(gz, V::loadu(x + pos, cnt) - per_channel<T>(a, mean, c, cnt));
       },
       sg, sgx);
-  const T* w = static_cast<const T*>(a.weight);
-  if (a.grad_bias != nullptr) {
-    for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_bias)[c] = static_cast<T>(sg[c]);
-  }
-  if (a.grad_weight != nullptr) {
-    for (int64_t c = 0; c < C; ++c) static_cast<T*>(a.grad_weight)[c] = static_cast<T>(sgx[c] * coef.invstd[c]);
-  }
+  store_param_grads<T>(a, coef, sg, sgx);
   if (gx == nullptr) return;
-  // grad_x = A gz + B (x - mean) + D (csrc/batch_norm_act.h).
-  Scratch kb(sizeof(T) * 3 * C, "batch_norm_act");
-  T* ca = kb.as<T>();
-  T* cbv = ca + C;
-  T* cd = cbv + C;
-  const double m = static_cast<double>(a.n * a.hw);
-  for (int64_t c = 0; c < C; ++c) {
-    const BnGradCoef k = bn_grad_coefficients(w ? static_cast<double>(w[c]) : 1.0, coef.invstd[c], sg[c], sgx[c], m,
-                                              a.training);
-    ca[c] = static_cast<T>(k.a);
-    cbv[c] = static_cast<T>(k.b);
-    cd[c] = static_cast<T>(k.d);
-  }
+  const GradCoefficients<T> gk(a, coef, sg, sgx);  // grad_x = A gz + B (x - mean) + D
+  const T *ca = gk.a, *cbv = gk.b, *cd = gk.d;
   for_each_vector<T>(a, [&](int64_t pos, int64_t c, int64_t cnt) {
     const V gz = gr != nullptr ? V::loadu(gr + pos, cnt) : grad_z(pos, c, cnt);
     V out = gz * per_channel<T>(a, ca, c, cnt);
