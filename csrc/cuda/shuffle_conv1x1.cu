@@ -187,6 +187,21 @@ __device__ __forceinline__ void stage_rows(SK_GLOBAL(const T) src, Acc* dst, int
 }
 
 // channels_last, pixel vectors of whole sectors (every pixel's channels at the same offsets in their sectors):
+// A thread's kRP x kRO register tile += one input row's kRP values (stride PG in shared memory) times one W' row's
+// kRO values (stride OG): the inner step of the per-group and the whole-pixel GEMMs.
+template <typename Acc>
+__device__ __forceinline__ void tile_fma(Acc (&acc)[kRP][kRO], const Acc* in, int64_t PG, const Acc* w, int64_t OG) {
+  Acc a[kRP], bv[kRO];
+#pragma unroll
+  for (int r = 0; r < kRP; ++r) a[r] = in[PG * r];
+#pragma unroll
+  for (int s = 0; s < kRO; ++s) bv[s] = w[OG * s];
+#pragma unroll
+  for (int r = 0; r < kRP; ++r)
+#pragma unroll
+    for (int s = 0; s < kRO; ++s) acc[r][s] += a[r] * bv[s];
+}
+
 struct GemmPlan {
   int64_t tp, oc, ic, iw, osc;  // pixels a block, outputs a register chunk, inputs staged, W inputs a chunk,
                                 // outputs accumulated in out_s
@@ -309,15 +324,7 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
           __syncthreads();
           for (int64_t c = 0; c < iwc; ++c) {
             const int64_t row = kFwd && single ? inv[iw0 + c] : iw0 + c;
-            Acc a[kRP], bv[kRO];
-#pragma unroll
-            for (int r = 0; r < kRP; ++r) a[r] = in_s[row * TP + pg + PG * r];
-#pragma unroll
-            for (int s = 0; s < kRO; ++s) bv[s] = w_s[c * OC + og + OG * s];
-#pragma unroll
-            for (int r = 0; r < kRP; ++r)
-#pragma unroll
-              for (int s = 0; s < kRO; ++s) acc[r][s] += a[r] * bv[s];
+            tile_fma(acc, in_s + row * TP + pg, PG, w_s + c * OC + og, OG);
           }
           __syncthreads();
         }
@@ -445,15 +452,7 @@ __device__ __forceinline__ void cl_group_gemm(SK_GLOBAL(const T) w, const Acc* i
       __syncthreads();
       for (int64_t c = 0; c < iwc; ++c) {
         const int64_t row = kFwd ? sconv_src_channel(k, i0 + c, d.cg, d.sg, d.cs) : k * d.mg + i0 + c;
-        Acc a[kRP], bv[kRO];
-#pragma unroll
-        for (int r = 0; r < kRP; ++r) a[r] = in_s[row * TP + pg + PG * r];
-#pragma unroll
-        for (int s = 0; s < kRO; ++s) bv[s] = w_s[c * OC + og + OG * s];
-#pragma unroll
-        for (int r = 0; r < kRP; ++r)
-#pragma unroll
-          for (int s = 0; s < kRO; ++s) acc[r][s] += a[r] * bv[s];
+        tile_fma(acc, in_s + row * TP + pg, PG, w_s + c * OC + og, OG);
       }
       __syncthreads();
       // Each W' chunk's sums are added to out_s (each element owned by one thread): a blocked sum, as accurate
