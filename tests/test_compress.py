@@ -259,13 +259,19 @@ def _acc(fn, data):
         return 100.0 * (fn(x).argmax(1) == data.val.labels).float().mean().item()
 
 
-def test_int8_accuracy_close_to_fp32_and_saved_program_round_trips(trained_student, tmp_path):
-    pytest.importorskip("torchao")
-    from shufflekern.compress import export_program, load_program, quantize_int8
+def _eval_student_and_calib(trained_student, images):
+    """The trained student in eval mode, the data, and calibration batches of 32 from the first `images`."""
     path, data = trained_student
     model, _ = load_checkpoint_model(path)
     model.eval()
-    calib = [torch.stack([data.train[i][0] for i in range(s, s + 32)]) for s in range(0, 256, 32)]
+    calib = [torch.stack([data.train[i][0] for i in range(s, s + 32)]) for s in range(0, images, 32)]
+    return model, data, calib
+
+
+def test_int8_accuracy_close_to_fp32_and_saved_program_round_trips(trained_student, tmp_path):
+    pytest.importorskip("torchao")
+    from shufflekern.compress import export_program, load_program, quantize_int8
+    model, data, calib = _eval_student_and_calib(trained_student, 256)
     example = calib[0][:16]
     q = quantize_int8(model, calib, example)
     acc32, acc8 = _acc(model, data), _acc(q, data)
@@ -303,10 +309,7 @@ def test_shuffle_aware_int8_runs_cat_shuffle_and_chunk_on_uint8(trained_student)
     pytest.importorskip("torchao")
     from shufflekern.compress import quantize_int8
     aten = torch.ops.aten
-    path, data = trained_student
-    model, _ = load_checkpoint_model(path)
-    model.eval()
-    calib = [torch.stack([data.train[i][0] for i in range(s, s + 32)]) for s in range(0, 128, 32)]
+    model, data, calib = _eval_student_and_calib(trained_student, 128)
     x = calib[0][:5]
     targets = (aten.cat.default, aten.transpose.int, aten.chunk.default)
     q = quantize_int8(model, calib, x)
@@ -364,10 +367,7 @@ def test_compile_int8_stays_frozen_under_inference_mode(trained_student):
     from torch._dynamo.utils import counters
 
     from shufflekern.compress import compile_int8, quantize_int8
-    path, data = trained_student
-    model, _ = load_checkpoint_model(path)
-    model.eval()
-    calib = [torch.stack([data.train[i][0] for i in range(s, s + 32)]) for s in range(0, 64, 32)]
+    model, data, calib = _eval_student_and_calib(trained_student, 64)
     x = calib[0][:16]
     q = quantize_int8(model, calib, x)
     counters.clear()
