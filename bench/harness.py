@@ -1,8 +1,17 @@
 """The one benchmark harness: every bench_<op>.py case times its providers through `measure`.
 
-pytest-benchmark is the timing engine (pedantic mode: explicit warm-up and rounds); this module adds
-the modes (fwd / bwd / fwd+bwd), the 20/80% quantiles, peak memory and the labels that the report
+pytest-benchmark runs each case (pedantic mode: explicit warm-up and rounds); this module adds the modes
+(fwd / bwd / fwd+bwd), the 20/80% quantiles, peak memory and the labels that the report
 (`python -m shufflekern bench`, bench/report.py) turns into the long CSV, the table and the plots.
+
+The figures the report uses are timed with the providers of a case interleaved round by round: the
+machines this runs on are shared and noisy (the same case moves by +-25% between runs), so timing each
+provider in its own block of rounds let a slow spell land on one provider (channel_shuffle NCHW fwd+bwd
+read 0.70x native in one run and 0.93x in the next, with the kernels at parity when interleaved).  Each
+provider's test registers its callable; when the next case begins (or the session ends) the case's
+providers are timed together, in alternating order (ABCD, DCBA, ...), over the sum of their time budgets,
+and those samples replace each provider's medians and quantiles (`interleaved` = how many providers shared
+the rounds).
 """
 import ctypes
 import gc
@@ -130,6 +139,9 @@ def measure(benchmark, *, op, provider, mode, shape, dtype, fn, inputs, layout="
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if grad_inputs is None:
         grad_inputs = [t.is_floating_point() for t in inputs]
+    group = (op, mode, shape, layout, str(dtype).replace("torch.", ""))
+    if _pending and _pending[0]["group"] != group:
+        flush()  # the previous case's providers, before this case's warm-up (and compilation)
     # `python -m shufflekern bench` splits the time budget over its passes.
     scale = float(os.environ.get("SHUFFLEKERN_BENCH_BUDGET_SCALE", "1"))
     budget_s *= scale
@@ -161,15 +173,45 @@ def measure(benchmark, *, op, provider, mode, shape, dtype, fn, inputs, layout="
         target(*args)
         _sync(device)
 
-    benchmark.pedantic(timed, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
-    data = sorted(benchmark.stats.stats.data)
-    q = statistics.quantiles(data, n=10, method="inclusive") if len(data) > 1 else [data[0]] * 9
+    # pytest-benchmark's own rounds (its table; a fallback if a case has a single provider): few, since the
+    # interleaved rounds below take the time budget.
+    benchmark.pedantic(timed, setup=setup, rounds=min(rounds, min_rounds), iterations=1, warmup_rounds=0)
     info = benchmark.extra_info
     info.update(op=op, provider=provider, mode=mode, shape=shape, layout=layout,
-                dtype=str(dtype).replace("torch.", ""), median_s=statistics.median(data),
-                q20_s=q[1], q80_s=q[7], rounds=len(data))
+                dtype=str(dtype).replace("torch.", ""), **_stats(benchmark.stats.stats.data))
     if memory and os.environ.get("SHUFFLEKERN_BENCH_SKIP_MEMORY") != "1":  # (measured in the first pass only)
         info["peak_bytes"] = peak_memory_bytes(target, setup, device)
     if extra:
         info.update(extra)
+    _pending.append(dict(group=group, call=call, one=one, budget=budget_s, info=info,
+                         min_rounds=min_rounds, max_rounds=max_rounds))
     return info
+
+
+def _stats(data):
+    data = sorted(data)
+    q = statistics.quantiles(data, n=10, method="inclusive") if len(data) > 1 else [data[0]] * 9
+    return dict(median_s=statistics.median(data), q20_s=q[1], q80_s=q[7], rounds=len(data))
+
+
+_pending = []  # the current case's providers: measured, waiting to be timed together
+
+
+def flush():
+    """Time the pending case's providers interleaved (ABCD, DCBA, ...) over the sum of their budgets and
+    put those samples in their results.  bench/conftest.py calls it at the end of the session too."""
+    members = list(_pending)
+    _pending.clear()
+    if len(members) < 2:
+        return
+    per_round = sum(max(m["one"], 1e-7) for m in members)
+    budget = sum(m["budget"] for m in members)
+    rounds = int(min(min(m["max_rounds"] for m in members),
+                     max(max(m["min_rounds"] for m in members), budget / per_round)))
+    samples = [[] for _ in members]
+    order = list(range(len(members)))
+    for r in range(rounds):
+        for i in (order if r % 2 == 0 else order[::-1]):
+            samples[i].append(members[i]["call"]())
+    for m, data in zip(members, samples):
+        m["info"].update(_stats(data), interleaved=len(members))

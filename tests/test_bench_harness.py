@@ -1,0 +1,69 @@
+"""bench/harness.py: the providers of a case are timed interleaved, round by round, and those samples are
+what the report reads (the bench itself only measures; this checks the bookkeeping)."""
+import os
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import harness  # noqa: E402
+
+
+class _Stats:
+    def __init__(self):
+        self.data = []
+
+
+class FakeBenchmark:
+    """The part of pytest-benchmark's fixture that harness.measure uses."""
+
+    def __init__(self):
+        self.extra_info = {}
+        self.stats = type("S", (), {"stats": _Stats()})()
+
+    def pedantic(self, target, setup=None, rounds=1, iterations=1, warmup_rounds=0):
+        import time
+        for _ in range(rounds):
+            args = setup() if setup else ()
+            t0 = time.perf_counter()
+            target(*args)
+            self.stats.stats.data.append(time.perf_counter() - t0)
+
+
+def _measure(calls, provider, shape="s1", mode="fwd"):
+    x = torch.ones(4)
+
+    def fn(t):
+        calls.append(provider)
+        return t * 2
+
+    b = FakeBenchmark()
+    harness.measure(b, op="toy", provider=provider, mode=mode, shape=shape, dtype=x.dtype, fn=fn, inputs=[x],
+                    memory=False, budget_s=0.002, min_rounds=6, max_rounds=20)
+    return b.extra_info
+
+
+def test_case_providers_are_timed_interleaved_in_alternating_order():
+    harness._pending.clear()
+    calls = []
+    a = _measure(calls, "A")
+    b = _measure(calls, "B")
+    c = _measure(calls, "C")
+    assert "interleaved" not in a  # not yet: the case's other providers may follow
+    before = len(calls)
+    other = _measure(calls, "A", shape="s2")  # a new case: the previous one is timed now
+    timed = calls[before:]
+    rounds = a["rounds"]
+    assert a["interleaved"] == b["interleaved"] == c["interleaved"] == 3
+    assert a["rounds"] == b["rounds"] == c["rounds"] >= 6
+    seq = timed[:3 * rounds]  # then the new case's own calls (warm-up, rounds)
+    assert len(timed) > 3 * rounds and set(timed[3 * rounds:]) == {"A"}
+    for r in range(rounds):
+        expect = ["A", "B", "C"] if r % 2 == 0 else ["C", "B", "A"]
+        assert seq[3 * r:3 * r + 3] == expect, (r, seq[3 * r:3 * r + 3])
+    for info in (a, b, c):
+        assert info["q20_s"] <= info["median_s"] <= info["q80_s"]
+    harness.flush()  # the pending single-provider case keeps its own rounds
+    assert "interleaved" not in other and other["rounds"] >= 1
+    assert harness._pending == []
