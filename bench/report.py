@@ -21,17 +21,19 @@ def load(paths):
     """(first pass's document, rows merged over the passes) of one or more pytest-benchmark JSONs."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     docs, rows = [], []
-    for path in paths:
+    for i, path in enumerate(paths):
         with open(path) as f:
             docs.append(json.load(f))
-        rows += [b["extra_info"] for b in docs[-1]["benchmarks"] if "median_s" in b.get("extra_info", {})]
+        rows += [dict(b["extra_info"], pass_index=i) for b in docs[-1]["benchmarks"]
+                 if "median_s" in b.get("extra_info", {})]
     return docs[0], merge_passes(rows)
 
 
 def merge_passes(rows):
     """One row per (case, provider): the median of the passes' medians (and of their quantiles), the
-    rounds summed, the largest peak memory.  The passes run the providers in alternating order, so a slow
-    spell of a shared machine that hits one provider's block in one pass is outvoted."""
+    rounds summed, the largest peak memory, and each pass's median (`by_pass`, for `ratio`).  The passes run
+    the providers in alternating order, so a slow spell of a shared machine that hits one provider's block
+    in one pass is outvoted."""
     by = defaultdict(list)
     for r in rows:
         by[tuple(r[k] for k in KEY) + (r["provider"],)].append(r)
@@ -42,6 +44,7 @@ def merge_passes(rows):
             m[k] = statistics.median(r[k] for r in same)
         m["rounds"] = sum(r.get("rounds", 0) for r in same)
         m["passes"] = len(same)
+        m["by_pass"] = {r["pass_index"]: r["median_s"] for r in same if "pass_index" in r}
         peaks = [r["peak_bytes"] for r in same if r.get("peak_bytes") is not None]
         m["peak_bytes"] = max(peaks) if peaks else None
         out.append(m)
@@ -77,17 +80,28 @@ def group(rows):
     return cases
 
 
+def ratio(case, p):
+    """Provider p's time over ours in one case: the median over the passes of the ratio measured within each
+    pass (the providers of a case are timed interleaved in a pass, bench/harness.py), so a pass in which one
+    provider alone ran slow moves the ratio less than it moves that provider's median; the ratio of the
+    merged medians where the passes are not known."""
+    a, b = case[p].get("by_pass") or {}, case[OURS].get("by_pass") or {}
+    common = sorted(set(a) & set(b))
+    if common:
+        return statistics.median(a[i] / b[i] for i in common)
+    return case[p]["median_s"] / case[OURS]["median_s"]
+
+
 def speedups(cases):
-    """{(op, mode, layout, dtype, other): [ratio per shape]} of other's median over ours."""
+    """{(op, mode, layout, dtype, other): [ratio per shape]} of other's time over ours (`ratio`)."""
     out = defaultdict(list)
     for key, provs in cases.items():
         if OURS not in provs:
             continue
-        ours = provs[OURS]["median_s"]
         op, mode, _shape, layout, dtype = key
-        for p, r in provs.items():
+        for p in provs:
             if p != OURS:
-                out[(op, mode, layout, dtype, p)].append(r["median_s"] / ours)
+                out[(op, mode, layout, dtype, p)].append(ratio(provs, p))
     return out
 
 
@@ -122,8 +136,7 @@ def table(cases):
             c = cases[k]
             cells = [k[1], k[2], k[3] or "-", k[4]]
             cells += [fmt_ms(c[p]) if p in c else "" for p in provs]
-            cells += [f"{c[p]['median_s'] / c[OURS]['median_s']:.2f}" if p in c and OURS in c else ""
-                      for p in others]
+            cells += [f"{ratio(c, p):.2f}" if p in c and OURS in c else "" for p in others]
             cells.append(min(c, key=lambda p: c[p]["median_s"]))
             if len(head) > len(cells):
                 cells += [f"{c[p]['peak_bytes'] / 1e6:.1f}" if p in c and c[p].get("peak_bytes") is not None
@@ -134,7 +147,7 @@ def table(cases):
 
 
 def summary(cases):
-    lines = ["### Geometric-mean speed-up of shufflekern (other provider's median / ours)", "",
+    lines = ["### Geometric-mean speed-up of shufflekern (other provider's time / ours, per pass, `ratio`)", "",
              "| op | mode | layout | dtype | vs | shapes | speed-up |", "|---|---|---|---|---|---|---|"]
     for (op, mode, layout, dtype, p), xs in sorted(speedups(cases).items()):
         lines.append(f"| {op} | {mode} | {layout or '-'} | {dtype} | {p} | {len(xs)} | {geomean(xs):.2f}x |")
@@ -149,7 +162,7 @@ def plots(cases, out_dir):
     paths = []
     by_op = defaultdict(dict)
     for (op, mode, shape, layout, dtype, p), xs in (
-            ((k[0], k[1], k[2], k[3], k[4], p), c[p]["median_s"] / c[OURS]["median_s"])
+            ((k[0], k[1], k[2], k[3], k[4], p), ratio(c, p))
             for k, c in cases.items() if OURS in c for p in c if p != OURS):
         by_op[op][(mode, shape, layout, dtype, p)] = xs
     for op, vals in by_op.items():

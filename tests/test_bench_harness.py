@@ -57,11 +57,11 @@ def test_case_providers_are_timed_interleaved_in_alternating_order():
     rounds = a["rounds"]
     assert a["interleaved"] == b["interleaved"] == c["interleaved"] == 3
     assert a["rounds"] == b["rounds"] == c["rounds"] >= 6
-    seq = timed[:3 * rounds]  # then the new case's own calls (warm-up, rounds)
-    assert len(timed) > 3 * rounds and set(timed[3 * rounds:]) == {"A"}
+    seq = timed[:6 * rounds]  # each provider twice a round (warm, timed); then the new case's own calls
+    assert len(timed) > 6 * rounds and set(timed[6 * rounds:]) == {"A"}
     for r in range(rounds):
-        expect = ["A", "B", "C"] if r % 2 == 0 else ["C", "B", "A"]
-        assert seq[3 * r:3 * r + 3] == expect, (r, seq[3 * r:3 * r + 3])
+        expect = ["A", "A", "B", "B", "C", "C"] if r % 2 == 0 else ["C", "C", "B", "B", "A", "A"]
+        assert seq[6 * r:6 * r + 6] == expect, (r, seq[6 * r:6 * r + 6])
     for info in (a, b, c):
         assert info["q20_s"] <= info["median_s"] <= info["q80_s"]
     harness.flush()  # the pending single-provider case keeps its own rounds
