@@ -1,10 +1,10 @@
 """End-to-end ShuffleNet speed with the providers interleaved step by step (the fused models' speed targets).
 
-`python -m shufflekern bench --ops models` times each provider in its own block of rounds; on a shared,
-noisy machine a block can land in a slow spell, and sequential ratios of the same models moved by ±25%
-between runs here.  This script builds every provider of a model once and then runs them in alternating
-order (ABCD, DCBA, ...) so that a slow spell hits all alike; the medians and ratios it prints come from one
-run.  Providers as in bench/bench_models.py: the fused model (`sk.fuse`; inference: BatchNorm folded) and
+`python -m shufflekern bench --ops models` also interleaves a case's providers (bench/harness.py), but one
+case at a time and within pytest; this script builds every provider of a model once and then runs them in
+alternating order (ABCD, DCBA, ...) for every case asked, so that a slow spell of a shared, noisy machine
+(sequential ratios of the same models moved by ±25% between runs here) hits all alike; the medians and
+ratios it prints come from one run.  Providers as in bench/bench_models.py: the fused model (`sk.fuse`; inference: BatchNorm folded) and
 the eager model, each in NCHW and channels_last; `--compile` adds torch.compile of the eager model and of the
 fused model (compile_fused), both channels_last.
 
