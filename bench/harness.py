@@ -12,9 +12,8 @@ provider's test registers its callable; when the next case begins (or the sessio
 providers are timed together, in alternating order (ABCD, DCBA, ...), over the sum of their time budgets,
 and those samples replace each provider's medians and quantiles (`interleaved` = how many providers shared
 the rounds).  In a round each provider runs twice, the second call timed (as scripts/models_interleaved.py
-does): its operands are as warm as in back-to-back rounds, not evicted by the other providers' calls (that
-regime measured our channels_last shuffle_conv1x1 forward at 0.84x oneDNN's conv instead of ~1.05x; cold
-operands are a different benchmark).
+does), so that its operands are as warm as in back-to-back rounds rather than evicted by the other providers'
+calls (cold operands are a different benchmark).
 """
 import ctypes
 import gc
