@@ -89,6 +89,9 @@ TORCH_LIBRARY(shufflekern, m) {
         "Tensor? bd1, Tensor? wp1, Tensor? bp1, int stride) -> Tensor");
   m.def("unit_v1(Tensor x, Tensor w1, Tensor b1, Tensor wd, Tensor bd, Tensor w3, Tensor b3, int groups1, "
         "int groups3, int stride) -> Tensor");
+  // max_pool3x3s2: F.max_pool2d(x, 3, 2, 1) without indices (ShuffleNet's stem pool), CPU float32/float64, no
+  // autograd: the fused models' stem at inference (csrc/cpu/max_pool.cpp).
+  m.def("max_pool3x3s2(Tensor x) -> Tensor");
   // ---- end whole-unit kernels ------------------------------------------------------------------------------
 }
 

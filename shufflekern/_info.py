@@ -36,6 +36,9 @@ def info() -> dict:
         "shufflekern::unit_v2 / unit_v1 (one op a ShuffleNet unit) for float32/float64 CPU inputs in an eval "
         "model fused with BatchNorm folded, when no gradient is needed; other dtypes, CUDA tensors, train mode "
         "or autograd: the per-op fused path")
+    usable["stem pool (fused models)"] = (
+        "shufflekern::max_pool3x3s2 (no indices) for float32/float64 CPU input when no gradient is needed; "
+        "otherwise nn.MaxPool2d (ATen)")
     # ---- end whole-unit inference ops ----
     return {
         "shufflekern": _version("shufflekern") or "source tree",

@@ -169,4 +169,11 @@ def _unit_v1_fake(x, w1, b1, wd, bd, w3, b3, groups1, groups3, stride):
 
 torch.library.register_fake("shufflekern::unit_v2")(_unit_v2_fake)
 torch.library.register_fake("shufflekern::unit_v1")(_unit_v1_fake)
+
+
+@torch.library.register_fake("shufflekern::max_pool3x3s2")
+def _max_pool3x3s2_fake(x):
+    torch._check(x.dim() == 4, lambda: f"max_pool3x3s2: x must be 4-D [N, C, H, W], got {x.dim()}-D")
+    n, c, h, w = x.shape
+    return _nchw(x, n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1)
 # ---- end unit ops ------------------------------------------------------------------------------------------

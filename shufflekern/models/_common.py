@@ -172,6 +172,31 @@ class ReLUInBatchNorm(nn.Identity):
         return "applied by the BatchNormReLU2d before it"
 
 
+class MaxPool3x3s2(nn.MaxPool2d):
+    """nn.MaxPool2d(3, 2, 1), ShuffleNet's stem pool (same attributes; `sk.fuse` puts it in place of one and
+    `sk.unfuse` puts the nn.MaxPool2d back).  With a float32/float64 CPU batch and no gradient needed, its
+    forward is shufflekern::max_pool3x3s2 (no indices: ATen's CPU max_pool2d computes and drops them; 1.43x
+    faster on the [16, 24, 112, 112] channels_last stem output, Zen 4, 2 threads); otherwise nn.MaxPool2d's."""
+
+    def __init__(self):
+        super().__init__(3, 2, 1)
+
+    @staticmethod
+    def replaces(m):
+        def pair(v):
+            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+        return (type(m) is nn.MaxPool2d and pair(m.kernel_size) == (3, 3) and pair(m.stride) == (2, 2)
+                and pair(m.padding) == (1, 1) and pair(m.dilation) == (1, 1) and not m.ceil_mode
+                and not m.return_indices)
+
+    def forward(self, x):
+        if (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() == 4 and x.shape[2] > 0
+                and x.shape[3] > 0 and x.dtype in (torch.float32, torch.float64)
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            return torch.ops.shufflekern.max_pool3x3s2(x)
+        return super().forward(x)
+
+
 def check_mids(mid_channels, n, who):
     """mid_channels: None (the default widths) or one positive int (or None) per unit."""
     if mid_channels is None:

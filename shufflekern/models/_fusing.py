@@ -10,10 +10,11 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from ._common import BatchNormReLU2d, ReLUInBatchNorm
+from ._common import BatchNormReLU2d, MaxPool3x3s2, ReLUInBatchNorm
 from ._common import fold_bn as _fold
 
-__all__ = ["UnitRule", "register", "rules", "fuse_in_place", "unfuse_in_place", "join_bn_relu", "split_bn_relu"]
+__all__ = ["UnitRule", "register", "rules", "fuse_in_place", "unfuse_in_place", "join_bn_relu", "split_bn_relu",
+           "swap_pools"]
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,20 @@ def split_bn_relu(model):
     return model
 
 
+def swap_pools(model, to_fused=True):
+    """Every nn.MaxPool2d(3, 2, 1) child -> MaxPool3x3s2 (to_fused), or back (in place)."""
+    for parent in list(model.modules()):
+        for name, m in list(parent._modules.items()):
+            if to_fused and MaxPool3x3s2.replaces(m):
+                parent._modules[name] = MaxPool3x3s2().train(m.training)
+            elif not to_fused and type(m) is MaxPool3x3s2:
+                parent._modules[name] = nn.MaxPool2d(3, 2, 1).train(m.training)
+    return model
+
+
 def fuse_in_place(model, fold_bn):
     """`model` with its units fused (converted in place where possible; returns the result)."""
-    model = _swap(model, lambda m: _first("fuse", m))
+    model = swap_pools(_swap(model, lambda m: _first("fuse", m)))
     for r in _RULES.values():
         if r.after_fuse is not None:
             model = r.after_fuse(model)
@@ -135,7 +147,7 @@ def _prepack_all(model):
 
 def unfuse_in_place(model):
     """`model` with its units eager again and its BatchNorm + ReLU pairs split (BN folds stay folded)."""
-    model = _swap(split_bn_relu(model), lambda m: _first("unfuse", m))
+    model = swap_pools(_swap(split_bn_relu(model), lambda m: _first("unfuse", m)), to_fused=False)
     for r in _RULES.values():
         if r.after_unfuse is not None:
             model = r.after_unfuse(model)
