@@ -9,7 +9,7 @@ the eager model, each in NCHW and channels_last; `--compile` adds torch.compile 
 fused model (compile_fused), both channels_last.
 
     PYTHONPATH=. python scripts/models_interleaved.py [--steps 12] [--settle 3] [--models v1_g3,v2] [--compile]
-        [--cases infer16,train16] [--threads N] [--tune-malloc]
+        [--cases infer16,train16] [--formats nchw,cl] [--threads N] [--tune-malloc]
 """
 import argparse
 import statistics
@@ -52,8 +52,8 @@ def provider(name, kind, fmt, train, batch):
     return step
 
 
-def run(name, train, batch, steps, with_compile, settle=1):
-    kinds = [("fused", f) for f in FORMATS] + [("eager", f) for f in FORMATS]
+def run(name, train, batch, steps, with_compile, settle=1, formats=tuple(FORMATS)):
+    kinds = [("fused", f) for f in formats] + [("eager", f) for f in formats]
     if with_compile:
         kinds += [("compile", "cl"), ("compile_fused", "cl")]
     fns = {f"{k}_{f}": provider(name, k, f, train, batch) for k, f in kinds}
@@ -70,8 +70,8 @@ def run(name, train, batch, steps, with_compile, settle=1):
             fns[k]()
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    fused = min(med["fused_nchw"], med["fused_cl"])
-    eager = min(med["eager_nchw"], med["eager_cl"])
+    fused = min(med[f"fused_{f}"] for f in formats)
+    eager = min(med[f"eager_{f}"] for f in formats)
     cells = " | ".join(f"{med[k]:.1f}" for k in order)
     vs_compile = ""
     if with_compile:
@@ -94,6 +94,9 @@ def main():
     ap.add_argument("--cases", default="infer16,train16",
                     help="comma-separated, of infer1, infer16, train16 (inference at batch 1 / 16, training "
                          "step at batch 16; default infer16,train16)")
+    ap.add_argument("--formats", default="nchw,cl",
+                    help="memory formats of the fused and eager providers (default nchw,cl; `cl` alone interleaves "
+                         "fewer providers, which changes the cache and allocator state each one starts from)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tune-malloc", action="store_true",
                     help="sk.tune_malloc() first: glibc keeps freed memory instead of faulting it in again every "
@@ -108,9 +111,12 @@ def main():
     for c in a.cases.split(","):
         if c.strip() not in cases:
             ap.error(f"--cases: unknown case {c!r}, expected some of {sorted(cases)}")
+    formats = tuple(f.strip() for f in a.formats.split(","))
+    if not formats or any(f not in FORMATS for f in formats) or len(set(formats)) != len(formats):
+        ap.error(f"--formats: expected distinct values of {sorted(FORMATS)}, got {a.formats!r}")
     for name in a.models.split(","):
         for train, batch in (cases[c.strip()] for c in a.cases.split(",")):
-            row, order = run(name.strip(), train, batch, a.steps, a.compile, a.settle)
+            row, order = run(name.strip(), train, batch, a.steps, a.compile, a.settle, formats)
             print(row, flush=True)
             rows.append(row)
             header = order
