@@ -37,6 +37,17 @@ SK_HOST_DEVICE inline SconvBlock sconv_block(int64_t k, int64_t b, int64_t cg, i
   return SconvBlock{b * cs + a0, a1 - a0, a0 * sg + b - k * cg};
 }
 
+// Group k's columns in the packed order: f(q, col, src) for q = 0 .. Cg-1, block by block, where weight column
+// col (the unpacked index j) reads x channel src.
+template <typename F>
+SK_HOST_DEVICE inline void sconv_packed_columns(int64_t k, int64_t cg, int64_t sg, int64_t cs, F&& f) {
+  int64_t q = 0;
+  for (int64_t b = 0; b < sg; ++b) {
+    const SconvBlock blk = sconv_block(k, b, cg, sg, cs);
+    for (int64_t t = 0; t < blk.len; ++t, ++q) f(q, blk.col_begin + t * sg, blk.src_begin + t);
+  }
+}
+
 // x channel read by column j of group k's weight (the unpacked order).
 SK_HOST_DEVICE inline int64_t sconv_src_channel(int64_t k, int64_t j, int64_t cg, int64_t sg, int64_t cs) {
   return shuffle_src_channel(k * cg + j, sg, cs);

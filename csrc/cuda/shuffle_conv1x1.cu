@@ -236,14 +236,10 @@ __device__ __forceinline__ void sconv_gemm(SK_GLOBAL(const T) in, SK_GLOBAL(cons
   if (tid == 0 && !packed) {
     for (int64_t q = 0; q < d.cg; ++q) tab[q] = inv[q] = int(q);
   } else if (tid == 0) {
-    int64_t q = 0;
-    for (int64_t b = 0; b < d.sg; ++b) {
-      const SconvBlock blk = sconv_block(k, b, d.cg, d.sg, d.cs);
-      for (int64_t t = 0; t < blk.len; ++t, ++q) {
-        tab[q] = int(blk.col_begin + t * d.sg);
-        inv[blk.col_begin + t * d.sg] = int(q);
-      }
-    }
+    sconv_packed_columns(k, d.cg, d.sg, d.cs, [&](int64_t q, int64_t col, int64_t) {
+      tab[q] = int(col);
+      inv[col] = int(q);
+    });
   }
   __syncthreads();
   const bool in_pfast = lin.s_hw == 1, out_pfast = lout.s_hw == 1;
@@ -619,14 +615,10 @@ __device__ __forceinline__ void gw_group_tile(SK_GLOBAL(const T) gy, SK_GLOBAL(c
       chs[q] = int(sconv_src_channel(k, q, d.cg, d.sg, d.cs));
     }
   } else if (tid == 0) {
-    int64_t q = 0;
-    for (int64_t r = 0; r < d.sg; ++r) {
-      const SconvBlock blk = sconv_block(k, r, d.cg, d.sg, d.cs);
-      for (int64_t e = 0; e < blk.len; ++e, ++q) {
-        tab[q] = int(blk.col_begin + e * d.sg);
-        chs[q] = int(blk.src_begin + e);
-      }
-    }
+    sconv_packed_columns(k, d.cg, d.sg, d.cs, [&](int64_t q, int64_t col, int64_t src) {
+      tab[q] = int(col);
+      chs[q] = int(src);
+    });
   }
   // channels_last with pixel vectors of whole sectors: aligned pieces (stage_pieces)
   const int64_t tsz = int64_t(sizeof(T));
@@ -951,11 +943,7 @@ __global__ void _shuffle_conv1x1_grad_weight_kernel(SK_GLOBAL(const T) gy, SK_GL
   if (tid == 0 && xfast) {
     for (int64_t q = 0; q < d.cg; ++q) tab[q] = int(q);
   } else if (tid == 0) {
-    int64_t q = 0;
-    for (int64_t b = 0; b < d.sg; ++b) {
-      const SconvBlock blk = sconv_block(k, b, d.cg, d.sg, d.cs);
-      for (int64_t t = 0; t < blk.len; ++t, ++q) tab[q] = int(blk.col_begin + t * d.sg);
-    }
+    sconv_packed_columns(k, d.cg, d.sg, d.cs, [&](int64_t q, int64_t col, int64_t) { tab[q] = int(col); });
   }
   __syncthreads();
   for (int64_t m0 = 0; m0 < d.mg; m0 += MC) {
@@ -1081,10 +1069,7 @@ double cl_piece_sectors(const Dims& d, int64_t groups, size_t t_size, int64_t ch
   for (int64_t k = 0; k < groups; ++k) {
     chs.clear();
     if (x_side) {
-      for (int64_t b = 0; b < d.sg; ++b) {
-        const SconvBlock blk = sconv_block(k, b, d.cg, d.sg, d.cs);
-        for (int64_t e = 0; e < blk.len; ++e) chs.push_back(blk.src_begin + e);
-      }
+      sconv_packed_columns(k, d.cg, d.sg, d.cs, [&](int64_t, int64_t, int64_t src) { chs.push_back(src); });
     } else {
       for (int64_t m = 0; m < d.mg; ++m) chs.push_back(k * d.mg + m);
     }
