@@ -2,6 +2,7 @@
 BatchNorm [+ residual] + ReLU in one op."""
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from .. import _backend
 
@@ -183,10 +184,8 @@ class MaxPool3x3s2(nn.MaxPool2d):
 
     @staticmethod
     def replaces(m):
-        def pair(v):
-            return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-        return (type(m) is nn.MaxPool2d and pair(m.kernel_size) == (3, 3) and pair(m.stride) == (2, 2)
-                and pair(m.padding) == (1, 1) and pair(m.dilation) == (1, 1) and not m.ceil_mode
+        return (type(m) is nn.MaxPool2d and _pair(m.kernel_size) == (3, 3) and _pair(m.stride) == (2, 2)
+                and _pair(m.padding) == (1, 1) and _pair(m.dilation) == (1, 1) and not m.ceil_mode
                 and not m.return_indices)
 
     def forward(self, x):
