@@ -67,3 +67,28 @@ def test_case_providers_are_timed_interleaved_in_alternating_order():
     harness.flush()  # the pending single-provider case keeps its own rounds
     assert "interleaved" not in other and other["rounds"] >= 1
     assert harness._pending == []
+
+
+def _measure_ptrs(seen, provider, x, shape="s3"):
+    def fn(t):
+        seen.setdefault(provider, set()).add(t.data_ptr())
+        return t * 2
+
+    harness.measure(FakeBenchmark(), op="toy", provider=provider, mode="fwd", shape=shape, dtype=x.dtype, fn=fn,
+                    inputs=[x], memory=False, budget_s=0.002, min_rounds=3, max_rounds=5)
+
+
+def test_providers_of_a_case_read_the_same_input_memory_when_their_inputs_are_equal():
+    harness._pending.clear()
+    seen = {}
+    _measure_ptrs(seen, "A", torch.arange(6.0).reshape(2, 3))
+    _measure_ptrs(seen, "B", torch.arange(6.0).reshape(2, 3))                  # equal: A's tensor is used
+    _measure_ptrs(seen, "C", torch.arange(6.0).reshape(2, 3) + 1)              # other values: its own
+    _measure_ptrs(seen, "D", torch.arange(6.0).reshape(3, 2).t().contiguous())  # other layout/values: its own
+    _measure_ptrs(seen, "E", torch.arange(6.0).reshape(3, 2).t())              # other strides: its own
+    # the next case (it times the pending one first) never takes the previous case's tensors
+    _measure_ptrs(seen, "F", torch.arange(6.0).reshape(2, 3), shape="s4")
+    harness.flush()
+    assert len(seen["A"]) == 1 and seen["B"] == seen["A"]
+    for p in "CDEF":
+        assert seen[p].isdisjoint(seen["A"]), p
