@@ -649,38 +649,66 @@ inline void copy_run(T* dst, const T* src, int64_t len) {
   for (int64_t i = 0; i < len; ++i) dst[i] = src[i];
 }
 
+// channels_last grad_input: tiles and the next tile's prefetch as forward_nhwc (there the blocks are grad_out
+// and grad_x).
 template <typename T>
 void grad_input_nhwc(const SconvArgs& a) {
   const T* gy = static_cast<const T*>(a.in);
   T* gx = static_cast<T*>(a.out);
   const T* wp = static_cast<const T*>(a.wp);
   const int64_t pixels = a.n * a.hw;
-  const int64_t tiles = (pixels + kPixelTile - 1) / kPixelTile;
-  at::parallel_for(0, tiles * a.groups, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(Tables<T>::bytes(kPixelTile, a.mg) + kPixelTile * a.cgp * sizeof(T), "shuffle_conv1x1");
-    Tables<T> t(s, kPixelTile, a.mg);
+  const int64_t esize = static_cast<int64_t>(sizeof(T));
+  const int64_t pixel_bytes = (a.c_in + a.c_out) * esize;
+  const int64_t pt = std::clamp<int64_t>(kTileBytes / pixel_bytes / 16 * 16, 16, kPixelTile);
+  const int64_t tiles = (pixels + pt - 1) / pt;
+  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t gparts = tiles >= want ? 1 : std::min(a.groups, (want + tiles - 1) / tiles);
+  const bool ahead = gparts == 1 && pixels * a.c_out * esize > kPrefetchBytes;
+  const int64_t max_lines = ahead ? pt * pixel_bytes / 64 + 4 : 0;
+  at::parallel_for(0, tiles * gparts, 1, [&](int64_t begin, int64_t end) {
+    Scratch s(Tables<T>::bytes(pt, a.mg) + pt * a.cgp * esize + max_lines * sizeof(const char*),
+              "shuffle_conv1x1");
+    Tables<T> t(s, pt, a.mg);
     T* tile = static_cast<T*>(t.extra);
-    fill_stride(t.arow, kPixelTile, a.c_out);
+    const char** lines = reinterpret_cast<const char**>(tile + pt * a.cgp);
+    fill_stride(t.arow, pt, a.c_out);
+    auto add_lines = [&](const T* p, const T* q, int64_t& n) {
+      for (auto l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63); l < reinterpret_cast<uintptr_t>(q); l += 64)
+        lines[n++] = reinterpret_cast<const char*>(l);
+    };
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t k = task % a.groups;
-      const int64_t p0 = (task / a.groups) * kPixelTile;
-      const int64_t np = std::min(kPixelTile, pixels - p0);
-      const int64_t* runs = a.runs + k * a.max_runs * 3;
-      const bool direct = a.nruns[k] == 1;  // the group reads one contiguous channel range
-      for (int64_t m = 0; m < a.mg; ++m) t.brow[m] = wp + (k * a.mg + m) * a.cgp;
-      fill_stride(t.acol, a.mg, 1, k * a.mg);
-      for (int64_t r = 0; r < np; ++r) {
-        t.crows[r] = direct ? gx + (p0 + r) * a.c_in + runs[0] : tile + r * a.cgp;
+      const int64_t tl = task / gparts, part = task % gparts;
+      const int64_t k0 = part * a.groups / gparts, k1 = (part + 1) * a.groups / gparts;
+      const int64_t p0 = tl * pt;
+      const int64_t np = std::min(pt, pixels - p0);
+      int64_t nlines = 0, done = 0;
+      if (ahead && task + 1 < end) {
+        const int64_t q0 = p0 + np, q1 = std::min(pixels, q0 + pt);
+        add_lines(gy + q0 * a.c_out, gy + q1 * a.c_out, nlines);
+        add_lines(gx + q0 * a.c_in, gx + q1 * a.c_in, nlines);
       }
-      Gemm<T> g{np, a.cg, a.mg, gy + p0 * a.c_out, t.arow, t.acol, t.brow, 0, t.crows, 0, nullptr, nullptr};
-      g.b_padded = true;  // wp rows: cgp >= cg rounded up to 16
-      g.prefetch = pixels * a.c_out * static_cast<int64_t>(sizeof(T)) > kPrefetchBytes;
-      run_gemm<T>(g);
-      if (direct) continue;
-      for (int64_t r = 0; r < np; ++r) {
-        T* dst = gx + (p0 + r) * a.c_in;
-        const T* src = tile + r * a.cgp;
-        for (int64_t q = 0; q < a.nruns[k]; ++q) copy_run(dst + runs[3 * q], src + runs[3 * q + 2], runs[3 * q + 1]);
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t* runs = a.runs + k * a.max_runs * 3;
+        const bool direct = a.nruns[k] == 1;  // the group reads one contiguous channel range
+        for (int64_t m = 0; m < a.mg; ++m) t.brow[m] = wp + (k * a.mg + m) * a.cgp;
+        fill_stride(t.acol, a.mg, 1, k * a.mg);
+        for (int64_t r = 0; r < np; ++r) {
+          t.crows[r] = direct ? gx + (p0 + r) * a.c_in + runs[0] : tile + r * a.cgp;
+        }
+        Gemm<T> g{np, a.cg, a.mg, gy + p0 * a.c_out, t.arow, t.acol, t.brow, 0, t.crows, 0, nullptr, nullptr};
+        g.b_padded = true;  // wp rows: cgp >= cg rounded up to 16
+        if (done < nlines) {  // this GEMM's share of the next tile's lines
+          g.pf_lines = lines + done;
+          g.pf_count = (nlines - done + (k1 - k) - 1) / (k1 - k);
+          done += g.pf_count;
+        }
+        run_gemm<T>(g);
+        if (direct) continue;
+        for (int64_t r = 0; r < np; ++r) {
+          T* dst = gx + (p0 + r) * a.c_in;
+          const T* src = tile + r * a.cgp;
+          for (int64_t q = 0; q < a.nruns[k]; ++q) copy_run(dst + runs[3 * q], src + runs[3 * q + 2], runs[3 * q + 1]);
+        }
       }
     }
   });
