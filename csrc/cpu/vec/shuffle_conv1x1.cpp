@@ -102,26 +102,15 @@ struct Gemm {
   // B rows may be read up to N rounded up to 16 (the packed weights' zero padding): the K loop then loads
   // whole vectors even when the last C vector is partial (masked loads are slow on AMD).
   bool b_padded = false;
-  bool prefetch = false;  // A is large (see Prefetch)
-  const char* const* pf_lines = nullptr;  // lines of the caller's next task, one per K step (if !prefetch)
+  const char* const* pf_lines = nullptr;  // lines of the caller's next task, one per K step
   int64_t pf_count = 0;
 };
 
-// Cache lines of the next row tile (A lines to read, C lines to write), prefetched (into L2: prefetcht1) one
-// per K step by the microkernel working on the current tile.  channels_last rows are pixels, a few lines of a
-// group each and 100s of bytes apart, which the hardware prefetchers follow badly: ShuffleNetV1 g=3 stage 2 at
-// batch 16 (12 MB activations) ran its 20-column forward and grad_input 1.2-1.4x faster with it (Zen 4,
-// AVX-512, 1 thread).  In-cache operands (batch 1) ran 10-20% slower with it, so drivers ask for it only when
-// the A operand is larger than L2 (Gemm::prefetch).
-constexpr int kMaxPrefetch = 128;
+// Cache lines of the caller's next task, prefetched (into L2: prefetcht1) one per K step by the microkernel
+// working on the current tile (channels_last drivers: forward_nhwc, grad_input_nhwc, grad_weight_nhwc).
 struct Prefetch {
   const char* const* rd = nullptr;
-  const char* const* wr = nullptr;
-  int nrd = 0, nwr = 0;
-};
-struct PrefetchPlan {
-  const char* rd[kMaxPrefetch];
-  const char* wr[kMaxPrefetch];
+  int nrd = 0;
 };
 
 // C rows [i0, i0+MR) x columns [n0, n0+ncols), ncols in ((NV-1)*L, NV*L].
@@ -201,10 +190,9 @@ void micro_f32(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols, cons
   const float* const* brow = g.brow;
   const int64_t* acol = g.acol;
   const int64_t K = g.K;
-  const int npr = pf.nrd, npw = pf.nwr;
+  const int npr = pf.nrd;
   for (int64_t j = 0; j < K; ++j) {
     if (j < npr) __builtin_prefetch(pf.rd[j], 0, 2);
-    if (j < npw) __builtin_prefetch(pf.wr[j], 1, 2);
     const float* b = brow[j] + boff;
     typename S::V bv[NV];
 #pragma GCC unroll 4
@@ -262,10 +250,9 @@ void micro_f32_half(const Gemm<float>& g, int64_t i0, int64_t n0, int64_t ncols,
   const float* const* brow = g.brow;
   const int64_t* acol = g.acol;
   const int64_t K = g.K;
-  const int npr = pf.nrd, npw = pf.nwr;
+  const int npr = pf.nrd;
   for (int64_t j = 0; j < K; ++j) {
     if (j < npr) __builtin_prefetch(pf.rd[j], 0, 2);
-    if (j < npw) __builtin_prefetch(pf.wr[j], 1, 2);
     const float* b = brow[j] + boff;
     __m512 bv[NF > 0 ? NF : 1];
 #pragma GCC unroll 4
@@ -398,49 +385,14 @@ inline int64_t balanced(int64_t remaining, int64_t parts_left) {
   return (remaining + parts_left - 1) / parts_left;
 }
 
-// The lines of A rows [i0, i1) (columns [amin, amax]) and of C rows [i0, i1) (columns [n0, n0 + ncols)).
-template <typename T>
-void plan_prefetch(const Gemm<T>& g, int64_t i0, int64_t i1, int64_t amin, int64_t amax, int64_t n0,
-                   int64_t ncols, PrefetchPlan& pl, Prefetch& pf) {
-  pf.nrd = pf.nwr = 0;
-  pf.rd = pl.rd;
-  pf.wr = pl.wr;
-  auto lines = [](const T* p, const T* q, const char** out, int& n) {
-    const auto lo = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63);
-    const auto hi = reinterpret_cast<uintptr_t>(q);
-    for (uintptr_t l = lo; l < hi && n < kMaxPrefetch; l += 64) out[n++] = reinterpret_cast<const char*>(l);
-  };
-  for (int64_t i = i0; i < i1; ++i) {
-    lines(g.a + g.arow[i] + amin, g.a + g.arow[i] + amax + 1, pl.rd, pf.nrd);
-    const T* c = g.crows[i] + g.coff + n0;
-    lines(c, c + ncols, pl.wr, pf.nwr);
-  }
-}
-
 template <typename T>
 void run_gemm(const Gemm<T>& g) {
   static const MicroTable<T> table;
   constexpr int L = AVec<T>::size();
   const int64_t nvec = (g.N + L - 1) / L;
   const int64_t ntiles = (nvec + kMaxNV - 1) / kMaxNV;
-  // Prefetching pays for narrow C (N <= 24: few FMAs per A line loaded) and K >= 32 (the next tile's lines
-  // fit in the K steps) when a row's A columns span a few lines (channels_last forward / grad_input).
-  int64_t amin = 0, amax = 0;
-  bool prefetch = false;
-  if constexpr (std::is_same_v<T, float>) {
-    if (g.prefetch && g.K >= 32 && g.N <= 24) {
-      amin = amax = g.acol[0];
-      for (int64_t j = 1; j < g.K; ++j) {
-        amin = std::min(amin, g.acol[j]);
-        amax = std::max(amax, g.acol[j]);
-      }
-      prefetch = (amax - amin) < 8 * 64 / static_cast<int64_t>(sizeof(T));
-    }
-  }
   Prefetch pf;
-  PrefetchPlan plan;
   int64_t cursor = 0;
-  const bool spread = !prefetch && g.pf_count > 0;
   int64_t v0 = 0;
   for (int64_t t = 0; t < ntiles; ++t) {
     const int nv = static_cast<int>(balanced(nvec - v0, ntiles - t));
@@ -451,19 +403,9 @@ void run_gemm(const Gemm<T>& g) {
     int64_t i0 = 0;
     for (int64_t s = 0; s < mtiles; ++s) {
       const int r = static_cast<int>(balanced(g.M - i0, mtiles - s));
-      if (prefetch) {
-        if (s + 1 < mtiles) {
-          const int rn = static_cast<int>(balanced(g.M - i0 - r, mtiles - s - 1));
-          plan_prefetch(g, i0 + r, i0 + r + rn, amin, amax, n0, ncols, plan, pf);
-        } else {
-          pf.nrd = pf.nwr = 0;
-        }
-      }
-      if (spread) {
-        pf.rd = g.pf_lines + cursor;
-        pf.nrd = static_cast<int>(std::min<int64_t>(g.K, g.pf_count - cursor));
-        cursor += pf.nrd;
-      }
+      pf.rd = g.pf_lines + cursor;  // up to K lines a microkernel call; none once all are issued
+      pf.nrd = static_cast<int>(std::min<int64_t>(g.K, g.pf_count - cursor));
+      cursor += pf.nrd;
       table.fn[nv - 1][r - 1](g, i0, n0, ncols, pf);
       i0 += r;
     }
