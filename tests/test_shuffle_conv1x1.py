@@ -133,7 +133,7 @@ def test_native_narrow_columns_channels_last(cols):
     (4, 60, 40, 3, 40),   # grad_input: A = grad_out is 3 MB, K = 40, 20 columns
 ])
 def test_native_large_channels_last_prefetch(n, c, hw, sg, mg):
-    """Operands beyond L2 take the fp32 paths that prefetch the next row tile (forward, grad_input) or the next
+    """Operands beyond L2 take the fp32 paths that prefetch the next pixel tile (forward, grad_input) or the next
     pixel chunk (grad_weight with mg <= 24), csrc/cpu/vec/shuffle_conv1x1.cpp."""
     check_against_reference(n, c, hw, hw - 1, 3, sg, mg, torch.float32, torch.channels_last, bias=True)
 

@@ -491,52 +491,94 @@ void forward_nchw(const SconvArgs& a) {
 // 1.12-1.24x and 1.01-1.05x (64, 96 and 48 pixels).
 constexpr int64_t kTileBytes = 128 << 10;
 
+// Whether the microkernels for T issue Gemm::pf_lines (the fp32 SIMD ones do; the portable one does not).
+template <typename T>
+constexpr bool kPrefetches =
+#if defined(SK_F32_SIMD)
+    std::is_same_v<T, float>;
+#else
+    false;
+#endif
+
+// The pixel tiles of the channels_last forward and grad_input.  `read_channels`: channels of the tensor the
+// GEMMs read (x, grad_out), whose size decides the prefetch; `prefetches`: kPrefetches<T>.
+struct NhwcTiles {
+  int64_t pixels, pt, tiles, gparts, max_lines;
+  bool ahead;
+  NhwcTiles(const SconvArgs& a, int64_t esize, int64_t read_channels, bool prefetches) {
+    pixels = a.n * a.hw;
+    const int64_t pixel_bytes = (a.c_in + a.c_out) * esize;
+    pt = std::clamp<int64_t>(kTileBytes / pixel_bytes / 16 * 16, 16, kPixelTile);
+    tiles = (pixels + pt - 1) / pt;
+    const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
+    gparts = tiles >= want ? 1 : std::min(a.groups, (want + tiles - 1) / tiles);
+    ahead = prefetches && gparts == 1 && pixels * read_channels * esize > kPrefetchBytes;
+    max_lines = ahead ? pt * pixel_bytes / 64 + 4 : 0;
+  }
+  int64_t tasks() const { return tiles * gparts; }
+  // Task `task`: pixels [p0, p0 + np), groups [k0, k1).
+  void task(const SconvArgs& a, int64_t task, int64_t& p0, int64_t& np, int64_t& k0, int64_t& k1) const {
+    const int64_t part = task % gparts;
+    p0 = task / gparts * pt;
+    np = std::min(pt, pixels - p0);
+    k0 = part * a.groups / gparts;
+    k1 = (part + 1) * a.groups / gparts;
+  }
+};
+
+// The lines of the next tile's two blocks (u: cu channels a pixel, v: cv), handed to this tile's GEMMs in
+// equal shares.
+struct NextTileLines {
+  const char** lines;
+  int64_t n = 0, done = 0;
+  template <typename T>
+  void plan(const NhwcTiles& nt, bool has_next, int64_t p0, int64_t np, const T* u, int64_t cu, const T* v,
+            int64_t cv) {
+    n = done = 0;
+    if (!nt.ahead || !has_next) return;
+    const int64_t q0 = p0 + np, q1 = std::min(nt.pixels, q0 + nt.pt);
+    add(u + q0 * cu, u + q1 * cu);
+    add(v + q0 * cv, v + q1 * cv);
+  }
+  template <typename T>
+  void share(Gemm<T>& g, int64_t gemms_left) {
+    if (done >= n) return;
+    g.pf_lines = lines + done;
+    g.pf_count = (n - done + gemms_left - 1) / gemms_left;
+    done += g.pf_count;
+  }
+
+ private:
+  template <typename T>
+  void add(const T* p, const T* q) {
+    for (auto l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63); l < reinterpret_cast<uintptr_t>(q); l += 64)
+      lines[n++] = reinterpret_cast<const char*>(l);
+  }
+};
+
 template <typename T>
 void forward_nhwc(const SconvArgs& a) {
   const T* x = static_cast<const T*>(a.in);
   T* y = static_cast<T*>(a.out);
   const T* wpt = static_cast<const T*>(a.wpt);
   const auto* bias = static_cast<const acc_t<T>*>(a.bias);
-  const int64_t pixels = a.n * a.hw;
-  const int64_t esize = static_cast<int64_t>(sizeof(T));
-  const int64_t pixel_bytes = (a.c_in + a.c_out) * esize;
-  const int64_t pt = std::clamp<int64_t>(kTileBytes / pixel_bytes / 16 * 16, 16, kPixelTile);
-  const int64_t tiles = (pixels + pt - 1) / pt;
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t gparts = tiles >= want ? 1 : std::min(a.groups, (want + tiles - 1) / tiles);
-  const bool ahead = gparts == 1 && pixels * a.c_in * esize > kPrefetchBytes;
-  const int64_t max_lines = ahead ? pt * pixel_bytes / 64 + 4 : 0;
-  at::parallel_for(0, tiles * gparts, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(Tables<T>::bytes(pt, a.cg * a.groups) + max_lines * sizeof(const char*), "shuffle_conv1x1");
-    Tables<T> t(s, pt, a.cg * a.groups);
-    const char** lines = static_cast<const char**>(t.extra);
-    fill_stride(t.arow, pt, a.c_in);
+  const NhwcTiles nt(a, sizeof(T), a.c_in, kPrefetches<T>);
+  at::parallel_for(0, nt.tasks(), 1, [&](int64_t begin, int64_t end) {
+    Scratch s(Tables<T>::bytes(nt.pt, a.cg * a.groups) + nt.max_lines * sizeof(const char*), "shuffle_conv1x1");
+    Tables<T> t(s, nt.pt, a.cg * a.groups);
+    NextTileLines next{static_cast<const char**>(t.extra)};
+    fill_stride(t.arow, nt.pt, a.c_in);
     for (int64_t j = 0; j < a.cg * a.groups; ++j) t.brow[j] = wpt + j * a.mgp;  // group k: brow + k * cg
-    auto add_lines = [&](const T* p, const T* q, int64_t& n) {
-      for (auto l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63); l < reinterpret_cast<uintptr_t>(q); l += 64)
-        lines[n++] = reinterpret_cast<const char*>(l);
-    };
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t tile = task / gparts, part = task % gparts;
-      const int64_t k0 = part * a.groups / gparts, k1 = (part + 1) * a.groups / gparts;
-      const int64_t p0 = tile * pt;
-      const int64_t np = std::min(pt, pixels - p0);
+      int64_t p0, np, k0, k1;
+      nt.task(a, task, p0, np, k0, k1);
       for (int64_t r = 0; r < np; ++r) t.crows[r] = y + (p0 + r) * a.c_out;  // group k: + k * mg (coff)
-      int64_t nlines = 0, done = 0;
-      if (ahead && task + 1 < end) {
-        const int64_t q0 = p0 + np, q1 = std::min(pixels, q0 + pt);
-        add_lines(x + q0 * a.c_in, x + q1 * a.c_in, nlines);
-        add_lines(y + q0 * a.c_out, y + q1 * a.c_out, nlines);
-      }
+      next.plan(nt, task + 1 < end, p0, np, x, a.c_in, y, a.c_out);
       for (int64_t k = k0; k < k1; ++k) {
         Gemm<T> g{np, a.mg, a.cg, x + p0 * a.c_in, t.arow, a.src + k * a.cg, t.brow + k * a.cg, 0, t.crows,
                   k * a.mg, nullptr, bias ? bias + k * a.mgp : nullptr};
         g.b_padded = true;  // wpt rows: mgp >= mg rounded up to 16
-        if (done < nlines) {  // this GEMM's share of the next tile's lines
-          g.pf_lines = lines + done;
-          g.pf_count = (nlines - done + (k1 - k) - 1) / (k1 - k);
-          done += g.pf_count;
-        }
+        next.share(g, k1 - k);
         run_gemm<T>(g);
       }
     }
@@ -598,37 +640,18 @@ void grad_input_nhwc(const SconvArgs& a) {
   const T* gy = static_cast<const T*>(a.in);
   T* gx = static_cast<T*>(a.out);
   const T* wp = static_cast<const T*>(a.wp);
-  const int64_t pixels = a.n * a.hw;
-  const int64_t esize = static_cast<int64_t>(sizeof(T));
-  const int64_t pixel_bytes = (a.c_in + a.c_out) * esize;
-  const int64_t pt = std::clamp<int64_t>(kTileBytes / pixel_bytes / 16 * 16, 16, kPixelTile);
-  const int64_t tiles = (pixels + pt - 1) / pt;
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t gparts = tiles >= want ? 1 : std::min(a.groups, (want + tiles - 1) / tiles);
-  const bool ahead = gparts == 1 && pixels * a.c_out * esize > kPrefetchBytes;
-  const int64_t max_lines = ahead ? pt * pixel_bytes / 64 + 4 : 0;
-  at::parallel_for(0, tiles * gparts, 1, [&](int64_t begin, int64_t end) {
-    Scratch s(Tables<T>::bytes(pt, a.mg) + pt * a.cgp * esize + max_lines * sizeof(const char*),
+  const NhwcTiles nt(a, sizeof(T), a.c_out, kPrefetches<T>);
+  at::parallel_for(0, nt.tasks(), 1, [&](int64_t begin, int64_t end) {
+    Scratch s(Tables<T>::bytes(nt.pt, a.mg) + nt.pt * a.cgp * sizeof(T) + nt.max_lines * sizeof(const char*),
               "shuffle_conv1x1");
-    Tables<T> t(s, pt, a.mg);
+    Tables<T> t(s, nt.pt, a.mg);
     T* tile = static_cast<T*>(t.extra);
-    const char** lines = reinterpret_cast<const char**>(tile + pt * a.cgp);
-    fill_stride(t.arow, pt, a.c_out);
-    auto add_lines = [&](const T* p, const T* q, int64_t& n) {
-      for (auto l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63); l < reinterpret_cast<uintptr_t>(q); l += 64)
-        lines[n++] = reinterpret_cast<const char*>(l);
-    };
+    NextTileLines next{reinterpret_cast<const char**>(tile + nt.pt * a.cgp)};
+    fill_stride(t.arow, nt.pt, a.c_out);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t tl = task / gparts, part = task % gparts;
-      const int64_t k0 = part * a.groups / gparts, k1 = (part + 1) * a.groups / gparts;
-      const int64_t p0 = tl * pt;
-      const int64_t np = std::min(pt, pixels - p0);
-      int64_t nlines = 0, done = 0;
-      if (ahead && task + 1 < end) {
-        const int64_t q0 = p0 + np, q1 = std::min(pixels, q0 + pt);
-        add_lines(gy + q0 * a.c_out, gy + q1 * a.c_out, nlines);
-        add_lines(gx + q0 * a.c_in, gx + q1 * a.c_in, nlines);
-      }
+      int64_t p0, np, k0, k1;
+      nt.task(a, task, p0, np, k0, k1);
+      next.plan(nt, task + 1 < end, p0, np, gy, a.c_out, gx, a.c_in);
       for (int64_t k = k0; k < k1; ++k) {
         const int64_t* runs = a.runs + k * a.max_runs * 3;
         const bool direct = a.nruns[k] == 1;  // the group reads one contiguous channel range
@@ -639,11 +662,7 @@ void grad_input_nhwc(const SconvArgs& a) {
         }
         Gemm<T> g{np, a.cg, a.mg, gy + p0 * a.c_out, t.arow, t.acol, t.brow, 0, t.crows, 0, nullptr, nullptr};
         g.b_padded = true;  // wp rows: cgp >= cg rounded up to 16
-        if (done < nlines) {  // this GEMM's share of the next tile's lines
-          g.pf_lines = lines + done;
-          g.pf_count = (nlines - done + (k1 - k) - 1) / (k1 - k);
-          done += g.pf_count;
-        }
+        next.share(g, k1 - k);
         run_gemm<T>(g);
         if (direct) continue;
         for (int64_t r = 0; r < np; ++r) {
