@@ -183,6 +183,11 @@ def _run(p, args, *, model_name, teacher_path):
         if trainer.is_main:
             print(f"done: final_acc {m['final_acc']:.2f}%  best_acc {m['best_acc']:.2f}% "
                   f"(epoch {m['best_epoch']})  -> {out}/metrics.json, {out}/best.pt", flush=True)
+        if created:
+            # Every rank past its last collective before any rank tears its gloo pairs down: one CI run saw
+            # rank 1 abort ("terminate called without an active exception") at the end of a 2-process run.
+            import torch.distributed as tdist
+            tdist.barrier()
         return 0
     finally:
         if created:
