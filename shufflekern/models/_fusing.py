@@ -114,14 +114,17 @@ def split_bn_relu(model):
 
 
 def swap_pools(model, to_fused=True):
-    """Every nn.MaxPool2d(3, 2, 1) child -> MaxPool3x3s2 (to_fused), or back (in place)."""
-    for parent in list(model.modules()):
-        for name, m in list(parent._modules.items()):
-            if to_fused and MaxPool3x3s2.replaces(m):
-                parent._modules[name] = MaxPool3x3s2().train(m.training)
-            elif not to_fused and type(m) is MaxPool3x3s2:
-                parent._modules[name] = nn.MaxPool2d(3, 2, 1).train(m.training)
-    return model
+    """Every nn.MaxPool2d(3, 2, 1) submodule -> MaxPool3x3s2 (to_fused), or back (in place; `model` itself is
+    kept)."""
+    def convert(m):
+        if m is model:
+            return None
+        if to_fused and MaxPool3x3s2.replaces(m):
+            return MaxPool3x3s2().train(m.training)
+        if not to_fused and type(m) is MaxPool3x3s2:
+            return nn.MaxPool2d(3, 2, 1).train(m.training)
+        return None
+    return _swap(model, convert)
 
 
 def fuse_in_place(model, fold_bn):
