@@ -500,6 +500,12 @@ constexpr bool kPrefetches =
     false;
 #endif
 
+// Appends the 64-byte lines of [p, q) to lines[n...] (the prefetch lists of the channels_last drivers).
+inline void append_lines(const char** lines, int64_t& n, const void* p, const void* q) {
+  for (auto l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63); l < reinterpret_cast<uintptr_t>(q); l += 64)
+    lines[n++] = reinterpret_cast<const char*>(l);
+}
+
 // The pixel tiles of the channels_last forward and grad_input.  `read_channels`: channels of the tensor the
 // GEMMs read (x, grad_out), whose size decides the prefetch; `prefetches`: kPrefetches<T>.
 struct NhwcTiles {
@@ -537,8 +543,8 @@ struct NextTileLines {
     n = done = 0;
     if (!nt.ahead || !has_next) return;
     const int64_t q0 = p0 + np, q1 = std::min(nt.pixels, q0 + nt.pt);
-    add(u + q0 * cu, u + q1 * cu);
-    add(v + q0 * cv, v + q1 * cv);
+    append_lines(lines, n, u + q0 * cu, u + q1 * cu);
+    append_lines(lines, n, v + q0 * cv, v + q1 * cv);
   }
   template <typename T>
   void share(Gemm<T>& g, int64_t gemms_left) {
@@ -546,13 +552,6 @@ struct NextTileLines {
     g.pf_lines = lines + done;
     g.pf_count = (n - done + gemms_left - 1) / gemms_left;
     done += g.pf_count;
-  }
-
- private:
-  template <typename T>
-  void add(const T* p, const T* q) {
-    for (auto l = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63); l < reinterpret_cast<uintptr_t>(q); l += 64)
-      lines[n++] = reinterpret_cast<const char*>(l);
   }
 };
 
@@ -841,12 +840,10 @@ void grad_weight_nhwc(const SconvArgs& a) {
         const int64_t nq = std::min(kPixelChunk, pixels - q0);
         const int64_t s0 = a.src[k1 * a.cg], s1 = a.src[k1 * a.cg + a.cg - 1] + 1;
         for (int64_t p = 0; p < nq; ++p) {
-          const uintptr_t xa = reinterpret_cast<uintptr_t>(x + (q0 + p) * a.c_in + s0) & ~uintptr_t(63);
-          const uintptr_t xb = reinterpret_cast<uintptr_t>(x + (q0 + p) * a.c_in + s1);
-          for (uintptr_t l = xa; l < xb; l += 64) lines[n++] = reinterpret_cast<const char*>(l);
-          const uintptr_t ga = reinterpret_cast<uintptr_t>(gy + (q0 + p) * a.c_out + k1 * a.mg) & ~uintptr_t(63);
-          const uintptr_t gb = reinterpret_cast<uintptr_t>(gy + (q0 + p) * a.c_out + k1 * a.mg + a.mg);
-          for (uintptr_t l = ga; l < gb; l += 64) lines[n++] = reinterpret_cast<const char*>(l);
+          const T* xp = x + (q0 + p) * a.c_in;
+          const T* gp = gy + (q0 + p) * a.c_out + k1 * a.mg;
+          append_lines(lines, n, xp + s0, xp + s1);
+          append_lines(lines, n, gp, gp + a.mg);
         }
         g.pf_lines = lines;
         g.pf_count = n;
