@@ -141,7 +141,8 @@ def measure(benchmark, *, op, provider, mode, shape, dtype, fn, inputs, layout="
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if grad_inputs is None:
         grad_inputs = [t.is_floating_point() for t in inputs]
-    group = (op, mode, shape, layout, str(dtype).replace("torch.", ""))
+    dtype_name = str(dtype).replace("torch.", "")
+    group = (op, mode, shape, layout, dtype_name)
     if _pending and _pending[0]["group"] != group:
         flush()  # the previous case's providers, before this case's warm-up (and compilation)
     # `python -m shufflekern bench` splits the time budget over its passes.
@@ -182,7 +183,7 @@ def measure(benchmark, *, op, provider, mode, shape, dtype, fn, inputs, layout="
     benchmark.pedantic(timed, setup=setup, rounds=min(rounds, min_rounds), iterations=1, warmup_rounds=0)
     info = benchmark.extra_info
     info.update(op=op, provider=provider, mode=mode, shape=shape, layout=layout,
-                dtype=str(dtype).replace("torch.", ""), **_stats(benchmark.stats.stats.data))
+                dtype=dtype_name, **_stats(benchmark.stats.stats.data))
     if memory and os.environ.get("SHUFFLEKERN_BENCH_SKIP_MEMORY") != "1":  # (measured in the first pass only)
         info["peak_bytes"] = peak_memory_bytes(target, setup, device)
     if extra:
