@@ -92,6 +92,11 @@ TORCH_LIBRARY(shufflekern, m) {
   // max_pool3x3s2: F.max_pool2d(x, 3, 2, 1) without indices (ShuffleNet's stem pool), CPU float32/float64, no
   // autograd: the fused models' stem at inference (csrc/cpu/max_pool.cpp).
   m.def("max_pool3x3s2(Tensor x) -> Tensor");
+  // interleave: the fused V2 unit's concat + shuffle into `parts` channel blocks, part k =
+  // channel_shuffle(cat(a[:, kq:(k+1)q], b[:, kq:(k+1)q]), 2); deinterleave: its inverse (each the other's
+  // backward).  CPU, any dtype (csrc/cpu/interleave.cpp); the fused unit's training path on CPU.
+  m.def("interleave(Tensor a, Tensor b, int parts) -> Tensor[]");
+  m.def("deinterleave(Tensor[] ys) -> (Tensor, Tensor)");
   // ---- end whole-unit kernels ------------------------------------------------------------------------------
 }
 

@@ -39,6 +39,9 @@ def info() -> dict:
     usable["stem pool (fused models)"] = (
         "shufflekern::max_pool3x3s2 (no indices) for float32/float64 CPU input when no gradient is needed; "
         "otherwise nn.MaxPool2d (ATen)")
+    usable["v2 unit interleave (fused models)"] = (
+        "shufflekern::interleave / deinterleave (the unit's concat + shuffle and its backward, one vectorised "
+        "pass each) for CPU tensors; CUDA tensors and torch.compile: torch.stack (eager ops)")
     # ---- end whole-unit inference ops ----
     return {
         "shufflekern": _version("shufflekern") or "source tree",

@@ -113,7 +113,10 @@ def _deinterleave(grads, j, shape, dtype, device, fmt):
 
 
 class _Interleave(torch.autograd.Function):
-    """out = channel_shuffle(cat((a, b), 1), 2), returned whole or as its two channel halves."""
+    """out = channel_shuffle(cat((a, b), 1), 2), returned whole or as its two channel halves: what
+    shufflekern::interleave (csrc/cpu/interleave.cpp; its backward shufflekern::deinterleave, one vectorised
+    pass each) computes on CPU tensors; this torch.stack / torch.complex version serves other devices and
+    torch.compile, whose inductor fuses the stack with its neighbours."""
 
     @staticmethod
     def forward(ctx, a, b, halves):
@@ -196,7 +199,11 @@ class FusedInvertedResidual(UnitKernelMixin, InvertedResidual):
             if isinstance(x, tuple):
                 x = torch.cat(x, 1)
             x1, b = self._branch(self.branch1, x), self._branch(self.branch2, x)
-        return _Interleave.apply(x1, b, halves and b.shape[1] % 2 == 0)
+        parts = 2 if halves and b.shape[1] % 2 == 0 else 1
+        if x1.is_cpu and b.is_cpu and x1.dtype == b.dtype and not torch.compiler.is_compiling():
+            ys = torch.ops.shufflekern.interleave(x1, b, parts)
+            return ys[0] if parts == 1 else tuple(ys)
+        return _Interleave.apply(x1, b, parts == 2)
 
 
 class FusedUnitSequence(nn.Sequential):

@@ -1,7 +1,9 @@
 // Channel-shuffle copy kernels, compiled once per CPU ISA (see csrc/cpu/dispatch.h).  The copy is a pure
 // permutation, so it moves elements as unsigned integers of the element's width: bit-exact for every
 // dtype, including NaN payloads and -0.0.
+#include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -107,9 +109,134 @@ void channel_shuffle_kernel(const void* in, void* out, int64_t esize, int64_t n,
   }
 }
 
+
+// ---- interleave / deinterleave: the fused ShuffleNetV2 unit's concat + shuffle, and its backward ----------
+// (layout in csrc/cpu/channel_shuffle_kernel.h)
+
+struct Bits128 {  // complex128: a 16-byte element moved whole
+  uint64_t lo, hi;
+};
+
+// pairs[2i + j] = (a, b)[j][i] for i < count (TO_PAIRS), or the inverse.  4- and 8-byte elements go through
+// ATen's vector (de)interleave permutes on float / double registers, which move bits unchanged (the remainder
+// through a partial load and store); other widths element by element.
+template <typename T, bool TO_PAIRS>
+inline void zip_span(T* pairs, T* a, T* b, int64_t count) {
+  int64_t i = 0;
+  if constexpr (sizeof(T) == 4 || sizeof(T) == 8) {
+    using E = std::conditional_t<sizeof(T) == 4, float, double>;
+    using V = at::vec::Vectorized<E>;
+    constexpr int64_t L = V::size();
+    E* p = reinterpret_cast<E*>(pairs);
+    E* pa = reinterpret_cast<E*>(a);
+    E* pb = reinterpret_cast<E*>(b);
+    for (; i + L <= count; i += L) {
+      if constexpr (TO_PAIRS) {
+        const auto lohi = at::vec::interleave2(V::loadu(pa + i), V::loadu(pb + i));
+        lohi.first.store(p + 2 * i);
+        lohi.second.store(p + 2 * i + L);
+      } else {
+        const auto ab = at::vec::deinterleave2(V::loadu(p + 2 * i), V::loadu(p + 2 * i + L));
+        ab.first.store(pa + i);
+        ab.second.store(pb + i);
+      }
+    }
+    if (i < count) {  // the remainder as one partial vector (a pixel's segment: q = 29, 58, 116 in ShuffleNetV2 1.0x)
+      const int64_t rem = count - i, lo_n = std::min<int64_t>(2 * rem, L), hi_n = 2 * rem - lo_n;
+      if constexpr (TO_PAIRS) {
+        const auto lohi = at::vec::interleave2(V::loadu(pa + i, rem), V::loadu(pb + i, rem));
+        lohi.first.store(p + 2 * i, lo_n);
+        if (hi_n > 0) lohi.second.store(p + 2 * i + L, hi_n);
+      } else {
+        const V hi = hi_n > 0 ? V::loadu(p + 2 * i + L, hi_n) : V(E(0));
+        const auto ab = at::vec::deinterleave2(V::loadu(p + 2 * i, lo_n), hi);
+        ab.first.store(pa + i, rem);
+        ab.second.store(pb + i, rem);
+      }
+      return;
+    }
+  }
+  for (; i < count; ++i) {
+    if constexpr (TO_PAIRS) {
+      pairs[2 * i] = a[i];
+      pairs[2 * i + 1] = b[i];
+    } else {
+      a[i] = pairs[2 * i];
+      b[i] = pairs[2 * i + 1];
+    }
+  }
+}
+
+// channels_last: every pixel holds h channels of a (and b) and 2q of each part, contiguously.  One part: the
+// whole tensor is one span (cut into vector-aligned chunks for the threads); else each pixel's q channels of
+// a part.
+template <typename T, bool TO_PAIRS>
+void zip_pixels(T* a, T* b, T* const* parts, int64_t nparts, int64_t pixels, int64_t h) {
+  if (nparts == 1) {
+    const int64_t total = pixels * h;
+    constexpr int64_t kChunk = 8192;  // elements of a: 32-64 KiB moved a task
+    at::parallel_for(0, (total + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
+      const int64_t lo = begin * kChunk, hi = std::min(total, end * kChunk);
+      zip_span<T, TO_PAIRS>(parts[0] + 2 * lo, a + lo, b + lo, hi - lo);
+    });
+    return;
+  }
+  const int64_t q = h / nparts;
+  const int64_t grain = std::max<int64_t>(1, (16 << 10) / std::max<int64_t>(h * (int64_t)sizeof(T), 1));
+  at::parallel_for(0, pixels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t px = begin; px < end; ++px)
+      for (int64_t k = 0; k < nparts; ++k)
+        zip_span<T, TO_PAIRS>(parts[k] + px * 2 * q, a + px * h + k * q, b + px * h + k * q, q);
+  });
+}
+
+// NCHW: each channel of a part is one contiguous run of `inner` elements, copied whole.
+void zip_rows(char* a, char* b, char* const* parts, int64_t nparts, int64_t esize, int64_t n, int64_t h,
+              int64_t inner, bool to_parts) {
+  const int64_t q = h / nparts;
+  const int64_t row_bytes = inner * esize;
+  const int64_t grain = std::max<int64_t>(1, (32 << 10) / std::max<int64_t>(row_bytes, 1));
+  at::parallel_for(0, n * 2 * h, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {  // r: image, part, channel of the part
+      const int64_t img = r / (2 * h);
+      const int64_t k = (r % (2 * h)) / (2 * q);
+      const int64_t m = r % (2 * q);
+      char* half = (m % 2 == 0) ? a : b;
+      char* row = half + (img * h + k * q + m / 2) * row_bytes;
+      char* prow = parts[k] + (img * 2 * q + m) * row_bytes;
+      to_parts ? copy_row(prow, row, row_bytes) : copy_row(row, prow, row_bytes);
+    }
+  });
+}
+
+template <typename T>
+void zip_typed(void* a, void* b, void* const* parts, int64_t nparts, int64_t pixels, int64_t h, bool to_parts) {
+  T* const* p = reinterpret_cast<T* const*>(parts);
+  to_parts ? zip_pixels<T, true>(static_cast<T*>(a), static_cast<T*>(b), p, nparts, pixels, h)
+           : zip_pixels<T, false>(static_cast<T*>(a), static_cast<T*>(b), p, nparts, pixels, h);
+}
+
+void interleave_kernel(void* a, void* b, void* const* parts, int64_t nparts, int64_t esize, int64_t n, int64_t h,
+                       int64_t inner, bool channels_last, bool to_parts) {
+  if (!channels_last && inner > 1) {
+    zip_rows(static_cast<char*>(a), static_cast<char*>(b), reinterpret_cast<char* const*>(parts), nparts, esize, n,
+             h, inner, to_parts);
+    return;
+  }
+  const int64_t pixels = n * inner;  // one pixel an image when inner == 1: both layouts are the same
+  switch (esize) {
+    case 1: return zip_typed<uint8_t>(a, b, parts, nparts, pixels, h, to_parts);
+    case 2: return zip_typed<uint16_t>(a, b, parts, nparts, pixels, h, to_parts);
+    case 4: return zip_typed<uint32_t>(a, b, parts, nparts, pixels, h, to_parts);
+    case 8: return zip_typed<uint64_t>(a, b, parts, nparts, pixels, h, to_parts);
+    default: return zip_typed<Bits128>(a, b, parts, nparts, pixels, h, to_parts);
+  }
+}
+
 }  // namespace
 }  // namespace CPU_CAPABILITY
 
 SK_REGISTER_KERNEL(channel_shuffle_table, &CPU_CAPABILITY::channel_shuffle_kernel);
+SK_REGISTER_KERNEL(interleave_table, &CPU_CAPABILITY::interleave_kernel);
 
 }  // namespace shufflekern::cpu
