@@ -17,6 +17,9 @@ if not _has_gpu:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import shufflekern  # noqa: E402,F401
+import shufflekern.testing  # noqa: E402
+
+shufflekern.testing.isolate_inductor_cache_per_isa()  # ATEN_CPU_CAPABILITY=avx2 runs: a cache of their own
 
 slow_enabled = os.environ.get("SHUFFLEKERN_SLOW_TESTS") == "1"
 
