@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import shufflekern as sk
-from harness import compiled, measure
+from harness import DEVICE, compiled, measure
 
 
 def view_transpose_shuffle(x, groups):
@@ -42,3 +42,42 @@ def test_channel_shuffle(benchmark, case, layout, mode, provider):
     fn = PROVIDERS[provider]()
     measure(benchmark, op="channel_shuffle", provider=provider, mode=mode, shape=f"{n}x{c}x{h}x{w} g={g}",
             layout=layout, dtype=x.dtype, fn=lambda t: fn(t, g), inputs=[x])
+
+
+# ---- the fused ShuffleNetV2 unit's concat + shuffle: shufflekern::interleave (CPU) vs what the eager unit does
+# (cat then shuffle, two copies), the fused unit's torch.stack path (its CUDA / torch.compile path) and
+# torch.compile of the eager version.  (a, b): the unit's x1 and branch output, ShuffleNetV2 1.0x batch 16.
+def cat_shuffle(a, b):
+    return torch.channel_shuffle(torch.cat((a, b), 1), 2)
+
+
+def stack_interleave(a, b):
+    from shufflekern.models.shufflenetv2 import _interleave
+    return _interleave(a, b)
+
+
+INTERLEAVE_PROVIDERS = {
+    "shufflekern": lambda: (lambda a, b: torch.ops.shufflekern.interleave(a, b, 1)[0]),
+    "eager": lambda: cat_shuffle,
+    "stack": lambda: stack_interleave,
+    "compile": lambda: compiled("interleave", cat_shuffle),
+}
+INTERLEAVE_CASES = [
+    pytest.param((16, 58, 28, 28), id="16x58x28x28"),
+    pytest.param((16, 116, 14, 14), id="16x116x14x14"),
+    pytest.param((16, 232, 7, 7), id="16x232x7x7", marks=pytest.mark.full),
+]
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="shufflekern::interleave has CPU kernels only")
+@pytest.mark.parametrize("provider", list(INTERLEAVE_PROVIDERS))
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("case", INTERLEAVE_CASES)
+def test_interleave(benchmark, case, layout, mode, provider):
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(case, generator=gen).contiguous(memory_format=fmt) for _ in range(2))
+    fn = INTERLEAVE_PROVIDERS[provider]()
+    measure(benchmark, op="interleave", provider=provider, mode=mode, shape="x".join(map(str, case)) + " (a, b)",
+            layout=layout, dtype=a.dtype, fn=fn, inputs=[a, b])
