@@ -41,6 +41,9 @@ struct BatchNormAct : torch::autograd::Function<BatchNormAct<Fam>> {
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["relu"] = relu;
     ctx->mark_non_differentiable({mean, var});
+    // mean and var get no gradient: without this the engine builds two [C] zero tensors a call for them (two
+    // ops a BatchNorm in every training step); an undefined grad of y is handled in backward.
+    ctx->set_materialize_grads(false);
     return {y, mean, var};
   }
 
