@@ -102,7 +102,7 @@ def main():
                     help="sk.tune_malloc() first: glibc keeps freed memory instead of faulting it in again every "
                          "step (applies to every provider alike: one process)")
     a = ap.parse_args()
-    sk.testing.isolate_inductor_cache_per_isa()  # torch.compile under ATEN_CPU_CAPABILITY: a cache of its own
+    sk.testing.isolate_inductor_cache_per_isa()  # one torch.compile cache per ATEN_CPU_CAPABILITY
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.tune_malloc and not sk.tune_malloc():

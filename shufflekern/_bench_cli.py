@@ -66,7 +66,7 @@ def main(argv):
         torch.cuda.set_device(device)
     os.environ["SHUFFLEKERN_BENCH_DEVICE"] = str(device)
     from shufflekern.testing import isolate_inductor_cache_per_isa
-    isolate_inductor_cache_per_isa()  # torch.compile providers under ATEN_CPU_CAPABILITY: a cache of their own
+    isolate_inductor_cache_per_isa()  # one torch.compile cache per ATEN_CPU_CAPABILITY
     if a.tune_malloc:
         from shufflekern import malloc_state, tune_malloc
         if not tune_malloc():

@@ -176,27 +176,33 @@ def _max_pool3x3s2_fake(x):
     torch._check(x.dim() == 4, lambda: f"max_pool3x3s2: x must be 4-D [N, C, H, W], got {x.dim()}-D")
     n, c, h, w = x.shape
     return _nchw(x, n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1)
+
+
 # interleave / deinterleave: the fused V2 unit's concat + shuffle and its inverse (CPU, any dtype; C++ autograd).
 @torch.library.register_fake("shufflekern::interleave")
 def _interleave_fake(a, b, parts):
-    torch._check(a.dim() == 4, lambda: f"interleave: a must be 4-D [N, C, H, W], got {a.dim()}-D")
-    torch._check(b.shape == a.shape, lambda: f"interleave: b must have a's shape {tuple(a.shape)}, got {tuple(b.shape)}")
-    torch._check(b.dtype == a.dtype, lambda: f"interleave: b must have a's dtype {a.dtype}, got {b.dtype}")
-    torch._check(parts > 0, lambda: f"interleave: parts must be positive, got {parts}")
+    op = "interleave"
+    torch._check(a.dim() == 4, lambda: f"{op}: a must be 4-D [N, C, H, W], got {a.dim()}-D")
+    torch._check(b.shape == a.shape, lambda: f"{op}: b must have a's shape {tuple(a.shape)}, got {tuple(b.shape)}")
+    torch._check(b.dtype == a.dtype, lambda: f"{op}: b must have a's dtype {a.dtype}, got {b.dtype}")
+    torch._check(parts > 0, lambda: f"{op}: parts must be positive, got {parts}")
     n, h, hh, ww = a.shape
-    torch._check(h % parts == 0, lambda: f"interleave: channels of a ({h}) must be divisible by parts ({parts})")
+    torch._check(h % parts == 0, lambda: f"{op}: channels of a ({h}) must be divisible by parts ({parts})")
     return [_nchw(a, n, 2 * (h // parts), hh, ww) for _ in range(parts)]
 
 
 @torch.library.register_fake("shufflekern::deinterleave")
 def _deinterleave_fake(ys):
-    y0 = ys[0]
-    torch._check(y0.dim() == 4, lambda: f"deinterleave: ys[0] must be 4-D [N, C, H, W], got {y0.dim()}-D")
-    torch._check(y0.shape[1] % 2 == 0, lambda: f"deinterleave: ys[0] must have an even number of channels, got {y0.shape[1]}")
+    op, y0 = "deinterleave", ys[0]
+    torch._check(y0.dim() == 4, lambda: f"{op}: ys[0] must be 4-D [N, C, H, W], got {y0.dim()}-D")
+    torch._check(y0.shape[1] % 2 == 0,
+                 lambda: f"{op}: ys[0] must have an even number of channels, got {y0.shape[1]}")
     for k, y in enumerate(ys[1:], 1):
-        torch._check(y.shape == y0.shape, lambda: f"deinterleave: ys[{k}] must have ys[0]'s shape {tuple(y0.shape)}, got {tuple(y.shape)}")
-        torch._check(y.dtype == y0.dtype, lambda: f"deinterleave: ys[{k}] must have ys[0]'s dtype {y0.dtype}, got {y.dtype}")
+        torch._check(y.shape == y0.shape,
+                     lambda: f"{op}: ys[{k}] must have ys[0]'s shape {tuple(y0.shape)}, got {tuple(y.shape)}")
+        torch._check(y.dtype == y0.dtype, lambda: f"{op}: ys[{k}] must have ys[0]'s dtype {y0.dtype}, got {y.dtype}")
     n, c, hh, ww = y0.shape
     return _nchw(y0, n, len(ys) * (c // 2), hh, ww), _nchw(y0, n, len(ys) * (c // 2), hh, ww)
+
 
 # ---- end unit ops ------------------------------------------------------------------------------------------

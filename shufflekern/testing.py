@@ -15,14 +15,18 @@ def emulated_launches() -> dict:
 
 
 def isolate_inductor_cache_per_isa() -> str:
-    """Point torch.compile's on-disk cache (TORCHINDUCTOR_CACHE_DIR) at a directory of its own when
-    ATEN_CPU_CAPABILITY is set and no cache directory was chosen; returns the directory in use ('' for the
-    default).  Inductor's C++ code generation follows ATEN_CPU_CAPABILITY but its cache keys do not: here
-    (torch 2.14, Zen 4), a plain-torch function compiled under the default AVX-512 and rerun under
-    ATEN_CPU_CAPABILITY=avx2 returned wrong values from the cached kernels, and the reverse order once
-    corrupted the heap.  Call it before the first torch.compile (the tests' conftest and the bench do)."""
-    cap = os.environ.get("ATEN_CPU_CAPABILITY", "")
-    if cap and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
-            tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_isa_{cap}")
-    return os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
+    """Point torch.compile's on-disk cache (TORCHINDUCTOR_CACHE_DIR) at a directory named after
+    ATEN_CPU_CAPABILITY (`..._isa_default` without it), unless a cache directory was chosen; returns the
+    directory in use.  Inductor's C++ code generation follows ATEN_CPU_CAPABILITY but its cache keys do not:
+    here (torch 2.14, Zen 4) a plain-torch function compiled under ATEN_CPU_CAPABILITY=avx2 and rerun without it
+    (or the reverse) returned wrong values from the shared cache, and once corrupted the heap.  So a process
+    that compiles under one capability must not share the cache with one under another, in either direction:
+    the tests' conftest and the bench call this before their first torch.compile."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        cap = os.environ.get("ATEN_CPU_CAPABILITY", "") or "default"
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # no login name (a container without a passwd entry)
+            user = "user"
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}_isa_{cap}")
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]

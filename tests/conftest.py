@@ -19,7 +19,7 @@ if not _has_gpu:
 import shufflekern  # noqa: E402,F401
 import shufflekern.testing  # noqa: E402
 
-shufflekern.testing.isolate_inductor_cache_per_isa()  # ATEN_CPU_CAPABILITY=avx2 runs: a cache of their own
+shufflekern.testing.isolate_inductor_cache_per_isa()  # one torch.compile cache per ATEN_CPU_CAPABILITY
 
 slow_enabled = os.environ.get("SHUFFLEKERN_SLOW_TESTS") == "1"
 

@@ -92,3 +92,19 @@ def test_providers_of_a_case_read_the_same_input_memory_when_their_inputs_are_eq
     assert len(seen["A"]) == 1 and seen["B"] == seen["A"]
     for p in "CDEF":
         assert seen[p].isdisjoint(seen["A"]), p
+
+
+def test_isolate_inductor_cache_per_isa(monkeypatch):
+    """torch.compile gets a cache directory named after ATEN_CPU_CAPABILITY (or "default"); a chosen directory
+    is left alone."""
+    from shufflekern.testing import isolate_inductor_cache_per_isa
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    d = isolate_inductor_cache_per_isa()
+    assert d.endswith("_isa_default") and os.environ["TORCHINDUCTOR_CACHE_DIR"] == d
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    d = isolate_inductor_cache_per_isa()
+    assert d.endswith("_isa_avx2") and os.environ["TORCHINDUCTOR_CACHE_DIR"] == d
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/chosen")
+    assert isolate_inductor_cache_per_isa() == "/tmp/chosen"

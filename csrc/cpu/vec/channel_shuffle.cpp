@@ -109,7 +109,6 @@ void channel_shuffle_kernel(const void* in, void* out, int64_t esize, int64_t n,
   }
 }
 
-
 // ---- interleave / deinterleave: the fused ShuffleNetV2 unit's concat + shuffle, and its backward ----------
 // (layout in csrc/cpu/channel_shuffle_kernel.h)
 
@@ -141,7 +140,7 @@ inline void zip_span(T* pairs, T* a, T* b, int64_t count) {
         ab.second.store(pb + i);
       }
     }
-    if (i < count) {  // the remainder as one partial vector (a pixel's segment: q = 29, 58, 116 in ShuffleNetV2 1.0x)
+    if (i < count) {  // the remainder as one partial vector (q = 29, 58, 116 a pixel in ShuffleNetV2 1.0x)
       const int64_t rem = count - i, lo_n = std::min<int64_t>(2 * rem, L), hi_n = 2 * rem - lo_n;
       if constexpr (TO_PAIRS) {
         const auto lohi = at::vec::interleave2(V::loadu(pa + i, rem), V::loadu(pb + i, rem));
