@@ -6,7 +6,8 @@ alternating order (ABCD, DCBA, ...) for every case asked, so that a slow spell o
 (sequential ratios of the same models moved by ±25% between runs here) hits all alike; the medians and
 ratios it prints come from one run.  Providers as in bench/bench_models.py: the fused model (`sk.fuse`; inference: BatchNorm folded) and
 the eager model, each in NCHW and channels_last; `--compile` adds torch.compile of the eager model and of the
-fused model (compile_fused), both channels_last.
+fused model (compile_fused), both channels_last.  After the table it prints each provider's median minor page
+faults a timed call (glibc re-faulting freed activations: one reason a provider's time moves between processes).
 
     PYTHONPATH=. python scripts/models_interleaved.py [--steps 12] [--settle 3] [--models v1_g3,v2] [--compile]
         [--cases infer16,train16] [--formats nchw,cl] [--threads N] [--tune-malloc]
@@ -14,6 +15,11 @@ fused model (compile_fused), both channels_last.
 import argparse
 import statistics
 import time
+
+try:
+    import resource  # minor page faults of each timed call (Unix)
+except ImportError:  # pragma: no cover
+    resource = None
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +33,10 @@ MODELS = {
     "v2": lambda: torchvision.models.shufflenet_v2_x1_0(),
 }
 FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
+
+
+def _minor_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else 0
 
 
 def provider(name, kind, fmt, train, batch):
@@ -61,14 +71,17 @@ def run(name, train, batch, steps, with_compile, settle=1, formats=tuple(FORMATS
         fn()
         fn()
     times = {k: [] for k in fns}
+    faults = {k: [] for k in fns}
     order = list(fns)
     for i in range(steps):
         for k in (order if i % 2 == 0 else order[::-1]):
             for _ in range(settle - 1):  # untimed: the allocator returns to this provider's steady state
                 fns[k]()
+            f0 = _minor_faults()
             t0 = time.perf_counter()
             fns[k]()
             times[k].append(time.perf_counter() - t0)
+            faults[k].append(_minor_faults() - f0)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     fused = min(med[f"fused_{f}"] for f in formats)
     eager = min(med[f"eager_{f}"] for f in formats)
@@ -77,7 +90,11 @@ def run(name, train, batch, steps, with_compile, settle=1, formats=tuple(FORMATS
     if with_compile:
         vs_compile = (f" | {med['compile_cl'] / fused:.2f}x | {eager / med['compile_fused_cl']:.2f}x"
                       f" | {med['compile_cl'] / med['compile_fused_cl']:.2f}x | {min(med, key=med.get)}")
-    return f"| {name} | {'train step' if train else 'inference'} | {batch} | {cells} | {eager / fused:.2f}x{vs_compile} |", order
+    kind = "train step" if train else "inference"
+    fault_line = (f"- {name} {kind} bs {batch}: " + ", ".join(f"{k} {statistics.median(v):,.0f}"
+                                                           for k, v in faults.items())
+                  if resource is not None else "")
+    return f"| {name} | {kind} | {batch} | {cells} | {eager / fused:.2f}x{vs_compile} |", order, fault_line
 
 
 def main():
@@ -107,7 +124,7 @@ def main():
         torch.set_num_threads(a.threads)
     if a.tune_malloc and not sk.tune_malloc():
         ap.error(f"--tune-malloc: {sk.malloc_state()['detail']}")
-    rows, header = [], None
+    rows, fault_lines, header = [], [], None
     cases = {"infer1": (False, 1), "infer16": (False, 16), "train16": (True, 16)}
     for c in a.cases.split(","):
         if c.strip() not in cases:
@@ -117,9 +134,10 @@ def main():
         ap.error(f"--formats: expected distinct values of {sorted(FORMATS)}, got {a.formats!r}")
     for name in a.models.split(","):
         for train, batch in (cases[c.strip()] for c in a.cases.split(",")):
-            row, order = run(name.strip(), train, batch, a.steps, a.compile, a.settle, formats)
+            row, order, fault_line = run(name.strip(), train, batch, a.steps, a.compile, a.settle, formats)
             print(row, flush=True)
             rows.append(row)
+            fault_lines.append(fault_line)
             header = order
     print(f"\nmedian ms over {a.steps} interleaved rounds (each provider called {a.settle}x a round, the last "
           f"timed), 224x224 fp32, {torch.get_num_threads()} threads, "
@@ -131,6 +149,11 @@ def main():
           + (" fused vs compile | compile_fused vs eager | compile_fused vs compile | fastest |" if a.compile else ""))
     print("|---" * (4 + len(header) + (4 if a.compile else 0)) + "|")
     print("\n".join(rows))
+    if any(fault_lines):
+        # glibc may trim freed activations and fault them in again every call: a provider's time then depends on
+        # its process's allocation history (sk.tune_malloc() stops it); these counts say when that happened.
+        print("\nminor page faults a timed call (median over the rounds):")
+        print("\n".join(fault_lines))
 
 
 if __name__ == "__main__":
