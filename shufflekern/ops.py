@@ -184,7 +184,7 @@ def _interleave_fake(a, b, parts):
     op = "interleave"
     torch._check(a.dim() == 4, lambda: f"{op}: a must be 4-D [N, C, H, W], got {a.dim()}-D")
     torch._check(b.shape == a.shape, lambda: f"{op}: b must have a's shape {tuple(a.shape)}, got {tuple(b.shape)}")
-    torch._check(b.dtype == a.dtype, lambda: f"{op}: b must have a's dtype {a.dtype}, got {b.dtype}")
+    torch._check(b.dtype == a.dtype, lambda: f"{op}: b must have the dtype of a ({a.dtype}), got {b.dtype}")
     torch._check(parts > 0, lambda: f"{op}: parts must be positive, got {parts}")
     n, h, hh, ww = a.shape
     torch._check(h % parts == 0, lambda: f"{op}: channels of a ({h}) must be divisible by parts ({parts})")
@@ -200,7 +200,8 @@ def _deinterleave_fake(ys):
     for k, y in enumerate(ys[1:], 1):
         torch._check(y.shape == y0.shape,
                      lambda: f"{op}: ys[{k}] must have ys[0]'s shape {tuple(y0.shape)}, got {tuple(y.shape)}")
-        torch._check(y.dtype == y0.dtype, lambda: f"{op}: ys[{k}] must have ys[0]'s dtype {y0.dtype}, got {y.dtype}")
+        torch._check(y.dtype == y0.dtype,
+                     lambda: f"{op}: ys[{k}] must have the dtype of ys[0] ({y0.dtype}), got {y.dtype}")
     n, c, hh, ww = y0.shape
     return _nchw(y0, n, len(ys) * (c // 2), hh, ww), _nchw(y0, n, len(ys) * (c // 2), hh, ww)
 

@@ -33,8 +33,7 @@ std::vector<at::Tensor> interleave_cpu(const at::Tensor& a_in, const at::Tensor&
   check_cpu_4d(op, "b", b_in);
   TORCH_CHECK_VALUE(b_in.sizes() == a_in.sizes(), op, ": b must have a's shape ", a_in.sizes(), ", got ",
                     b_in.sizes());
-  TORCH_CHECK_TYPE(b_in.scalar_type() == a_in.scalar_type(), op, ": b must have a's dtype ", a_in.scalar_type(),
-                   ", got ", b_in.scalar_type());
+  check_same(op, "b", b_in, "a", a_in);
   TORCH_CHECK_VALUE(parts > 0, op, ": parts must be positive, got ", parts);
   const int64_t h = a_in.size(1);
   TORCH_CHECK_VALUE(h % parts == 0, op, ": channels of a (", h, ") must be divisible by parts (", parts, ")");
@@ -64,8 +63,7 @@ std::tuple<at::Tensor, at::Tensor> deinterleave_cpu(at::TensorList ys_in) {
     check_cpu_4d(op, name.c_str(), ys_in[k]);
     TORCH_CHECK_VALUE(ys_in[k].sizes() == y0.sizes(), op, ": ", name, " must have ys[0]'s shape ", y0.sizes(),
                       ", got ", ys_in[k].sizes());
-    TORCH_CHECK_TYPE(ys_in[k].scalar_type() == y0.scalar_type(), op, ": ", name, " must have ys[0]'s dtype ",
-                     y0.scalar_type(), ", got ", ys_in[k].scalar_type());
+    check_same(op, name.c_str(), ys_in[k], "ys[0]", y0);
   }
   const auto fmt = format_of(y0);
   const int64_t parts = static_cast<int64_t>(ys_in.size()), q = y0.size(1) / 2, h = parts * q;
