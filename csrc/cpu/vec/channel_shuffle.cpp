@@ -58,9 +58,73 @@ void shuffle_rows(const char* in, char* out, int64_t esize, int64_t n, int64_t c
   });
 }
 
+// pairs[2i + j] = (a, b)[j][i] for i < count (TO_PAIRS: reads a and b, writes pairs), or the inverse.  4- and
+// 8-byte elements go through ATen's vector (de)interleave permutes on float / double registers, which move bits
+// unchanged; the remainder as one masked vector on AVX-512, element by element elsewhere (AVX2's and the portable
+// build's partial loads go through memcpy), as are other widths.  Used by the two-way channel shuffle of a
+// channels_last pixel (ShuffleNetV2's, and its backward) and by the interleave ops below.
+template <typename T, bool TO_PAIRS>
+inline void zip_span(std::conditional_t<TO_PAIRS, T*, const T*> pairs,
+                     std::conditional_t<TO_PAIRS, const T*, T*> a, std::conditional_t<TO_PAIRS, const T*, T*> b,
+                     int64_t count) {
+  int64_t i = 0;
+  if constexpr (sizeof(T) == 4 || sizeof(T) == 8) {
+    using E = std::conditional_t<sizeof(T) == 4, float, double>;
+    using V = at::vec::Vectorized<E>;
+    constexpr int64_t L = V::size();
+    if constexpr (TO_PAIRS) {
+      E* p = reinterpret_cast<E*>(pairs);
+      const E* pa = reinterpret_cast<const E*>(a);
+      const E* pb = reinterpret_cast<const E*>(b);
+      for (; i + L <= count; i += L) {
+        const auto lohi = at::vec::interleave2(V::loadu(pa + i), V::loadu(pb + i));
+        lohi.first.store(p + 2 * i);
+        lohi.second.store(p + 2 * i + L);
+      }
+#if defined(CPU_CAPABILITY_AVX512)
+      if (i < count) {  // q = 29, 58, 116 a pixel in ShuffleNetV2 1.0x
+        const int64_t rem = count - i, lo_n = std::min<int64_t>(2 * rem, L), hi_n = 2 * rem - lo_n;
+        const auto lohi = at::vec::interleave2(V::loadu(pa + i, rem), V::loadu(pb + i, rem));
+        lohi.first.store(p + 2 * i, lo_n);
+        if (hi_n > 0) lohi.second.store(p + 2 * i + L, hi_n);
+        i = count;
+      }
+#endif
+    } else {
+      const E* p = reinterpret_cast<const E*>(pairs);
+      E* pa = reinterpret_cast<E*>(a);
+      E* pb = reinterpret_cast<E*>(b);
+      for (; i + L <= count; i += L) {
+        const auto ab = at::vec::deinterleave2(V::loadu(p + 2 * i), V::loadu(p + 2 * i + L));
+        ab.first.store(pa + i);
+        ab.second.store(pb + i);
+      }
+#if defined(CPU_CAPABILITY_AVX512)
+      if (i < count) {
+        const int64_t rem = count - i, lo_n = std::min<int64_t>(2 * rem, L), hi_n = 2 * rem - lo_n;
+        const V hi = hi_n > 0 ? V::loadu(p + 2 * i + L, hi_n) : V(E(0));
+        const auto ab = at::vec::deinterleave2(V::loadu(p + 2 * i, lo_n), hi);
+        ab.first.store(pa + i, rem);
+        ab.second.store(pb + i, rem);
+        i = count;
+      }
+#endif
+    }
+  }
+  for (; i < count; ++i) {
+    if constexpr (TO_PAIRS) {
+      pairs[2 * i] = a[i];
+      pairs[2 * i + 1] = b[i];
+    } else {
+      a[i] = pairs[2 * i];
+      b[i] = pairs[2 * i + 1];
+    }
+  }
+}
+
 // channels_last: every pixel holds its C channels contiguously; within a pixel the shuffle is the
-// transpose of a [groups, C/groups] matrix, done with the longer loop innermost (the compiler turns the
-// two-way (de)interleave of ShuffleNetV2 and its backward into vector permutes).
+// transpose of a [groups, C/groups] matrix: the two-way (de)interleave of ShuffleNetV2 and its backward with
+// zip_span's vector permutes, other shapes with the longer loop innermost.
 template <typename T>
 void shuffle_pixels(const T* in, T* out, int64_t pixels, int64_t c, int64_t groups) {
   const int64_t cpg = c / groups;
@@ -70,15 +134,9 @@ void shuffle_pixels(const T* in, T* out, int64_t pixels, int64_t c, int64_t grou
       const T* src = in + p * c;
       T* dst = out + p * c;
       if (groups == 2) {  // ShuffleNetV2's shuffle: interleave two halves
-        for (int64_t i = 0; i < cpg; ++i) {
-          dst[2 * i] = src[i];
-          dst[2 * i + 1] = src[cpg + i];
-        }
+        zip_span<T, true>(dst, src, src + cpg, cpg);
       } else if (cpg == 2) {  // its inverse (the backward): de-interleave
-        for (int64_t k = 0; k < groups; ++k) {
-          dst[k] = src[2 * k];
-          dst[groups + k] = src[2 * k + 1];
-        }
+        zip_span<T, false>(src, dst, dst + groups, groups);
       } else if (groups >= cpg) {  // long inner loop over groups: contiguous writes
         for (int64_t i = 0; i < cpg; ++i)
           for (int64_t k = 0; k < groups; ++k) dst[i * groups + k] = src[k * cpg + i];
@@ -115,56 +173,6 @@ void channel_shuffle_kernel(const void* in, void* out, int64_t esize, int64_t n,
 struct Bits128 {  // complex128: a 16-byte element moved whole
   uint64_t lo, hi;
 };
-
-// pairs[2i + j] = (a, b)[j][i] for i < count (TO_PAIRS), or the inverse.  4- and 8-byte elements go through
-// ATen's vector (de)interleave permutes on float / double registers, which move bits unchanged (the remainder
-// through a partial load and store); other widths element by element.
-template <typename T, bool TO_PAIRS>
-inline void zip_span(T* pairs, T* a, T* b, int64_t count) {
-  int64_t i = 0;
-  if constexpr (sizeof(T) == 4 || sizeof(T) == 8) {
-    using E = std::conditional_t<sizeof(T) == 4, float, double>;
-    using V = at::vec::Vectorized<E>;
-    constexpr int64_t L = V::size();
-    E* p = reinterpret_cast<E*>(pairs);
-    E* pa = reinterpret_cast<E*>(a);
-    E* pb = reinterpret_cast<E*>(b);
-    for (; i + L <= count; i += L) {
-      if constexpr (TO_PAIRS) {
-        const auto lohi = at::vec::interleave2(V::loadu(pa + i), V::loadu(pb + i));
-        lohi.first.store(p + 2 * i);
-        lohi.second.store(p + 2 * i + L);
-      } else {
-        const auto ab = at::vec::deinterleave2(V::loadu(p + 2 * i), V::loadu(p + 2 * i + L));
-        ab.first.store(pa + i);
-        ab.second.store(pb + i);
-      }
-    }
-    if (i < count) {  // the remainder as one partial vector (q = 29, 58, 116 a pixel in ShuffleNetV2 1.0x)
-      const int64_t rem = count - i, lo_n = std::min<int64_t>(2 * rem, L), hi_n = 2 * rem - lo_n;
-      if constexpr (TO_PAIRS) {
-        const auto lohi = at::vec::interleave2(V::loadu(pa + i, rem), V::loadu(pb + i, rem));
-        lohi.first.store(p + 2 * i, lo_n);
-        if (hi_n > 0) lohi.second.store(p + 2 * i + L, hi_n);
-      } else {
-        const V hi = hi_n > 0 ? V::loadu(p + 2 * i + L, hi_n) : V(E(0));
-        const auto ab = at::vec::deinterleave2(V::loadu(p + 2 * i, lo_n), hi);
-        ab.first.store(pa + i, rem);
-        ab.second.store(pb + i, rem);
-      }
-      return;
-    }
-  }
-  for (; i < count; ++i) {
-    if constexpr (TO_PAIRS) {
-      pairs[2 * i] = a[i];
-      pairs[2 * i + 1] = b[i];
-    } else {
-      a[i] = pairs[2 * i];
-      b[i] = pairs[2 * i + 1];
-    }
-  }
-}
 
 // channels_last: every pixel holds h channels of a (and b) and 2q of each part, contiguously.  One part: the
 // whole tensor is one span (cut into vector-aligned chunks for the threads); else each pixel's q channels of
