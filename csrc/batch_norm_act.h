@@ -55,20 +55,21 @@ namespace bn_checks {
 constexpr const char* kOp = "batch_norm_act";
 
 // A [C] parameter of x's dtype and device, contiguous, or undefined.
-inline at::Tensor channel_param(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x) {
+inline at::Tensor channel_param(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& x,
+                                const char* op = kOp) {
   if (!t.has_value() || !t->defined()) return at::Tensor();
-  check_same(kOp, name, *t, "x", x);
-  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(1), kOp, ": ", name, " must be 1-D of length C = ",
+  check_same(op, name, *t, "x", x);
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == x.size(1), op, ": ", name, " must be 1-D of length C = ",
                     x.size(1), ", got shape ", t->sizes());
   return t->contiguous();
 }
 
 // x's shape; `dtype_ok` says whether the calling kernel takes x's dtype (`kernels` names them for the message).
-inline void check_x(const at::Tensor& x, bool training, bool dtype_ok, const char* kernels) {
-  TORCH_CHECK_VALUE(x.dim() == 4, kOp, ": x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  TORCH_CHECK_TYPE(dtype_ok, kOp, ": ", kernels, ", got ", x.scalar_type());
-  TORCH_CHECK_VALUE(x.size(1) > 0, kOp, ": x must have at least one channel");
-  TORCH_CHECK_VALUE(!training || x.numel() > 0, kOp,
+inline void check_x(const at::Tensor& x, bool training, bool dtype_ok, const char* kernels, const char* op = kOp) {
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(dtype_ok, op, ": ", kernels, ", got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(1) > 0, op, ": x must have at least one channel");
+  TORCH_CHECK_VALUE(!training || x.numel() > 0, op,
                     ": training needs at least one value per channel, got x of shape ", x.sizes());
 }
 
@@ -82,12 +83,15 @@ inline at::Tensor like_x(const std::optional<at::Tensor>& t, const char* name, c
   return t->contiguous(fmt);
 }
 
-inline void check_eps(double eps) { TORCH_CHECK_VALUE(eps >= 0, kOp, ": eps must be non-negative, got ", eps); }
+inline void check_eps(double eps, const char* op = kOp) {
+  TORCH_CHECK_VALUE(eps >= 0, op, ": eps must be non-negative, got ", eps);
+}
 
-inline void check_running(const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var) {
+inline void check_running(const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+                          const char* op = kOp) {
   TORCH_CHECK_VALUE(running_mean.has_value() && running_mean->defined() && running_var.has_value() &&
                         running_var->defined(),
-                    kOp, ": evaluation (training=False) needs running_mean and running_var");
+                    op, ": evaluation (training=False) needs running_mean and running_var");
 }
 
 // The backward's outputs.  grad_residual is dL/dz, which grad_x reads back when there is a residual, so it

@@ -92,6 +92,14 @@ TORCH_LIBRARY(shufflekern, m) {
   // max_pool3x3s2: F.max_pool2d(x, 3, 2, 1) without indices (ShuffleNet's stem pool), CPU float32/float64, no
   // autograd: the fused models' stem at inference (csrc/cpu/max_pool.cpp).
   m.def("max_pool3x3s2(Tensor x) -> Tensor");
+  // bn_relu_max_pool: y = max_pool2d(relu(batch_norm(x)), 3, 2, 1) (ShuffleNet's stem after its conv) with
+  // a uint8 argmax (window position 3 * ky + kx, what the backward reads) and, in training, the batch mean
+  // and biased variance (as batch_norm_act: the caller updates the running statistics).  CPU float32/float64
+  // (csrc/cpu/batch_norm_act.cpp), C++ autograd; the fused models' stem on CPU outside torch.compile.
+  m.def("bn_relu_max_pool(Tensor x, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
+        "bool training, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("bn_relu_max_pool_backward(Tensor grad_y, Tensor x, Tensor argmax, Tensor? weight, Tensor? bias, "
+        "Tensor mean, Tensor var, bool training, float eps, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // interleave: the fused V2 unit's concat + shuffle into `parts` channel blocks, part k =
   // channel_shuffle(cat(a[:, kq:(k+1)q], b[:, kq:(k+1)q]), 2); deinterleave: its inverse (each the other's
   // backward).  CPU, any dtype (csrc/cpu/interleave.cpp); the fused unit's training path on CPU.

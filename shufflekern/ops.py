@@ -178,6 +178,38 @@ def _max_pool3x3s2_fake(x):
     return _nchw(x, n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1)
 
 
+# bn_relu_max_pool: max_pool2d(relu(batch_norm(x)), 3, 2, 1) with a uint8 argmax, and its backward (the fused
+# models' stem; CPU float32/float64 kernels only, C++ autograd, no Triton twin).
+def _check_bn_relu_max_pool(x, weight, bias, running_mean, running_var, training, eps, op="bn_relu_max_pool"):
+    V.check_batch_norm_act(x, weight, bias, None, running_mean, running_var, training, eps, op=op)
+    torch._check(x.shape[2] > 0 and x.shape[3] > 0, lambda: f"{op}: x must have H, W > 0, got shape {tuple(x.shape)}")
+
+
+def _pooled(x, dtype=None):
+    n, c, h, w = x.shape
+    return torch.empty((n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1), dtype=dtype or x.dtype, device=x.device,
+                       memory_format=suggest_memory_format(x))
+
+
+@torch.library.register_fake("shufflekern::bn_relu_max_pool")
+def _bn_relu_max_pool_fake(x, weight, bias, running_mean, running_var, training, eps):
+    _check_bn_relu_max_pool(x, weight, bias, running_mean, running_var, training, eps)
+    c = x.shape[1] if training else 0
+    return _pooled(x), _pooled(x, torch.uint8), x.new_empty(c), x.new_empty(c)
+
+
+@torch.library.register_fake("shufflekern::bn_relu_max_pool_backward")
+def _bn_relu_max_pool_backward_fake(grad_y, x, argmax, weight, bias, mean, var, training, eps, output_mask):
+    op = "bn_relu_max_pool_backward"
+    _check_bn_relu_max_pool(x, weight, bias, mean, var, training, eps, op=op)
+    for name, t in (("grad_y", grad_y), ("argmax", argmax)):
+        torch._check(t.shape == _pooled(x).shape,
+                     lambda: f"{op}: {name} must have the pooled shape {tuple(_pooled(x).shape)}, got {tuple(t.shape)}")
+    c = x.shape[1]
+    return (_like(x) if output_mask[0] else x.new_empty(0), x.new_empty(c if output_mask[1] else 0),
+            x.new_empty(c if output_mask[2] else 0))
+
+
 # interleave / deinterleave: the fused V2 unit's concat + shuffle and its inverse (CPU, any dtype; C++ autograd).
 @torch.library.register_fake("shufflekern::interleave")
 def _interleave_fake(a, b, parts):

@@ -40,4 +40,22 @@ using BnActFn = void (*)(const BnActArgs&);
 SK_DECLARE_KERNEL_TABLE(batch_norm_act_forward_table, BnActFn);
 SK_DECLARE_KERNEL_TABLE(batch_norm_act_backward_table, BnActFn);
 
+// bn_relu_max_pool: y = max_pool2d(relu(batch_norm(x)), 3, 2, 1) with a 1-byte argmax, the ShuffleNet stem's
+// BatchNorm + ReLU + max pool in two passes over x (statistics, then normalise + pool), the full-resolution
+// activation never written.  bn: the BatchNorm's arguments as for batch_norm_act (hw = h * w of x, relu and
+// residual unused), bn.y / bn.grad_y the pooled [n, c, ho, wo] output / its gradient in x's memory format.
+// argmax [n, c, ho, wo] (uint8, y's layout): the window position 3 * ky + kx of the element each output took,
+// counted from the unclipped window's corner (2 oy - 1, 2 ox - 1); ATen's choice (the first maximum in
+// row-major order, the last NaN).  The backward gathers each input's gradient from the <= 4 outputs whose
+// windows hold it (ATen's summation order) and applies the ReLU mask and BatchNorm backward to it on the fly.
+struct BnPoolArgs {
+  BnActArgs bn;
+  int64_t h, w, ho, wo;
+  void* argmax;  // forward: written; backward: read
+};
+
+using BnPoolFn = void (*)(const BnPoolArgs&);
+SK_DECLARE_KERNEL_TABLE(bn_relu_max_pool_forward_table, BnPoolFn);
+SK_DECLARE_KERNEL_TABLE(bn_relu_max_pool_backward_table, BnPoolFn);
+
 }  // namespace shufflekern::cpu

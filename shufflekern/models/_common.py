@@ -109,13 +109,7 @@ def bn_act(bn, x, residual=None, relu=True, perm=None, inv=None):
         if residual is not None:
             y = y.add_(residual)
         return y.relu_() if relu else y
-    training = bn.training or (bn.running_mean is None and bn.running_var is None)
-    n = x.numel() // x.shape[1]
-    if bn.training and n <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-    update = bn.training and bn.running_mean is not None
-    if update and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
+    training, n, update = _bn_step(bn, x)
 
     def take(t):
         return t if t is None or perm is None else t.index_select(0, perm)
@@ -124,13 +118,31 @@ def bn_act(bn, x, residual=None, relu=True, perm=None, inv=None):
         x, take(bn.weight), take(bn.bias), residual, None if training else take(bn.running_mean),
         None if training else take(bn.running_var), training, bn.eps, relu)
     if update:
-        f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         if perm is not None:
             mean, var = mean.index_select(0, inv), var.index_select(0, inv)
-        with torch.no_grad():
-            bn.running_mean.mul_(1 - f).add_(mean, alpha=f)
-            bn.running_var.mul_(1 - f).add_(var, alpha=f * n / (n - 1))
+        _update_running(bn, mean, var, n)
     return y
+
+
+def _bn_step(bn, x):
+    """nn.BatchNorm2d's forward bookkeeping for x: (normalise with batch statistics?, values per channel,
+    update the running statistics?); counts the batch in num_batches_tracked when it updates."""
+    training = bn.training or (bn.running_mean is None and bn.running_var is None)
+    n = x.numel() // x.shape[1]
+    if bn.training and n <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+    update = bn.training and bn.running_mean is not None
+    if update and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    return training, n, update
+
+
+def _update_running(bn, mean, var, n):
+    """The running-statistics update of nn.BatchNorm2d from a batch's mean and biased variance over n values."""
+    f = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    with torch.no_grad():
+        bn.running_mean.mul_(1 - f).add_(mean, alpha=f)
+        bn.running_var.mul_(1 - f).add_(var, alpha=f * n / (n - 1))
 
 
 class BatchNormReLU2d(nn.BatchNorm2d):
@@ -205,3 +217,44 @@ def check_mids(mid_channels, n, who):
                                  for m in mids):
         raise ValueError(f"{who}: mid_channels must be None or {n} positive ints (one per unit), got {mid_channels!r}")
     return mids
+
+
+def _hooked(*modules):
+    """Whether a forward hook (a module's or a global one) would see these modules' calls."""
+    from torch.nn.modules import module as m
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks) or any(
+        mod._forward_hooks or mod._forward_pre_hooks for mod in modules)
+
+
+def _stem_op(conv1, maxpool, y):
+    """Whether `fused_stem` runs the stem's BatchNorm + ReLU + pool as shufflekern::bn_relu_max_pool on y (the
+    conv's output): the fused modules, a float32/float64 CPU y that the native batch_norm_act kernel would take,
+    no hooks to call, not under torch.compile (inductor fuses the eager ops and lowers the pool's indices to
+    window offsets itself)."""
+    return (y.device.type == "cpu" and y.dim() == 4 and y.numel() > 0 and not torch.compiler.is_compiling()
+            and _backend.get_backend() != "emulated"
+            and _bn_op(conv1[1], y, None) is torch.ops.shufflekern.batch_norm_act.default
+            and not _hooked(conv1, conv1[1], conv1[2], maxpool))
+
+
+def fused_stem(conv1, maxpool, x):
+    """`maxpool(conv1(x))`, a ShuffleNet stem.  Where `sk.fuse` made conv1 (conv, BatchNormReLU2d,
+    ReLUInBatchNorm) and maxpool a MaxPool3x3s2 and `_stem_op` allows, the BatchNorm, ReLU and pool are one
+    shufflekern::bn_relu_max_pool (csrc/cpu/vec/batch_norm_act.cpp: the full-resolution activation is never
+    written; a 1-byte argmax instead of ATen's int64 indices; a backward that gathers per input instead of a
+    zero fill and a scatter), with nn.BatchNorm2d's semantics (running statistics updated in training)."""
+    if not (type(conv1) is nn.Sequential and len(conv1) == 3 and type(conv1[1]) is BatchNormReLU2d
+            and type(conv1[2]) is ReLUInBatchNorm and type(maxpool) is MaxPool3x3s2):
+        return maxpool(conv1(x))
+    y = conv1[0](x)
+    bn = conv1[1]
+    if not _stem_op(conv1, maxpool, y):
+        return maxpool(conv1[2](bn(y)))
+    bn._check_input_dim(y)
+    training, n, update = _bn_step(bn, y)
+    out, _, mean, var = torch.ops.shufflekern.bn_relu_max_pool(
+        y, bn.weight, bn.bias, None if training else bn.running_mean, None if training else bn.running_var,
+        training, bn.eps)
+    if update:
+        _update_running(bn, mean, var, n)
+    return out

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _fusing
-from ._common import (DenseGrad, bn_act, check_mids, eager_channel_shuffle, give_bias, inverse_index, is_bn,
-                      shuffle_index)
+from ._common import (DenseGrad, bn_act, check_mids, eager_channel_shuffle, fused_stem, give_bias, inverse_index,
+                      is_bn, shuffle_index)
 from ._units import UnitKernelMixin, pack_1x1, pack_dw
 from ._units import _bias as _unit_bias
 
@@ -268,7 +268,7 @@ class ShuffleNetV1(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
 
     def forward(self, x):
-        x = self.maxpool(self.conv1(x))
+        x = fused_stem(self.conv1, self.maxpool, x)
         x = self.stage4(self.stage3(self.stage2(x)))
         return self.fc(x.mean((2, 3)))
 

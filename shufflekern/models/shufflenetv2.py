@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import _fusing
-from ._common import bn_act, check_mids, eager_channel_shuffle, is_bn
+from ._common import bn_act, check_mids, eager_channel_shuffle, fused_stem, is_bn
 from ._units import UnitKernelMixin, pack_1x1, pack_dw
 from ._units import _bias as _unit_bias
 
@@ -318,7 +318,7 @@ class ShuffleNetV2(nn.Module):
         self.fc = nn.Linear(chans[-1], num_classes)
 
     def forward(self, x):
-        x = self.maxpool(self.conv1(x))
+        x = fused_stem(self.conv1, self.maxpool, x)
         x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
         return self.fc(x.mean((2, 3)))
 

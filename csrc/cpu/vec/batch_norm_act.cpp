@@ -9,6 +9,8 @@
 // Statistics are summed in the input type over blocks of kBlock rows, then in double, around a per-channel
 // shift (the first pixel's value), so a large mean does not cancel the variance away.
 #pragma GCC diagnostic ignored "-Wpsabi"
+// gcc 12's AVX-512 conversion intrinsics (the argmax bytes below) start from an undefined register: false alarms.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include <algorithm>
 #include <cmath>
@@ -366,24 +368,21 @@ void forward_flat_apply(const FlatShape& fs, const T* x, const T* r, T* y, const
   });
 }
 
+// Training statistics of x into a.mean / a.var.  Shifted sums: s1 = sum(x - k), s2 = sum((x - k)^2), k = x at
+// the first position of the channel.
 template <typename T>
-void forward_flat(const BnActArgs& a) {
+void batch_stats(const BnActArgs& a) {
   using V = Vectorized<T>;
   const T* x = static_cast<const T*>(a.x);
-  const T* r = static_cast<const T*>(a.residual);
-  T* y = static_cast<T*>(a.y);
-  const FlatShape fs = flat_shape<T>(a);
-  const int64_t C = a.c, Q = fs.Q;
-  Scratch rb(sizeof(T) * 2 * Q, "batch_norm_act");
-  T* rep1 = rb.as<T>();
-  T* rep2 = rep1 + Q;
-  if (a.training) {
-    // Shifted sums: s1 = sum(x - k), s2 = sum((x - k)^2), k = x at the first position of the channel.
-    repeat_channels<T>(fs, x, rep1);
-    Scratch sb(sizeof(double) * 2 * C, "batch_norm_act");
-    double* s1 = sb.as<double>();
-    double* s2 = s1 + C;
-    const T* k = rep1;
+  const int64_t C = a.c;
+  Scratch sb(sizeof(double) * 2 * C, "batch_norm_act");
+  double* s1 = sb.as<double>();
+  double* s2 = s1 + C;
+  if (a.channels_last) {
+    const FlatShape fs = flat_shape<T>(a);
+    Scratch kb(sizeof(T) * fs.Q, "batch_norm_act");
+    const T* k = kb.as<T>();
+    repeat_channels<T>(fs, x, kb.as<T>());
     flat_channel_sums<T>(
         fs,
         [=](int64_t off, int64_t q, int64_t cnt) {
@@ -392,7 +391,32 @@ void forward_flat(const BnActArgs& a) {
         },
         s1, s2);
     store_batch_stats<T>(a, k, s1, s2);
+    return;
   }
+  Scratch kb(sizeof(T) * C, "batch_norm_act");
+  T* k = kb.as<T>();
+  for (int64_t c = 0; c < C; ++c) k[c] = x[c * a.hw];
+  channel_sums<T>(
+      a,
+      [&](int64_t pos, int64_t c, int64_t cnt) {
+        const V d = V::loadu(x + pos, cnt) - V(k[c]);
+        return std::make_pair(d, d);
+      },
+      s1, s2);
+  store_batch_stats<T>(a, k, s1, s2);
+}
+
+template <typename T>
+void forward_flat(const BnActArgs& a) {
+  const T* x = static_cast<const T*>(a.x);
+  const T* r = static_cast<const T*>(a.residual);
+  T* y = static_cast<T*>(a.y);
+  const FlatShape fs = flat_shape<T>(a);
+  const int64_t Q = fs.Q;
+  Scratch rb(sizeof(T) * 2 * Q, "batch_norm_act");
+  T* rep1 = rb.as<T>();
+  T* rep2 = rep1 + Q;
+  if (a.training) batch_stats<T>(a);
   const Coefficients<T> coef(a);
   repeat_channels<T>(fs, coef.scale, rep1);
   repeat_channels<T>(fs, coef.shift, rep2);
@@ -510,24 +534,7 @@ void forward_t(const BnActArgs& a) {
   const T* x = static_cast<const T*>(a.x);
   const T* r = static_cast<const T*>(a.residual);
   T* y = static_cast<T*>(a.y);
-  const int64_t C = a.c;
-  if (a.training) {
-    // Shifted sums: s1 = sum(x - k), s2 = sum((x - k)^2), k = x at the first position of the channel.
-    Scratch kb(sizeof(T) * C, "batch_norm_act");
-    T* k = kb.as<T>();
-    for (int64_t c = 0; c < C; ++c) k[c] = a.channels_last ? x[c] : x[c * a.hw];
-    Scratch sb(sizeof(double) * 2 * C, "batch_norm_act");
-    double* s1 = sb.as<double>();
-    double* s2 = s1 + C;
-    channel_sums<T>(
-        a,
-        [&](int64_t pos, int64_t c, int64_t cnt) {
-          const V d = V::loadu(x + pos, cnt) - per_channel<T>(a, k, c, cnt);
-          return std::make_pair(d, d);
-        },
-        s1, s2);
-    store_batch_stats<T>(a, k, s1, s2);
-  }
+  if (a.training) batch_stats<T>(a);
   const Coefficients<T> coef(a);
   for_each_vector<T>(a, [&](int64_t pos, int64_t c, int64_t cnt) {
     V z = pre_act<T>(V::loadu(x + pos, cnt), per_channel<T>(a, coef.scale, c, cnt),
@@ -582,6 +589,421 @@ void backward_t(const BnActArgs& a) {
   });
 }
 
+// ---- bn_relu_max_pool: BatchNorm + ReLU + max_pool2d(3, 2, 1) ------------------------------------------------
+//
+// Memory passes over the full-resolution x (the ShuffleNet stem's [16, 24, 112, 112]), against batch_norm_act
+// followed by ATen's max_pool2d with indices (and, backward, its zero fill + scatter):
+//   forward:  stats (read x) + normalise-and-pool (read x; write y and argmax, a quarter of x's size, 1 byte)
+//             vs stats + apply (read x, write z) + pool (read z; write y and an int64 index a quarter of x's size)
+//   backward: sums + grad_x, each reading x and the quarter-size grad_y and argmax (the pooled gradient gathered
+//             per input, never written), writing grad_x once
+//             vs zero fill + scatter (write and update dL/dz) + BatchNorm's sums and apply (read dL/dz, x twice)
+// z = relu(x * scale + shift) is the batch_norm_act forward's own expression: y is bit-identical to
+// max_pool2d(batch_norm_act(x)); the backward's ReLU mask recomputes the same z.
+
+// The argmax bytes from / to the lanes of a vector of T (values 0..8); count <= the vector's size.
+template <typename T>
+inline void store_argmax(const Vectorized<T>& k, uint8_t* dst, int64_t count) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const __mmask16 m = static_cast<__mmask16>((1u << count) - 1);
+    _mm_mask_storeu_epi8(dst, m, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(k)));
+    return;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    if (count == 8) {
+      const __m256i i = _mm256_cvttps_epi32(k);
+      const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm_packus_epi16(w, w));
+      return;
+    }
+  }
+#endif
+  T tmp[Vectorized<T>::size()];
+  k.store(tmp);
+  for (int64_t l = 0; l < count; ++l) dst[l] = static_cast<uint8_t>(tmp[l]);
+}
+
+template <typename T>
+inline Vectorized<T> load_argmax(const uint8_t* src, int64_t count) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const __mmask16 m = static_cast<__mmask16>((1u << count) - 1);
+    return Vectorized<float>(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, src))));
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    if (count == 8) {
+      return Vectorized<float>(
+          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src)))));
+    }
+  }
+#endif
+  T tmp[Vectorized<T>::size()] = {};
+  for (int64_t l = 0; l < count; ++l) tmp[l] = static_cast<T>(src[l]);
+  return Vectorized<T>::loadu(tmp);
+}
+
+// The pooled outputs along one dimension whose windows hold input index i, ascending: o[j] and the input's
+// offset k[j] in o[j]'s window (window of o: 2 o - 1 .. 2 o + 1).  Returns their number (1 or 2).
+inline int windows_holding(int64_t i, int64_t n_out, int64_t* o, int* k) {
+  if (i % 2 == 0) {
+    o[0] = i / 2;
+    k[0] = 1;
+    return 1;
+  }
+  o[0] = (i - 1) / 2;
+  k[0] = 2;
+  if ((i + 1) / 2 >= n_out) return 1;
+  o[1] = (i + 1) / 2;
+  k[1] = 0;
+  return 2;
+}
+
+inline void pool_window(int64_t o, int64_t n, int64_t& lo, int64_t& hi) {
+  lo = std::max<int64_t>(0, 2 * o - 1);
+  hi = std::min<int64_t>(n, 2 * o + 2);
+}
+
+// channels_last forward: one task = output rows; vectors over the channels of a pixel.
+template <typename T>
+void pool_forward_cl(const BnPoolArgs& p, const T* scale, const T* shift) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const BnActArgs& a = p.bn;
+  const T* x = static_cast<const T*>(a.x);
+  T* y = static_cast<T*>(a.y);
+  uint8_t* am = static_cast<uint8_t*>(p.argmax);
+  const int64_t C = a.c, H = p.h, W = p.w, Ho = p.ho, Wo = p.wo;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(4 * Wo * C, 1));
+  at::parallel_for(0, a.n * Ho, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t img = r / Ho, oy = r % Ho;
+      int64_t y0, y1;
+      pool_window(oy, H, y0, y1);
+      for (int64_t ox = 0; ox < Wo; ++ox) {
+        int64_t x0, x1;
+        pool_window(ox, W, x0, x1);
+        const int64_t out = (r * Wo + ox) * C;
+        for (int64_t c = 0; c < C; c += L) {
+          const int64_t cnt = std::min<int64_t>(L, C - c);
+          const V sc = V::loadu(scale + c, cnt), sh = V::loadu(shift + c, cnt);
+          V best, arg;
+          bool first = true;
+          for (int64_t iy = y0; iy < y1; ++iy) {
+            const T* row = x + (img * H + iy) * W * C + c;
+            for (int64_t ix = x0; ix < x1; ++ix) {
+              const V z = at::vec::clamp_min(at::vec::fmadd(V::loadu(row + ix * C, cnt), sc, sh), V(T(0)));
+              const V k(static_cast<T>(3 * (iy - 2 * oy + 1) + (ix - 2 * ox + 1)));
+              if (first) {
+                best = z;
+                arg = k;
+                first = false;
+                continue;
+              }
+              const V take = (z > best) | z.isnan();  // ATen's rule: larger, or NaN
+              best = V::blendv(best, z, take);
+              arg = V::blendv(arg, k, take);
+            }
+          }
+          best.store(y + out + c, cnt);
+          store_argmax<T>(arg, am + out + c, cnt);
+        }
+      }
+    }
+  });
+}
+
+// NCHW forward: one task = planes; z of a plane computed into scratch with vectors, then pooled per output.
+template <typename T>
+void pool_forward_nchw(const BnPoolArgs& p, const T* scale, const T* shift) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const BnActArgs& a = p.bn;
+  const T* x = static_cast<const T*>(a.x);
+  T* y = static_cast<T*>(a.y);
+  uint8_t* am = static_cast<uint8_t*>(p.argmax);
+  const int64_t C = a.c, H = p.h, W = p.w, Ho = p.ho, Wo = p.wo, HW = H * W;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(HW, 1));
+  at::parallel_for(0, a.n * C, grain, [&](int64_t p0, int64_t p1) {
+    Scratch zb(sizeof(T) * HW, "bn_relu_max_pool");
+    T* z = zb.as<T>();
+    for (int64_t plane = p0; plane < p1; ++plane) {
+      const int64_t c = plane % C;
+      const V sc(scale[c]), sh(shift[c]);
+      const T* xp = x + plane * HW;
+      for (int64_t i = 0; i < HW; i += L) {
+        const int64_t cnt = std::min<int64_t>(L, HW - i);
+        at::vec::clamp_min(at::vec::fmadd(V::loadu(xp + i, cnt), sc, sh), V(T(0))).store(z + i, cnt);
+      }
+      T* yp = y + plane * Ho * Wo;
+      uint8_t* ap = am + plane * Ho * Wo;
+      for (int64_t oy = 0; oy < Ho; ++oy) {
+        int64_t y0, y1;
+        pool_window(oy, H, y0, y1);
+        for (int64_t ox = 0; ox < Wo; ++ox) {
+          int64_t x0, x1;
+          pool_window(ox, W, x0, x1);
+          T best = z[y0 * W + x0];
+          int k = 3 * (y0 - 2 * oy + 1) + (x0 - 2 * ox + 1);
+          for (int64_t iy = y0; iy < y1; ++iy) {
+            for (int64_t ix = x0; ix < x1; ++ix) {
+              const T v = z[iy * W + ix];
+              if (v > best || std::isnan(v)) {
+                best = v;
+                k = static_cast<int>(3 * (iy - 2 * oy + 1) + (ix - 2 * ox + 1));
+              }
+            }
+          }
+          yp[oy * Wo + ox] = best;
+          ap[oy * Wo + ox] = static_cast<uint8_t>(k);
+        }
+      }
+    }
+  });
+}
+
+// The operands of the backward passes, [C] each (the BatchNorm's per-channel values).
+template <typename T>
+struct PoolBwd {
+  const T *x, *g, *scale, *shift, *mean;
+  const uint8_t* am;
+  const T *ca, *cb, *cd;  // grad_x = A gz + B (x - mean) + D
+  T* gx;
+};
+
+// channels_last: fn(pos, c, cnt, gz) for each channel vector of input pixels [ix0, ix1) of input row r (of
+// n * H), gz = dL/dz there: the pooled gradients gathered from the <= 4 windows holding the pixel (those whose
+// argmax is it, summed in ATen's order: output rows, then columns, ascending), through the ReLU mask.
+template <typename T, typename F>
+inline void cl_grad_z(const BnPoolArgs& p, const PoolBwd<T>& b, int64_t r, int64_t ix0, int64_t ix1, F&& fn) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t C = p.bn.c, H = p.h, W = p.w, Ho = p.ho, Wo = p.wo;
+  const int64_t img = r / H, iy = r % H;
+  int64_t oy[2], ox[2];
+  int ky[2], kx[2];
+  const int ny = windows_holding(iy, Ho, oy, ky);
+  for (int64_t ix = ix0; ix < ix1; ++ix) {
+    const int nx = windows_holding(ix, Wo, ox, kx);
+    const int64_t pos = (r * W + ix) * C;
+    for (int64_t c = 0; c < C; c += L) {
+      const int64_t cnt = std::min<int64_t>(L, C - c);
+      V gp(T(0));
+      for (int i = 0; i < ny; ++i) {
+        for (int j = 0; j < nx; ++j) {
+          const int64_t off = ((img * Ho + oy[i]) * Wo + ox[j]) * C + c;
+          const V k(static_cast<T>(3 * ky[i] + kx[j]));
+          gp = gp + (V::loadu(b.g + off, cnt) & (load_argmax<T>(b.am + off, cnt) == k));
+        }
+      }
+      const V z = at::vec::fmadd(V::loadu(b.x + pos + c, cnt), V::loadu(b.scale + c, cnt), V::loadu(b.shift + c, cnt));
+      fn(pos + c, c, cnt, relu_mask<T>(gp, z));
+    }
+  }
+}
+
+// Per-channel sums sg = sum gz, sgx = sum gz (x - mean), channels_last: threads take input rows and keep [C]
+// partials in double, summed in T over blocks of kBlock pixels.
+template <typename T>
+void pool_backward_sums_cl(const BnPoolArgs& p, const PoolBwd<T>& b, double* sg, double* sgx) {
+  using V = Vectorized<T>;
+  const int64_t C = p.bn.c, W = p.w;
+  const int threads = at::get_num_threads();
+  Scratch partial(sizeof(double) * 2 * C * threads, "bn_relu_max_pool", /*zero=*/true);
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(W * C, 1));
+  at::parallel_for(0, p.bn.n * p.h, grain, [&](int64_t r0, int64_t r1) {
+    double* d1 = partial.as<double>() + 2 * C * at::get_thread_num();
+    double* d2 = d1 + C;
+    Scratch tb(sizeof(T) * 2 * C, "bn_relu_max_pool");
+    T* t1 = tb.as<T>();
+    T* t2 = t1 + C;
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t ix0 = 0; ix0 < W; ix0 += kBlock) {
+        std::memset(t1, 0, sizeof(T) * 2 * C);
+        cl_grad_z<T>(p, b, r, ix0, std::min(W, ix0 + kBlock), [&](int64_t pos, int64_t c, int64_t cnt, const V& gz) {
+          (V::loadu(t1 + c, cnt) + gz).store(t1 + c, cnt);
+          at::vec::fmadd(gz, V::loadu(b.x + pos, cnt) - V::loadu(b.mean + c, cnt), V::loadu(t2 + c, cnt))
+              .store(t2 + c, cnt);
+        });
+        for (int64_t c = 0; c < C; ++c) {
+          d1[c] += static_cast<double>(t1[c]);
+          d2[c] += static_cast<double>(t2[c]);
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double u = 0, v = 0;
+    for (int t = 0; t < threads; ++t) {
+      u += partial.as<double>()[2 * C * t + c];
+      v += partial.as<double>()[2 * C * t + C + c];
+    }
+    sg[c] = u;
+    sgx[c] = v;
+  }
+}
+
+template <typename T, bool TRAINING>
+void pool_backward_apply_cl(const BnPoolArgs& p, const PoolBwd<T>& b) {
+  using V = Vectorized<T>;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(p.w * p.bn.c, 1));
+  at::parallel_for(0, p.bn.n * p.h, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      cl_grad_z<T>(p, b, r, 0, p.w, [&](int64_t pos, int64_t c, int64_t cnt, const V& gz) {
+        V out = gz * V::loadu(b.ca + c, cnt);
+        if constexpr (TRAINING) {
+          const V d = V::loadu(b.x + pos, cnt) - V::loadu(b.mean + c, cnt);
+          out = at::vec::fmadd(d, V::loadu(b.cb + c, cnt), out + V::loadu(b.cd + c, cnt));
+        }
+        out.store(b.gx + pos, cnt);
+      });
+    }
+  });
+}
+
+// NCHW: gz of one plane into `gz` (scratch of H * W): the pooled gradients scattered to their argmax in
+// output order (ATen's order and sums, on a zeroed plane), then the ReLU mask with z recomputed.  An argmax
+// outside the input (possible only in a hand-made argmax: the forward never makes one) is skipped.
+template <typename T>
+void nchw_plane_grad_z(const BnPoolArgs& p, const PoolBwd<T>& b, int64_t plane, T* gz) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t C = p.bn.c, H = p.h, W = p.w, Ho = p.ho, Wo = p.wo, HW = H * W;
+  std::memset(gz, 0, sizeof(T) * HW);
+  const T* gp = b.g + plane * Ho * Wo;
+  const uint8_t* ap = b.am + plane * Ho * Wo;
+  for (int64_t oy = 0; oy < Ho; ++oy) {
+    for (int64_t ox = 0; ox < Wo; ++ox) {
+      const int k = ap[oy * Wo + ox];
+      const int64_t iy = 2 * oy - 1 + k / 3, ix = 2 * ox - 1 + k % 3;
+      if (k < 9 && iy >= 0 && iy < H && ix >= 0 && ix < W) gz[iy * W + ix] += gp[oy * Wo + ox];
+    }
+  }
+  const int64_t c = plane % C;
+  const V sc(b.scale[c]), sh(b.shift[c]);
+  const T* xp = b.x + plane * HW;
+  for (int64_t i = 0; i < HW; i += L) {
+    const int64_t cnt = std::min<int64_t>(L, HW - i);
+    relu_mask<T>(V::loadu(gz + i, cnt), at::vec::fmadd(V::loadu(xp + i, cnt), sc, sh)).store(gz + i, cnt);
+  }
+}
+
+// NCHW sums: threads take channels (all images of one), as channel_sums.
+template <typename T>
+void pool_backward_sums_nchw(const BnPoolArgs& p, const PoolBwd<T>& b, double* sg, double* sgx) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t C = p.bn.c, HW = p.h * p.w;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(p.bn.n * HW, 1));
+  at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
+    Scratch zb(sizeof(T) * HW, "bn_relu_max_pool");
+    T* gz = zb.as<T>();
+    for (int64_t c = c0; c < c1; ++c) {
+      double u = 0, v = 0;
+      const V mean(b.mean[c]);
+      for (int64_t img = 0; img < p.bn.n; ++img) {
+        const int64_t plane = img * C + c;
+        nchw_plane_grad_z<T>(p, b, plane, gz);
+        const T* xp = b.x + plane * HW;
+        for (int64_t i0 = 0; i0 < HW; i0 += kBlock * L) {
+          const int64_t i1 = std::min(HW, i0 + kBlock * L);
+          V a1(T(0)), a2(T(0));
+          for (int64_t i = i0; i < i1; i += L) {
+            const int64_t cnt = std::min<int64_t>(L, i1 - i);
+            V f = V::loadu(gz + i, cnt), h = V::loadu(xp + i, cnt) - mean;
+            if (cnt < L) {  // keep the unused lanes out of the sums
+              f = V::set(V(T(0)), f, cnt);
+              h = V::set(V(T(0)), h, cnt);
+            }
+            a1 = a1 + f;
+            a2 = at::vec::fmadd(f, h, a2);
+          }
+          T b1[L], b2[L];
+          a1.store(b1);
+          a2.store(b2);
+          for (int64_t l = 0; l < L; ++l) {
+            u += static_cast<double>(b1[l]);
+            v += static_cast<double>(b2[l]);
+          }
+        }
+      }
+      sg[c] = u;
+      sgx[c] = v;
+    }
+  });
+}
+
+template <typename T, bool TRAINING>
+void pool_backward_apply_nchw(const BnPoolArgs& p, const PoolBwd<T>& b) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  const int64_t C = p.bn.c, HW = p.h * p.w;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(HW, 1));
+  at::parallel_for(0, p.bn.n * C, grain, [&](int64_t p0, int64_t p1) {
+    Scratch zb(sizeof(T) * HW, "bn_relu_max_pool");
+    T* gz = zb.as<T>();
+    for (int64_t plane = p0; plane < p1; ++plane) {
+      const int64_t c = plane % C;
+      nchw_plane_grad_z<T>(p, b, plane, gz);
+      const T* xp = b.x + plane * HW;
+      T* out_p = b.gx + plane * HW;
+      const V ca(b.ca[c]), cb(b.cb[c]), cd(b.cd[c]), mean(b.mean[c]);
+      for (int64_t i = 0; i < HW; i += L) {
+        const int64_t cnt = std::min<int64_t>(L, HW - i);
+        V out = V::loadu(gz + i, cnt) * ca;
+        if constexpr (TRAINING) out = at::vec::fmadd(V::loadu(xp + i, cnt) - mean, cb, out + cd);
+        out.store(out_p + i, cnt);
+      }
+    }
+  });
+}
+
+template <typename T>
+void pool_forward_t(const BnPoolArgs& p) {
+  if (p.bn.training) batch_stats<T>(p.bn);
+  const Coefficients<T> coef(p.bn);
+  p.bn.channels_last ? pool_forward_cl<T>(p, coef.scale, coef.shift) : pool_forward_nchw<T>(p, coef.scale, coef.shift);
+}
+
+template <typename T>
+void pool_backward_t(const BnPoolArgs& p) {
+  const BnActArgs& a = p.bn;
+  const Coefficients<T> coef(a);
+  PoolBwd<T> b{};
+  b.x = static_cast<const T*>(a.x);
+  b.g = static_cast<const T*>(a.grad_y);
+  b.am = static_cast<const uint8_t*>(p.argmax);
+  b.scale = coef.scale;
+  b.shift = coef.shift;
+  b.mean = static_cast<const T*>(a.mean);
+  b.gx = static_cast<T*>(a.grad_x);
+  Scratch sb(sizeof(double) * 2 * a.c, "bn_relu_max_pool");
+  double* sg = sb.as<double>();  // sum gz
+  double* sgx = sg + a.c;        // sum gz * (x - mean)
+  a.channels_last ? pool_backward_sums_cl<T>(p, b, sg, sgx) : pool_backward_sums_nchw<T>(p, b, sg, sgx);
+  store_param_grads<T>(a, coef, sg, sgx);
+  if (b.gx == nullptr) return;
+  const GradCoefficients<T> gk(a, coef, sg, sgx);
+  b.ca = gk.a;
+  b.cb = gk.b;
+  b.cd = gk.d;
+  if (a.channels_last) {
+    a.training ? pool_backward_apply_cl<T, true>(p, b) : pool_backward_apply_cl<T, false>(p, b);
+  } else {
+    a.training ? pool_backward_apply_nchw<T, true>(p, b) : pool_backward_apply_nchw<T, false>(p, b);
+  }
+}
+
+void pool_forward_kernel(const BnPoolArgs& p) {
+  p.bn.dtype == kBnDouble ? pool_forward_t<double>(p) : pool_forward_t<float>(p);
+}
+
+void pool_backward_kernel(const BnPoolArgs& p) {
+  p.bn.dtype == kBnDouble ? pool_backward_t<double>(p) : pool_backward_t<float>(p);
+}
+
 void forward_kernel(const BnActArgs& a) {
   a.dtype == kBnDouble ? forward_t<double>(a) : forward_t<float>(a);
 }
@@ -595,5 +1017,7 @@ void backward_kernel(const BnActArgs& a) {
 
 SK_REGISTER_KERNEL(batch_norm_act_forward_table, &CPU_CAPABILITY::forward_kernel);
 SK_REGISTER_KERNEL(batch_norm_act_backward_table, &CPU_CAPABILITY::backward_kernel);
+SK_REGISTER_KERNEL(bn_relu_max_pool_forward_table, &CPU_CAPABILITY::pool_forward_kernel);
+SK_REGISTER_KERNEL(bn_relu_max_pool_backward_table, &CPU_CAPABILITY::pool_backward_kernel);
 
 }  // namespace shufflekern::cpu
