@@ -645,6 +645,23 @@ inline Vectorized<T> load_argmax(const uint8_t* src, int64_t count) {
   return Vectorized<T>::loadu(tmp);
 }
 
+// best, arg = z, k in the lanes where z beats best by ATen's rule (larger, or NaN: the first maximum in window
+// order, the last NaN).  AVX-512 float on mask registers (at::vec's compare results are vectors there).
+template <typename T>
+inline void take_if_larger(const Vectorized<T>& z, const Vectorized<T>& k, Vectorized<T>& best, Vectorized<T>& arg) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const __mmask16 m = _mm512_cmp_ps_mask(z, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q);
+    best = Vectorized<float>(_mm512_mask_mov_ps(best, m, z));
+    arg = Vectorized<float>(_mm512_mask_mov_ps(arg, m, k));
+    return;
+  }
+#endif
+  const Vectorized<T> take = (z > best) | z.isnan();
+  best = Vectorized<T>::blendv(best, z, take);
+  arg = Vectorized<T>::blendv(arg, k, take);
+}
+
 // The pooled outputs along one dimension whose windows hold input index i, ascending: o[j] and the input's
 // offset k[j] in o[j]'s window (window of o: 2 o - 1 .. 2 o + 1).  Returns their number (1 or 2).
 inline int windows_holding(int64_t i, int64_t n_out, int64_t* o, int* k) {
@@ -702,9 +719,7 @@ void pool_forward_cl(const BnPoolArgs& p, const T* scale, const T* shift) {
                 first = false;
                 continue;
               }
-              const V take = (z > best) | z.isnan();  // ATen's rule: larger, or NaN
-              best = V::blendv(best, z, take);
-              arg = V::blendv(arg, k, take);
+              take_if_larger<T>(z, k, best, arg);
             }
           }
           best.store(y + out + c, cnt);
@@ -773,42 +788,66 @@ struct PoolBwd {
   T* gx;
 };
 
-// channels_last: fn(pos, c, cnt, gz) for each channel vector of input pixels [ix0, ix1) of input row r (of
-// n * H), gz = dL/dz there: the pooled gradients gathered from the <= 4 windows holding the pixel (those whose
-// argmax is it, summed in ATen's order: output rows, then columns, ascending), through the ReLU mask.
-template <typename T, typename F>
-inline void cl_grad_z(const BnPoolArgs& p, const PoolBwd<T>& b, int64_t r, int64_t ix0, int64_t ix1, F&& fn) {
-  using V = Vectorized<T>;
-  constexpr int64_t L = V::size();
-  const int64_t C = p.bn.c, H = p.h, W = p.w, Ho = p.ho, Wo = p.wo;
-  const int64_t img = r / H, iy = r % H;
-  int64_t oy[2], ox[2];
-  int ky[2], kx[2];
-  const int ny = windows_holding(iy, Ho, oy, ky);
-  for (int64_t ix = ix0; ix < ix1; ++ix) {
-    const int nx = windows_holding(ix, Wo, ox, kx);
-    const int64_t pos = (r * W + ix) * C;
-    for (int64_t c = 0; c < C; c += L) {
-      const int64_t cnt = std::min<int64_t>(L, C - c);
-      V gp(T(0));
-      for (int i = 0; i < ny; ++i) {
-        for (int j = 0; j < nx; ++j) {
-          const int64_t off = ((img * Ho + oy[i]) * Wo + ox[j]) * C + c;
-          const V k(static_cast<T>(3 * ky[i] + kx[j]));
-          gp = gp + (V::loadu(b.g + off, cnt) & (load_argmax<T>(b.am + off, cnt) == k));
-        }
-      }
-      const V z = at::vec::fmadd(V::loadu(b.x + pos + c, cnt), V::loadu(b.scale + c, cnt), V::loadu(b.shift + c, cnt));
-      fn(pos + c, c, cnt, relu_mask<T>(gp, z));
+// gp + the pooled gradient g[0..count) where argmax[0..count) == k (lanes past count untouched): one window's
+// share of an input's gradient.  The same sum either way (adding +0.0 to a sum that started at +0.0 changes
+// nothing); AVX-512 float compares the argmax bytes and adds under the lane mask.
+template <typename T>
+inline Vectorized<T> add_if_argmax(const Vectorized<T>& gp, const T* g, const uint8_t* argmax, int k, int64_t count) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    const __mmask16 valid = static_cast<__mmask16>((1u << count) - 1);
+    const __mmask16 m = _mm_mask_cmpeq_epi8_mask(valid, _mm_maskz_loadu_epi8(valid, argmax), _mm_set1_epi8(static_cast<char>(k)));
+    return Vectorized<float>(_mm512_mask_add_ps(gp, m, gp, _mm512_maskz_loadu_ps(m, g)));
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    if (count == 8) {  // the bytes compared, their 0 / 0xff widened to lane masks
+      const __m128i eq = _mm_cmpeq_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(argmax)),
+                                        _mm_set1_epi8(static_cast<char>(k)));
+      const __m256 m = _mm256_castsi256_ps(_mm256_cvtepi8_epi32(eq));
+      return Vectorized<float>(_mm256_add_ps(gp, _mm256_and_ps(_mm256_loadu_ps(g), m)));
     }
   }
+#endif
+  using V = Vectorized<T>;
+  return gp + (V::loadu(g, count) & (load_argmax<T>(argmax, count) == V(static_cast<T>(k))));
+}
+
+// channels_last: the windows over input row r (of n * H): `at` = the offsets of their output rows' first
+// pixels (img * Ho + oy) * Wo * C, ky = the row's offset in each; returns their number (1 or 2).
+inline int cl_rows_holding(const BnPoolArgs& p, int64_t r, int64_t* at, int* ky) {
+  const int64_t img = r / p.h, iy = r % p.h;
+  int64_t oy[2];
+  const int ny = windows_holding(iy, p.ho, oy, ky);
+  for (int i = 0; i < ny; ++i) at[i] = (img * p.ho + oy[i]) * p.wo * p.bn.c;
+  return ny;
+}
+
+// gz = dL/dz at input pixel ix of the row, channels c..c+count: the pooled gradients of the <= 4 windows holding
+// it whose argmax it is, summed in ATen's order (output rows, then columns, ascending), through the ReLU mask.
+template <typename T>
+inline Vectorized<T> cl_grad_z(const PoolBwd<T>& b, const int64_t* at, const int* ky, int ny, int64_t ix,
+                               int64_t Wo, int64_t C, int64_t c, int64_t count, const Vectorized<T>& xv,
+                               const Vectorized<T>& scale, const Vectorized<T>& shift) {
+  int64_t ox[2];
+  int kx[2];
+  const int nx = windows_holding(ix, Wo, ox, kx);
+  Vectorized<T> gp(T(0));
+  for (int i = 0; i < ny; ++i) {
+    for (int j = 0; j < nx; ++j) {
+      const int64_t off = at[i] + ox[j] * C + c;
+      gp = add_if_argmax<T>(gp, b.g + off, b.am + off, 3 * ky[i] + kx[j], count);
+    }
+  }
+  return relu_mask<T>(gp, at::vec::fmadd(xv, scale, shift));
 }
 
 // Per-channel sums sg = sum gz, sgx = sum gz (x - mean), channels_last: threads take input rows and keep [C]
-// partials in double, summed in T over blocks of kBlock pixels.
+// partials in double; a channel vector is summed in T over blocks of kBlock pixels, its operands in registers.
 template <typename T>
 void pool_backward_sums_cl(const BnPoolArgs& p, const PoolBwd<T>& b, double* sg, double* sgx) {
   using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
   const int64_t C = p.bn.c, W = p.w;
   const int threads = at::get_num_threads();
   Scratch partial(sizeof(double) * 2 * C * threads, "bn_relu_max_pool", /*zero=*/true);
@@ -816,20 +855,29 @@ void pool_backward_sums_cl(const BnPoolArgs& p, const PoolBwd<T>& b, double* sg,
   at::parallel_for(0, p.bn.n * p.h, grain, [&](int64_t r0, int64_t r1) {
     double* d1 = partial.as<double>() + 2 * C * at::get_thread_num();
     double* d2 = d1 + C;
-    Scratch tb(sizeof(T) * 2 * C, "bn_relu_max_pool");
-    T* t1 = tb.as<T>();
-    T* t2 = t1 + C;
     for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t ix0 = 0; ix0 < W; ix0 += kBlock) {
-        std::memset(t1, 0, sizeof(T) * 2 * C);
-        cl_grad_z<T>(p, b, r, ix0, std::min(W, ix0 + kBlock), [&](int64_t pos, int64_t c, int64_t cnt, const V& gz) {
-          (V::loadu(t1 + c, cnt) + gz).store(t1 + c, cnt);
-          at::vec::fmadd(gz, V::loadu(b.x + pos, cnt) - V::loadu(b.mean + c, cnt), V::loadu(t2 + c, cnt))
-              .store(t2 + c, cnt);
-        });
-        for (int64_t c = 0; c < C; ++c) {
-          d1[c] += static_cast<double>(t1[c]);
-          d2[c] += static_cast<double>(t2[c]);
+      int64_t at[2];
+      int ky[2];
+      const int ny = cl_rows_holding(p, r, at, ky);
+      const T* xr = b.x + r * W * C;
+      for (int64_t c = 0; c < C; c += L) {
+        const int64_t cnt = std::min<int64_t>(L, C - c);
+        const V sc = V::loadu(b.scale + c, cnt), sh = V::loadu(b.shift + c, cnt), mean = V::loadu(b.mean + c, cnt);
+        for (int64_t ix0 = 0; ix0 < W; ix0 += kBlock) {
+          V a1(T(0)), a2(T(0));
+          for (int64_t ix = ix0; ix < std::min(W, ix0 + kBlock); ++ix) {
+            const V xv = V::loadu(xr + ix * C + c, cnt);
+            const V gz = cl_grad_z<T>(b, at, ky, ny, ix, p.wo, C, c, cnt, xv, sc, sh);
+            a1 = a1 + gz;
+            a2 = at::vec::fmadd(gz, xv - mean, a2);
+          }
+          T t1[L], t2[L];
+          a1.store(t1);
+          a2.store(t2);
+          for (int64_t l = 0; l < cnt; ++l) {
+            d1[c + l] += static_cast<double>(t1[l]);
+            d2[c + l] += static_cast<double>(t2[l]);
+          }
         }
       }
     }
@@ -848,17 +896,27 @@ void pool_backward_sums_cl(const BnPoolArgs& p, const PoolBwd<T>& b, double* sg,
 template <typename T, bool TRAINING>
 void pool_backward_apply_cl(const BnPoolArgs& p, const PoolBwd<T>& b) {
   using V = Vectorized<T>;
-  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(p.w * p.bn.c, 1));
+  constexpr int64_t L = V::size();
+  const int64_t C = p.bn.c, W = p.w;
+  const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(W * C, 1));
   at::parallel_for(0, p.bn.n * p.h, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      cl_grad_z<T>(p, b, r, 0, p.w, [&](int64_t pos, int64_t c, int64_t cnt, const V& gz) {
-        V out = gz * V::loadu(b.ca + c, cnt);
-        if constexpr (TRAINING) {
-          const V d = V::loadu(b.x + pos, cnt) - V::loadu(b.mean + c, cnt);
-          out = at::vec::fmadd(d, V::loadu(b.cb + c, cnt), out + V::loadu(b.cd + c, cnt));
+      int64_t at[2];
+      int ky[2];
+      const int ny = cl_rows_holding(p, r, at, ky);
+      const T* xr = b.x + r * W * C;
+      T* gr = b.gx + r * W * C;
+      for (int64_t c = 0; c < C; c += L) {
+        const int64_t cnt = std::min<int64_t>(L, C - c);
+        const V sc = V::loadu(b.scale + c, cnt), sh = V::loadu(b.shift + c, cnt), mean = V::loadu(b.mean + c, cnt);
+        const V ca = V::loadu(b.ca + c, cnt), cb = V::loadu(b.cb + c, cnt), cd = V::loadu(b.cd + c, cnt);
+        for (int64_t ix = 0; ix < W; ++ix) {
+          const V xv = V::loadu(xr + ix * C + c, cnt);
+          V out = cl_grad_z<T>(b, at, ky, ny, ix, p.wo, C, c, cnt, xv, sc, sh) * ca;
+          if constexpr (TRAINING) out = at::vec::fmadd(xv - mean, cb, out + cd);
+          out.store(gr + ix * C + c, cnt);
         }
-        out.store(b.gx + pos, cnt);
-      });
+      }
     }
   });
 }
