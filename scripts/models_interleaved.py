@@ -7,7 +7,10 @@ alternating order (ABCD, DCBA, ...) for every case asked, so that a slow spell o
 ratios it prints come from one run.  Providers as in bench/bench_models.py: the fused model (`sk.fuse`; inference: BatchNorm folded) and
 the eager model, each in NCHW and channels_last; `--compile` adds torch.compile of the eager model and of the
 fused model (compile_fused), both channels_last.  After the table it prints each provider's median minor page
-faults a timed call (glibc re-faulting freed activations: one reason a provider's time moves between processes).
+faults a timed call (glibc re-faulting freed activations: one reason a provider's time moves between processes),
+and the fused-vs-eager ratio paired round by round (median, quartiles, range of the per-round ratios of the two
+providers the table's ratio compares).  The table's ratio is of medians over the rounds; with this machine's
+round-to-round noise, 8 rounds leave it some ±10% between runs, 24 rounds about half that.
 
     PYTHONPATH=. python scripts/models_interleaved.py [--steps 12] [--settle 3] [--models v1_g3,v2] [--compile]
         [--cases infer16,train16] [--formats nchw,cl] [--threads N] [--tune-malloc]
@@ -94,7 +97,16 @@ def run(name, train, batch, steps, with_compile, settle=1, formats=tuple(FORMATS
     fault_line = (f"- {name} {kind} bs {batch}: " + ", ".join(f"{k} {statistics.median(v):,.0f}"
                                                            for k, v in faults.items())
                   if resource is not None else "")
-    return f"| {name} | {kind} | {batch} | {cells} | {eager / fused:.2f}x{vs_compile} |", order, fault_line
+    # The same comparison paired round by round: the best eager and best fused formats' times of each round
+    # (timed within seconds of each other), so a slow spell of the machine hits both sides of a ratio.
+    best_f = min((f"fused_{f}" for f in formats), key=med.get)
+    best_e = min((f"eager_{f}" for f in formats), key=med.get)
+    paired = sorted(e / f for e, f in zip(times[best_e], times[best_f]))
+    paired_line = (f"- {name} {kind} bs {batch}: {best_e} / {best_f} per round: median {statistics.median(paired):.2f}x, "
+                   f"quartiles {paired[len(paired) // 4]:.2f}x-{paired[(3 * len(paired)) // 4]:.2f}x, "
+                   f"range {paired[0]:.2f}x-{paired[-1]:.2f}x")
+    return (f"| {name} | {kind} | {batch} | {cells} | {eager / fused:.2f}x{vs_compile} |", order, fault_line,
+            paired_line)
 
 
 def main():
@@ -124,7 +136,7 @@ def main():
         torch.set_num_threads(a.threads)
     if a.tune_malloc and not sk.tune_malloc():
         ap.error(f"--tune-malloc: {sk.malloc_state()['detail']}")
-    rows, fault_lines, header = [], [], None
+    rows, fault_lines, paired_lines, header = [], [], [], None
     cases = {"infer1": (False, 1), "infer16": (False, 16), "train16": (True, 16)}
     for c in a.cases.split(","):
         if c.strip() not in cases:
@@ -134,10 +146,12 @@ def main():
         ap.error(f"--formats: expected distinct values of {sorted(FORMATS)}, got {a.formats!r}")
     for name in a.models.split(","):
         for train, batch in (cases[c.strip()] for c in a.cases.split(",")):
-            row, order, fault_line = run(name.strip(), train, batch, a.steps, a.compile, a.settle, formats)
+            row, order, fault_line, paired_line = run(name.strip(), train, batch, a.steps, a.compile, a.settle,
+                                                      formats)
             print(row, flush=True)
             rows.append(row)
             fault_lines.append(fault_line)
+            paired_lines.append(paired_line)
             header = order
     print(f"\nmedian ms over {a.steps} interleaved rounds (each provider called {a.settle}x a round, the last "
           f"timed), 224x224 fp32, {torch.get_num_threads()} threads, "
@@ -149,6 +163,8 @@ def main():
           + (" fused vs compile | compile_fused vs eager | compile_fused vs compile | fastest |" if a.compile else ""))
     print("|---" * (4 + len(header) + (4 if a.compile else 0)) + "|")
     print("\n".join(rows))
+    print("\nfused vs eager paired round by round (the table's providers):")
+    print("\n".join(paired_lines))
     if any(fault_lines):
         # glibc may trim freed activations and fault them in again every call: a provider's time then depends on
         # its process's allocation history (sk.tune_malloc() stops it); these counts say when that happened.
