@@ -23,8 +23,9 @@ OP = torch.ops.shufflekern.bn_relu_max_pool
 BWD = torch.ops.shufflekern.bn_relu_max_pool_backward
 FORMATS = {"nchw": torch.contiguous_format, "cl": torch.channels_last}
 # C = 24 (the stems': a whole AVX2 vector, 1.5 AVX-512 vectors), odd C and spatial sizes, a 1x1 and a 2x3 image,
-# a channel count below one vector.
-SHAPES = [(2, 24, 20, 17), (3, 5, 7, 9), (2, 17, 1, 1), (1, 33, 2, 3), (4, 3, 6, 6)]
+# a channel count below one vector; W = 69 and 70: the NCHW forward's vector loop over column pairs (2 x 16
+# columns a step at AVX-512) and its remainder, odd and even.
+SHAPES = [(2, 24, 20, 17), (3, 5, 7, 9), (2, 17, 1, 1), (1, 33, 2, 3), (4, 3, 6, 6), (1, 4, 7, 69), (2, 3, 5, 70)]
 
 
 def make(shape, dtype, fmt, seed=0, noncontig=False):
@@ -98,20 +99,22 @@ def test_matches_eager_fp64(fmt, shape, training):
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_forward_bit_exact_with_atens_argmax(fmt, dtype):
+@pytest.mark.parametrize("shape", [(2, 19, 13, 11), (1, 6, 7, 71)], ids=str)
+def test_forward_bit_exact_with_atens_argmax(fmt, dtype, shape):
     """y is max_pool2d(batch_norm_act(x)) bit for bit and the argmax is ATen's choice: integer-valued x gives
     many ties (ATen takes the first maximum in row-major order), and NaN (the last NaN wins), inf, -inf.
     (In training a NaN makes its channel's statistics NaN: all-NaN windows; evaluation keeps the others.)"""
     gen = torch.Generator().manual_seed(5)
-    x = torch.randint(-3, 4, (2, 19, 13, 11), generator=gen).to(dtype)
-    x[0, 0, 0, 1] = x[0, 0, 2, 2] = x[1, 3, 5, 6] = float("nan")
+    n, c = shape[:2]
+    x = torch.randint(-3, 4, shape, generator=gen).to(dtype)
+    x[0, 0, 0, 1] = x[0, 0, 2, 2] = x[-1, 3, 5, 6] = float("nan")
     x[0, 1, 4, 4] = float("inf")
-    x[1, 2, 0, 0] = float("-inf")
+    x[-1, 2, 0, 0] = float("-inf")
     x = x.contiguous(memory_format=FORMATS[fmt])
-    w = torch.ones(19, dtype=dtype)
+    w = torch.ones(c, dtype=dtype)
     w[::3] = -1.0  # flips the sign: ties at the top as well as at 0
-    b = torch.zeros(19, dtype=dtype)
-    rm, rv = torch.zeros(19, dtype=dtype), torch.ones(19, dtype=dtype)
+    b = torch.zeros(c, dtype=dtype)
+    rm, rv = torch.zeros(c, dtype=dtype), torch.ones(c, dtype=dtype)
     for training in (True, False):
         y, argmax, _, _ = run(x, w, b, rm, rv, training)
         z = torch.ops.shufflekern.batch_norm_act(x, w, b, None, None if training else rm, None if training else rv,
@@ -325,8 +328,8 @@ def test_avx2_and_default_paths():
     code = ("import torch, sys; sys.path.insert(0, 'tests'); import test_bn_relu_max_pool as t; "
             "import shufflekern as sk; print(sk._C.runtime_cpu_isa());"
             "[t.test_matches_eager_fp64(f, s, tr) for f in t.FORMATS for s in t.SHAPES for tr in (True, False)];"
-            "[t.test_forward_bit_exact_with_atens_argmax(f, d) for f in t.FORMATS "
-            " for d in (torch.float32, torch.float64)];"
+            "[t.test_forward_bit_exact_with_atens_argmax(f, d, s) for f in t.FORMATS "
+            " for d in (torch.float32, torch.float64) for s in ((2, 19, 13, 11), (1, 6, 7, 71))];"
             "[t.test_pool_gradient_bit_exact(f) for f in t.FORMATS]; [t.test_fp32_as_accurate_as_eager(f) "
             " for f in t.FORMATS]")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

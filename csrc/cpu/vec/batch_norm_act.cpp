@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <utility>
 
@@ -730,7 +731,10 @@ void pool_forward_cl(const BnPoolArgs& p, const T* scale, const T* shift) {
   });
 }
 
-// NCHW forward: one task = planes; z of a plane computed into scratch with vectors, then pooled per output.
+// NCHW forward: one task = planes.  z of each input row is split into its even and odd columns, ev[j] = z[2j]
+// and od[j + 1] = z[2j + 1] (od[0] and any column past W: -inf, the padding), so that output columns are vector
+// lanes: output ox's window columns 2ox - 1, 2ox, 2ox + 1 are od[ox], ev[ox], od[ox + 1].  Padding (-inf) never
+// wins: a window's first real element, >= 0 or NaN after the ReLU, beats it.
 template <typename T>
 void pool_forward_nchw(const BnPoolArgs& p, const T* scale, const T* shift) {
   using V = Vectorized<T>;
@@ -740,39 +744,53 @@ void pool_forward_nchw(const BnPoolArgs& p, const T* scale, const T* shift) {
   T* y = static_cast<T*>(a.y);
   uint8_t* am = static_cast<uint8_t*>(p.argmax);
   const int64_t C = a.c, H = p.h, W = p.w, Ho = p.ho, Wo = p.wo, HW = H * W;
+  const int64_t row_len = 2 * Wo + 1 + L;  // ev [Wo], od [Wo + 1], slack for whole-vector loads
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(HW, 1));
+  const T neg_inf = -std::numeric_limits<T>::infinity();
   at::parallel_for(0, a.n * C, grain, [&](int64_t p0, int64_t p1) {
-    Scratch zb(sizeof(T) * HW, "bn_relu_max_pool");
-    T* z = zb.as<T>();
+    Scratch zb(sizeof(T) * H * row_len, "bn_relu_max_pool");
     for (int64_t plane = p0; plane < p1; ++plane) {
       const int64_t c = plane % C;
-      const V sc(scale[c]), sh(shift[c]);
+      const V sc(scale[c]), sh(shift[c]), zero(T(0));
       const T* xp = x + plane * HW;
-      for (int64_t i = 0; i < HW; i += L) {
-        const int64_t cnt = std::min<int64_t>(L, HW - i);
-        at::vec::clamp_min(at::vec::fmadd(V::loadu(xp + i, cnt), sc, sh), V(T(0))).store(z + i, cnt);
+      for (int64_t iy = 0; iy < H; ++iy) {
+        T* ev = zb.as<T>() + iy * row_len;
+        T* od = ev + Wo;
+        const T* xr = xp + iy * W;
+        int64_t j = 0;
+        for (; 2 * (j + L) <= W; j += L) {
+          const auto [e, o] = at::vec::deinterleave2(V::loadu(xr + 2 * j), V::loadu(xr + 2 * j + L));
+          at::vec::clamp_min(at::vec::fmadd(e, sc, sh), zero).store(ev + j);
+          at::vec::clamp_min(at::vec::fmadd(o, sc, sh), zero).store(od + j + 1);
+        }
+        for (; j < Wo; ++j) {  // the rest, one element at a time through the same vector expression
+          const int64_t ncol = std::min<int64_t>(2, W - 2 * j);
+          T z2[L];
+          at::vec::clamp_min(at::vec::fmadd(V::loadu(xr + 2 * j, ncol), sc, sh), zero).store(z2);
+          ev[j] = z2[0];
+          od[j + 1] = ncol > 1 ? z2[1] : neg_inf;
+        }
+        od[0] = neg_inf;
+        for (int64_t k = Wo + 1; k < Wo + 1 + L; ++k) od[k] = neg_inf;
       }
       T* yp = y + plane * Ho * Wo;
       uint8_t* ap = am + plane * Ho * Wo;
       for (int64_t oy = 0; oy < Ho; ++oy) {
         int64_t y0, y1;
         pool_window(oy, H, y0, y1);
-        for (int64_t ox = 0; ox < Wo; ++ox) {
-          int64_t x0, x1;
-          pool_window(ox, W, x0, x1);
-          T best = z[y0 * W + x0];
-          int k = 3 * (y0 - 2 * oy + 1) + (x0 - 2 * ox + 1);
+        for (int64_t ox = 0; ox < Wo; ox += L) {
+          const int64_t cnt = std::min<int64_t>(L, Wo - ox);
+          V best(neg_inf), arg(T(0));
           for (int64_t iy = y0; iy < y1; ++iy) {
-            for (int64_t ix = x0; ix < x1; ++ix) {
-              const T v = z[iy * W + ix];
-              if (v > best || std::isnan(v)) {
-                best = v;
-                k = static_cast<int>(3 * (iy - 2 * oy + 1) + (ix - 2 * ox + 1));
-              }
-            }
+            const T* ev = zb.as<T>() + iy * row_len;
+            const T* od = ev + Wo;
+            const T ky3 = static_cast<T>(3 * (iy - 2 * oy + 1));
+            take_if_larger<T>(V::loadu(od + ox), V(ky3), best, arg);
+            take_if_larger<T>(V::loadu(ev + ox, cnt), V(ky3 + 1), best, arg);
+            take_if_larger<T>(V::loadu(od + ox + 1), V(ky3 + 2), best, arg);
           }
-          yp[oy * Wo + ox] = best;
-          ap[oy * Wo + ox] = static_cast<uint8_t>(k);
+          best.store(yp + oy * Wo + ox, cnt);
+          store_argmax<T>(arg, ap + oy * Wo + ox, cnt);
         }
       }
     }
