@@ -324,14 +324,17 @@ def test_fused_stem_falls_back_where_it_must():
 
 @pytest.mark.slow
 def test_avx2_and_default_paths():
-    """The AVX2 and portable builds of the kernels (ATEN_CPU_CAPABILITY) pass the exactness tests."""
+    """The AVX2 and portable builds of the kernels (ATEN_CPU_CAPABILITY) pass the exactness tests (and
+    max_pool3x3s2's, whose NCHW kernel is the same pooling routine)."""
     code = ("import torch, sys; sys.path.insert(0, 'tests'); import test_bn_relu_max_pool as t; "
             "import shufflekern as sk; print(sk._C.runtime_cpu_isa());"
             "[t.test_matches_eager_fp64(f, s, tr) for f in t.FORMATS for s in t.SHAPES for tr in (True, False)];"
             "[t.test_forward_bit_exact_with_atens_argmax(f, d, s) for f in t.FORMATS "
             " for d in (torch.float32, torch.float64) for s in ((2, 19, 13, 11), (1, 6, 7, 71))];"
             "[t.test_pool_gradient_bit_exact(f) for f in t.FORMATS]; [t.test_fp32_as_accurate_as_eager(f) "
-            " for f in t.FORMATS]")
+            " for f in t.FORMATS]; import test_max_pool as mp;"  # max_pool3x3s2 shares the pooling (pool3x3s2.h)
+            "[mp.test_exact_against_max_pool2d(s, d, f) for s in mp.SHAPES for d in (torch.float32, torch.float64) "
+            " for f in mp.FORMATS]; mp.test_all_negative_and_ties()")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for cap, name in (("avx2", "AVX2"), ("default", "DEFAULT")):
         env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, PYTHONPATH=root)

@@ -27,6 +27,7 @@
 #include "cpu/batch_norm_act_kernel.h"
 #include "cpu/dispatch.h"
 #include "cpu/scratch.h"
+#include "cpu/vec/pool3x3s2.h"
 
 namespace shufflekern::cpu {
 namespace CPU_CAPABILITY {
@@ -602,30 +603,7 @@ void backward_t(const BnActArgs& a) {
 // z = relu(x * scale + shift) is the batch_norm_act forward's own expression: y is bit-identical to
 // max_pool2d(batch_norm_act(x)); the backward's ReLU mask recomputes the same z.
 
-// The argmax bytes from / to the lanes of a vector of T (values 0..8); count <= the vector's size.
-template <typename T>
-inline void store_argmax(const Vectorized<T>& k, uint8_t* dst, int64_t count) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, float>) {
-    const __mmask16 m = static_cast<__mmask16>((1u << count) - 1);
-    _mm_mask_storeu_epi8(dst, m, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(k)));
-    return;
-  }
-#elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) {
-    if (count == 8) {
-      const __m256i i = _mm256_cvttps_epi32(k);
-      const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(dst), _mm_packus_epi16(w, w));
-      return;
-    }
-  }
-#endif
-  T tmp[Vectorized<T>::size()];
-  k.store(tmp);
-  for (int64_t l = 0; l < count; ++l) dst[l] = static_cast<uint8_t>(tmp[l]);
-}
-
+// The argmax bytes (window positions 0..8) as the lanes of a vector of T; count <= the vector's size.
 template <typename T>
 inline Vectorized<T> load_argmax(const uint8_t* src, int64_t count) {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -646,23 +624,6 @@ inline Vectorized<T> load_argmax(const uint8_t* src, int64_t count) {
   return Vectorized<T>::loadu(tmp);
 }
 
-// best, arg = z, k in the lanes where z beats best by ATen's rule (larger, or NaN: the first maximum in window
-// order, the last NaN).  AVX-512 float on mask registers (at::vec's compare results are vectors there).
-template <typename T>
-inline void take_if_larger(const Vectorized<T>& z, const Vectorized<T>& k, Vectorized<T>& best, Vectorized<T>& arg) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, float>) {
-    const __mmask16 m = _mm512_cmp_ps_mask(z, best, _CMP_GT_OQ) | _mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q);
-    best = Vectorized<float>(_mm512_mask_mov_ps(best, m, z));
-    arg = Vectorized<float>(_mm512_mask_mov_ps(arg, m, k));
-    return;
-  }
-#endif
-  const Vectorized<T> take = (z > best) | z.isnan();
-  best = Vectorized<T>::blendv(best, z, take);
-  arg = Vectorized<T>::blendv(arg, k, take);
-}
-
 // The pooled outputs along one dimension whose windows hold input index i, ascending: o[j] and the input's
 // offset k[j] in o[j]'s window (window of o: 2 o - 1 .. 2 o + 1).  Returns their number (1 or 2).
 inline int windows_holding(int64_t i, int64_t n_out, int64_t* o, int* k) {
@@ -677,11 +638,6 @@ inline int windows_holding(int64_t i, int64_t n_out, int64_t* o, int* k) {
   o[1] = (i + 1) / 2;
   k[1] = 0;
   return 2;
-}
-
-inline void pool_window(int64_t o, int64_t n, int64_t& lo, int64_t& hi) {
-  lo = std::max<int64_t>(0, 2 * o - 1);
-  hi = std::min<int64_t>(n, 2 * o + 2);
 }
 
 // channels_last forward: one task = output rows; vectors over the channels of a pixel.
@@ -731,68 +687,24 @@ void pool_forward_cl(const BnPoolArgs& p, const T* scale, const T* shift) {
   });
 }
 
-// NCHW forward: one task = planes.  z of each input row is split into its even and odd columns, ev[j] = z[2j]
-// and od[j + 1] = z[2j + 1] (od[0] and any column past W: -inf, the padding), so that output columns are vector
-// lanes: output ox's window columns 2ox - 1, 2ox, 2ox + 1 are od[ox], ev[ox], od[ox + 1].  Padding (-inf) never
-// wins: a window's first real element, >= 0 or NaN after the ReLU, beats it.
+// NCHW forward: one task = planes, pooled by pool3x3s2_plane (csrc/cpu/vec/pool3x3s2.h) from z = relu(x * scale
+// + shift) computed row by row.
 template <typename T>
 void pool_forward_nchw(const BnPoolArgs& p, const T* scale, const T* shift) {
   using V = Vectorized<T>;
-  constexpr int64_t L = V::size();
   const BnActArgs& a = p.bn;
   const T* x = static_cast<const T*>(a.x);
   T* y = static_cast<T*>(a.y);
   uint8_t* am = static_cast<uint8_t*>(p.argmax);
   const int64_t C = a.c, H = p.h, W = p.w, Ho = p.ho, Wo = p.wo, HW = H * W;
-  const int64_t row_len = 2 * Wo + 1 + L;  // ev [Wo], od [Wo + 1], slack for whole-vector loads
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(HW, 1));
-  const T neg_inf = -std::numeric_limits<T>::infinity();
   at::parallel_for(0, a.n * C, grain, [&](int64_t p0, int64_t p1) {
-    Scratch zb(sizeof(T) * H * row_len, "bn_relu_max_pool");
+    Scratch rows(sizeof(T) * pool3x3s2_rows_len<T>(H, Wo), "bn_relu_max_pool");
     for (int64_t plane = p0; plane < p1; ++plane) {
       const int64_t c = plane % C;
       const V sc(scale[c]), sh(shift[c]), zero(T(0));
-      const T* xp = x + plane * HW;
-      for (int64_t iy = 0; iy < H; ++iy) {
-        T* ev = zb.as<T>() + iy * row_len;
-        T* od = ev + Wo;
-        const T* xr = xp + iy * W;
-        int64_t j = 0;
-        for (; 2 * (j + L) <= W; j += L) {
-          const auto [e, o] = at::vec::deinterleave2(V::loadu(xr + 2 * j), V::loadu(xr + 2 * j + L));
-          at::vec::clamp_min(at::vec::fmadd(e, sc, sh), zero).store(ev + j);
-          at::vec::clamp_min(at::vec::fmadd(o, sc, sh), zero).store(od + j + 1);
-        }
-        for (; j < Wo; ++j) {  // the rest, one element at a time through the same vector expression
-          const int64_t ncol = std::min<int64_t>(2, W - 2 * j);
-          T z2[L];
-          at::vec::clamp_min(at::vec::fmadd(V::loadu(xr + 2 * j, ncol), sc, sh), zero).store(z2);
-          ev[j] = z2[0];
-          od[j + 1] = ncol > 1 ? z2[1] : neg_inf;
-        }
-        od[0] = neg_inf;
-        for (int64_t k = Wo + 1; k < Wo + 1 + L; ++k) od[k] = neg_inf;
-      }
-      T* yp = y + plane * Ho * Wo;
-      uint8_t* ap = am + plane * Ho * Wo;
-      for (int64_t oy = 0; oy < Ho; ++oy) {
-        int64_t y0, y1;
-        pool_window(oy, H, y0, y1);
-        for (int64_t ox = 0; ox < Wo; ox += L) {
-          const int64_t cnt = std::min<int64_t>(L, Wo - ox);
-          V best(neg_inf), arg(T(0));
-          for (int64_t iy = y0; iy < y1; ++iy) {
-            const T* ev = zb.as<T>() + iy * row_len;
-            const T* od = ev + Wo;
-            const T ky3 = static_cast<T>(3 * (iy - 2 * oy + 1));
-            take_if_larger<T>(V::loadu(od + ox), V(ky3), best, arg);
-            take_if_larger<T>(V::loadu(ev + ox, cnt), V(ky3 + 1), best, arg);
-            take_if_larger<T>(V::loadu(od + ox + 1), V(ky3 + 2), best, arg);
-          }
-          best.store(yp + oy * Wo + ox, cnt);
-          store_argmax<T>(arg, ap + oy * Wo + ox, cnt);
-        }
-      }
+      pool3x3s2_plane<T>(x + plane * HW, H, W, Ho, Wo, rows.as<T>(), y + plane * Ho * Wo, am + plane * Ho * Wo,
+                         [&](const V& v) { return at::vec::clamp_min(at::vec::fmadd(v, sc, sh), zero); });
     }
   });
 }

@@ -2,8 +2,10 @@
 // always computes (it runs max_pool2d_with_indices and drops them: an int64 tensor twice the output's size
 // written for nothing at inference).  Compiled once per CPU ISA (csrc/cpu/dispatch.h).  NaN propagates as in
 // ATen (a window holding a NaN gives NaN); padding never wins (a window always holds an input element).
+#pragma GCC diagnostic ignored "-Wpsabi"
+// gcc 12's AVX-512 conversion intrinsics (pool3x3s2.h's argmax bytes) start from an undefined register: false alarms.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <algorithm>
-#include <cmath>
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -11,6 +13,8 @@
 
 #include "cpu/dispatch.h"
 #include "cpu/max_pool_kernel.h"
+#include "cpu/scratch.h"
+#include "cpu/vec/pool3x3s2.h"
 
 namespace shufflekern::cpu {
 namespace CPU_CAPABILITY {
@@ -19,17 +23,6 @@ namespace {
 using at::vec::Vectorized;
 
 constexpr int64_t kGrainElems = 16384;  // output elements per parallel task, at least
-
-// The window of output position o along a dimension of size n: [lo, hi).
-inline void window(int64_t o, int64_t n, int64_t& lo, int64_t& hi) {
-  lo = std::max<int64_t>(0, 2 * o - 1);
-  hi = std::min<int64_t>(n, 2 * o + 2);
-}
-
-template <typename T>
-inline T nan_max(T a, T b) {  // ATen's rule: the new value wins if larger or NaN
-  return (b > a || std::isnan(b)) ? b : a;
-}
 
 // channels_last: a pixel's C channels are contiguous; one task = output rows, vectors over the channels.
 template <typename T>
@@ -41,10 +34,10 @@ void pool_cl(const T* x, T* y, int64_t n, int64_t C, int64_t H, int64_t W, int64
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t img = r / Ho, oy = r % Ho;
       int64_t y0, y1;
-      window(oy, H, y0, y1);
+      pool_window(oy, H, y0, y1);
       for (int64_t ox = 0; ox < Wo; ++ox) {
         int64_t x0, x1;
-        window(ox, W, x0, x1);
+        pool_window(ox, W, x0, x1);
         T* out = y + (r * Wo + ox) * C;
         const T* first = x + ((img * H + y0) * W + x0) * C;
         int64_t c = 0;
@@ -62,26 +55,15 @@ void pool_cl(const T* x, T* y, int64_t n, int64_t C, int64_t H, int64_t W, int64
   });
 }
 
-// NCHW: one task = planes (image, channel).
+// NCHW: one task = planes (image, channel), each pooled with output columns as vector lanes (pool3x3s2.h).
 template <typename T>
 void pool_nchw(const T* x, T* y, int64_t n, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo) {
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(Ho * Wo, 1));
   at::parallel_for(0, n * C, grain, [&](int64_t p0, int64_t p1) {
+    Scratch rows(sizeof(T) * pool3x3s2_rows_len<T>(H, Wo), "max_pool3x3s2");
     for (int64_t p = p0; p < p1; ++p) {
-      const T* xp = x + p * H * W;
-      T* yp = y + p * Ho * Wo;
-      for (int64_t oy = 0; oy < Ho; ++oy) {
-        int64_t y0, y1;
-        window(oy, H, y0, y1);
-        for (int64_t ox = 0; ox < Wo; ++ox) {
-          int64_t x0, x1;
-          window(ox, W, x0, x1);
-          T acc = xp[y0 * W + x0];
-          for (int64_t iy = y0; iy < y1; ++iy)
-            for (int64_t ix = x0; ix < x1; ++ix) acc = nan_max(acc, xp[iy * W + ix]);
-          yp[oy * Wo + ox] = acc;
-        }
-      }
+      pool3x3s2_plane<T>(x + p * H * W, H, W, Ho, Wo, rows.as<T>(), y + p * Ho * Wo, nullptr,
+                         [](const Vectorized<T>& v) { return v; });
     }
   });
 }
