@@ -3,7 +3,7 @@ shufflekern's one op vs the two ops the fused models ran before it (batch_norm_a
 its int64 indices), eager `F.batch_norm` + `relu` + `max_pool2d`, and torch.compile of the eager version.
 
 Case: the stem of ShuffleNet V1 g=3 / V2 1.0x at batch 16, [16, 24, 112, 112] -> [16, 24, 56, 56], fp32, in
-both memory formats (channels_last is what the fused models train in).
+both memory formats (channels_last is what the fused models train in).  Also max_pool3x3s2, the inference pool.
 """
 import pytest
 import torch
@@ -41,3 +41,22 @@ def test_bn_relu_max_pool(benchmark, layout, mode, provider):
     measure(benchmark, op="bn_relu_max_pool", provider=provider, mode=mode,
             shape=f"{BATCH}x{C}x{HW}x{HW} -> {HW // 2}x{HW // 2}", layout=layout, dtype=x.dtype,
             fn=PROVIDERS[provider](), inputs=[x, w, b])
+
+
+# max_pool3x3s2: the same pool without indices, the fused models' stem at inference (BatchNorm folded into the conv),
+# vs ATen's max_pool2d (which computes the indices and drops them) and torch.compile of it.
+POOL = {
+    "shufflekern": lambda: torch.ops.shufflekern.max_pool3x3s2,
+    "eager": lambda: (lambda x: F.max_pool2d(x, 3, 2, 1)),
+    "compile": lambda: compiled("max_pool3x3s2", lambda x: F.max_pool2d(x, 3, 2, 1)),
+}
+
+
+@pytest.mark.parametrize("provider", list(POOL))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_max_pool3x3s2(benchmark, layout, provider):
+    x = torch.randn(BATCH, C, HW, HW, generator=torch.Generator().manual_seed(0)).contiguous(
+        memory_format=LAYOUTS[layout])
+    measure(benchmark, op="max_pool3x3s2", provider=provider, mode="fwd",
+            shape=f"{BATCH}x{C}x{HW}x{HW} -> {HW // 2}x{HW // 2}", layout=layout, dtype=x.dtype,
+            fn=POOL[provider](), inputs=[x], grad_inputs=[False])

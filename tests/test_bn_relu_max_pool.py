@@ -313,6 +313,10 @@ def test_fused_stem_falls_back_where_it_must():
     assert _stem_calls(model, x) == 0  # a hook on the pool: the modules run one by one
     assert seen == [(2, 24, 16, 16)]
     handle.remove()
+    grads = []
+    handle = model.conv1[1].register_full_backward_hook(lambda m, gi, go: grads.append(go[0].shape))
+    assert _stem_calls(model, x) == 0 and grads == [(2, 24, 16, 16)]  # a backward hook on the BatchNorm
+    handle.remove()
     assert _stem_calls(model, x) == 1
     assert _stem_calls(model.bfloat16(), x.bfloat16()) == 0  # no kernel for the dtype
     folded = sk.fuse(shufflenet_v2(fused=False).eval(), fold_bn=True)

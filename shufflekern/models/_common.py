@@ -221,10 +221,12 @@ def check_mids(mid_channels, n, who):
 
 
 def _hooked(*modules):
-    """Whether a forward hook (a module's or a global one) would see these modules' calls."""
+    """Whether a hook (forward or backward, a module's or a global one) would see these modules' calls."""
     from torch.nn.modules import module as m
-    return bool(m._global_forward_hooks or m._global_forward_pre_hooks) or any(
-        mod._forward_hooks or mod._forward_pre_hooks for mod in modules)
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks) or any(
+        mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks or mod._backward_pre_hooks
+        for mod in modules)
 
 
 def _stem_op(conv1, maxpool, y):
