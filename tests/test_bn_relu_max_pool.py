@@ -8,15 +8,13 @@ gradcheck, opcheck, torch.compile; the fused ShuffleNet stems against the eager 
 included) and where they fall back; bad input; the AVX2 and portable builds.
 """
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import shufflekern as sk
+from _isa import run_under_avx2_and_default
 from shufflekern.models import shufflenet_v1, shufflenet_v2
 
 OP = torch.ops.shufflekern.bn_relu_max_pool
@@ -339,9 +337,4 @@ def test_avx2_and_default_paths():
             " for f in t.FORMATS]; import test_max_pool as mp;"  # max_pool3x3s2 shares the pooling (pool3x3s2.h)
             "[mp.test_exact_against_max_pool2d(s, d, f) for s in mp.SHAPES for d in (torch.float32, torch.float64) "
             " for f in mp.FORMATS]; mp.test_all_negative_and_ties()")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for cap, name in (("avx2", "AVX2"), ("default", "DEFAULT")):
-        env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, PYTHONPATH=root)
-        r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert r.stdout.split()[0] == name
+    run_under_avx2_and_default(code)

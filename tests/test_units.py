@@ -1,15 +1,13 @@
 """Whole-unit inference ops shufflekern::unit_v2 / unit_v1 (csrc/cpu/unit_ops.cpp) and the fused models'
 use of them (shufflekern/models/_units.py): exact against the eager units, both memory formats, stride 1 and 2,
 odd sizes, batch 1, opcheck, torch.compile, the fall-back rules, bad input."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
 import shufflekern as sk
+from _isa import run_under_avx2_and_default
 from shufflekern.models.shufflenetv1 import FusedShuffleV1Unit, ShuffleV1Unit
 from shufflekern.models.shufflenetv2 import FusedInvertedResidual, InvertedResidual
 
@@ -259,9 +257,4 @@ def test_avx2_and_default_paths():
             " for d in (torch.float64, torch.float32)];"
             "[t.test_unit_v1_matches_eager(c, f, d) for c in t.V1_CASES[:5] for f in t.FORMATS "
             " for d in (torch.float64, torch.float32)]")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for cap, name in (("avx2", "AVX2"), ("default", "DEFAULT")):
-        env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, PYTHONPATH=root)
-        r = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert r.stdout.split()[0] == name
+    run_under_avx2_and_default(code)

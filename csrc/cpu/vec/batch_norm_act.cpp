@@ -80,6 +80,36 @@ inline Vectorized<T> relu_mask(const Vectorized<T>& g, const Vectorized<T>& z) {
 
 // ---- per-channel sums -------------------------------------------------------------------------------------
 //
+// u += sum f, v += sum f * h over the n positions of one NCHW plane, `terms(i, count)` -> (f, h) at i..i+count:
+// vectors summed in T over blocks of kBlock vectors, then in double.
+template <typename T, typename F>
+inline void add_plane_sums(int64_t n, F&& terms, double& u, double& v) {
+  using V = Vectorized<T>;
+  constexpr int64_t L = V::size();
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock * L) {
+    const int64_t i1 = std::min(n, i0 + kBlock * L);
+    V a1(T(0)), a2(T(0));
+    for (int64_t i = i0; i < i1; i += L) {
+      const int64_t cnt = std::min<int64_t>(L, i1 - i);
+      auto [f, h] = terms(i, cnt);
+      if (cnt < L) {  // keep the unused lanes out of the sums
+        f = V::set(V(T(0)), f, cnt);
+        h = V::set(V(T(0)), h, cnt);
+      }
+      a1 = a1 + f;
+      a2 = at::vec::fmadd(f, h, a2);
+    }
+    T b1[L], b2[L];
+    a1.store(b1);
+    a2.store(b2);
+    for (int64_t l = 0; l < L; ++l) {
+      u += static_cast<double>(b1[l]);
+      v += static_cast<double>(b2[l]);
+    }
+  }
+}
+//
+//
 // Sums over all N*HW positions of each channel of f and f * h, where `terms(pos, c, count)` returns the
 // pair (f, h) of vectors at positions pos..pos+count of channel(s) c; results in double [c] x 2.  CL: threads take pixel ranges and keep
 // [c] partials each; NCHW: threads take channels.
@@ -134,27 +164,7 @@ void channel_sums(const BnActArgs& a, F&& terms, double* s1_out, double* s2_out)
       double u = 0, v = 0;
       for (int64_t img = 0; img < a.n; ++img) {
         const int64_t base = (img * C + c) * HW;
-        for (int64_t i0 = 0; i0 < HW; i0 += kBlock * L) {
-          const int64_t i1 = std::min(HW, i0 + kBlock * L);
-          V a1(T(0)), a2(T(0));
-          for (int64_t i = i0; i < i1; i += L) {
-            const int64_t cnt = std::min<int64_t>(L, i1 - i);
-            auto [f, h] = terms(base + i, c, cnt);
-            if (cnt < L) {  // keep the unused lanes out of the sums
-              f = V::set(V(T(0)), f, cnt);
-              h = V::set(V(T(0)), h, cnt);
-            }
-            a1 = a1 + f;
-            a2 = at::vec::fmadd(f, h, a2);
-          }
-          T b1[L], b2[L];
-          a1.store(b1);
-          a2.store(b2);
-          for (int64_t l = 0; l < L; ++l) {
-            u += static_cast<double>(b1[l]);
-            v += static_cast<double>(b2[l]);
-          }
-        }
+        add_plane_sums<T>(HW, [&](int64_t i, int64_t cnt) { return terms(base + i, c, cnt); }, u, v);
       }
       s1_out[c] = u;
       s2_out[c] = v;
@@ -882,7 +892,6 @@ void nchw_plane_grad_z(const BnPoolArgs& p, const PoolBwd<T>& b, int64_t plane, 
 template <typename T>
 void pool_backward_sums_nchw(const BnPoolArgs& p, const PoolBwd<T>& b, double* sg, double* sgx) {
   using V = Vectorized<T>;
-  constexpr int64_t L = V::size();
   const int64_t C = p.bn.c, HW = p.h * p.w;
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(p.bn.n * HW, 1));
   at::parallel_for(0, C, grain, [&](int64_t c0, int64_t c1) {
@@ -895,27 +904,9 @@ void pool_backward_sums_nchw(const BnPoolArgs& p, const PoolBwd<T>& b, double* s
         const int64_t plane = img * C + c;
         nchw_plane_grad_z<T>(p, b, plane, gz);
         const T* xp = b.x + plane * HW;
-        for (int64_t i0 = 0; i0 < HW; i0 += kBlock * L) {
-          const int64_t i1 = std::min(HW, i0 + kBlock * L);
-          V a1(T(0)), a2(T(0));
-          for (int64_t i = i0; i < i1; i += L) {
-            const int64_t cnt = std::min<int64_t>(L, i1 - i);
-            V f = V::loadu(gz + i, cnt), h = V::loadu(xp + i, cnt) - mean;
-            if (cnt < L) {  // keep the unused lanes out of the sums
-              f = V::set(V(T(0)), f, cnt);
-              h = V::set(V(T(0)), h, cnt);
-            }
-            a1 = a1 + f;
-            a2 = at::vec::fmadd(f, h, a2);
-          }
-          T b1[L], b2[L];
-          a1.store(b1);
-          a2.store(b2);
-          for (int64_t l = 0; l < L; ++l) {
-            u += static_cast<double>(b1[l]);
-            v += static_cast<double>(b2[l]);
-          }
-        }
+        add_plane_sums<T>(
+            HW, [&](int64_t i, int64_t cnt) { return std::make_pair(V::loadu(gz + i, cnt), V::loadu(xp + i, cnt) - mean); },
+            u, v);
       }
       sg[c] = u;
       sgx[c] = v;
