@@ -15,7 +15,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 #include <utility>
 
@@ -108,8 +107,7 @@ inline void add_plane_sums(int64_t n, F&& terms, double& u, double& v) {
     }
   }
 }
-//
-//
+
 // Sums over all N*HW positions of each channel of f and f * h, where `terms(pos, c, count)` returns the
 // pair (f, h) of vectors at positions pos..pos+count of channel(s) c; results in double [c] x 2.  CL: threads take pixel ranges and keep
 // [c] partials each; NCHW: threads take channels.
