@@ -10,7 +10,7 @@ fused model (compile_fused), both channels_last.  After the table it prints each
 faults a timed call (glibc re-faulting freed activations: one reason a provider's time moves between processes),
 and the fused-vs-eager ratio paired round by round (median, quartiles, range of the per-round ratios of the two
 providers the table's ratio compares).  The table's ratio is of medians over the rounds; with this machine's
-round-to-round noise, 8 rounds leave it some ±10% between runs, 24 rounds about half that.
+round-to-round noise, 8 rounds leave it some ±10-15% between runs, 24 rounds about ±6%.
 
     PYTHONPATH=. python scripts/models_interleaved.py [--steps 12] [--settle 3] [--models v1_g3,v2] [--compile]
         [--cases infer16,train16] [--formats nchw,cl] [--threads N] [--tune-malloc]
