@@ -54,8 +54,14 @@ def _like(x):
     return torch.empty_like(x, memory_format=suggest_memory_format(x))
 
 
-def _nchw(t, n, c, h, w):
-    return torch.empty((n, c, h, w), dtype=t.dtype, device=t.device, memory_format=suggest_memory_format(t))
+def _nchw(t, n, c, h, w, dtype=None):
+    return torch.empty((n, c, h, w), dtype=dtype or t.dtype, device=t.device, memory_format=suggest_memory_format(t))
+
+
+def _pooled(x, dtype=None):
+    """The output of a 3x3 / stride 2 / padding 1 pool of x (the stem pool's ops)."""
+    n, c, h, w = x.shape
+    return _nchw(x, n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1, dtype)
 
 
 # channel_shuffle: moves elements as bits (any dtype; Triton: no complex) ---------------------------------
@@ -174,8 +180,7 @@ torch.library.register_fake("shufflekern::unit_v1")(_unit_v1_fake)
 @torch.library.register_fake("shufflekern::max_pool3x3s2")
 def _max_pool3x3s2_fake(x):
     torch._check(x.dim() == 4, lambda: f"max_pool3x3s2: x must be 4-D [N, C, H, W], got {x.dim()}-D")
-    n, c, h, w = x.shape
-    return _nchw(x, n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1)
+    return _pooled(x)
 
 
 # bn_relu_max_pool: max_pool2d(relu(batch_norm(x)), 3, 2, 1) with a uint8 argmax, and its backward (the fused
@@ -183,12 +188,6 @@ def _max_pool3x3s2_fake(x):
 def _check_bn_relu_max_pool(x, weight, bias, running_mean, running_var, training, eps, op="bn_relu_max_pool"):
     V.check_batch_norm_act(x, weight, bias, None, running_mean, running_var, training, eps, op=op)
     torch._check(x.shape[2] > 0 and x.shape[3] > 0, lambda: f"{op}: x must have H, W > 0, got shape {tuple(x.shape)}")
-
-
-def _pooled(x, dtype=None):
-    n, c, h, w = x.shape
-    return torch.empty((n, c, (h - 1) // 2 + 1, (w - 1) // 2 + 1), dtype=dtype or x.dtype, device=x.device,
-                       memory_format=suggest_memory_format(x))
 
 
 @torch.library.register_fake("shufflekern::bn_relu_max_pool")
@@ -202,9 +201,10 @@ def _bn_relu_max_pool_fake(x, weight, bias, running_mean, running_var, training,
 def _bn_relu_max_pool_backward_fake(grad_y, x, argmax, weight, bias, mean, var, training, eps, output_mask):
     op = "bn_relu_max_pool_backward"
     _check_bn_relu_max_pool(x, weight, bias, mean, var, training, eps, op=op)
+    shape = _pooled(x).shape
     for name, t in (("grad_y", grad_y), ("argmax", argmax)):
-        torch._check(t.shape == _pooled(x).shape,
-                     lambda: f"{op}: {name} must have the pooled shape {tuple(_pooled(x).shape)}, got {tuple(t.shape)}")
+        torch._check(t.shape == shape,
+                     lambda: f"{op}: {name} must have the pooled shape {tuple(shape)}, got {tuple(t.shape)}")
     c = x.shape[1]
     return (_like(x) if output_mask[0] else x.new_empty(0), x.new_empty(c if output_mask[1] else 0),
             x.new_empty(c if output_mask[2] else 0))

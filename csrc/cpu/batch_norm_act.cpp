@@ -127,10 +127,11 @@ BnPoolArgs pool_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   p.bn.x = x.data_ptr();
   p.bn.weight = ptr(w);
   p.bn.bias = ptr(b);
+  const std::vector<int64_t> pooled = pooled_shape(x);
   p.h = x.size(2);
   p.w = x.size(3);
-  p.ho = (p.h - 1) / 2 + 1;
-  p.wo = (p.w - 1) / 2 + 1;
+  p.ho = pooled[2];
+  p.wo = pooled[3];
   return p;
 }
 

@@ -108,6 +108,19 @@ inline void add_plane_sums(int64_t n, F&& terms, double& u, double& v) {
   }
 }
 
+// s1[c], s2[c] = the sums over the threads' partials, laid out [threads][2][C] (s1's then s2's).
+inline void sum_thread_partials(const double* partial, int64_t C, int threads, double* s1, double* s2) {
+  for (int64_t c = 0; c < C; ++c) {
+    double u = 0, v = 0;
+    for (int t = 0; t < threads; ++t) {
+      u += partial[2 * C * t + c];
+      v += partial[2 * C * t + C + c];
+    }
+    s1[c] = u;
+    s2[c] = v;
+  }
+}
+
 // Sums over all N*HW positions of each channel of f and f * h, where `terms(pos, c, count)` returns the
 // pair (f, h) of vectors at positions pos..pos+count of channel(s) c; results in double [c] x 2.  CL: threads take pixel ranges and keep
 // [c] partials each; NCHW: threads take channels.
@@ -144,15 +157,7 @@ void channel_sums(const BnActArgs& a, F&& terms, double* s1_out, double* s2_out)
         }
       }
     });
-    for (int64_t c = 0; c < C; ++c) {
-      double u = 0, v = 0;
-      for (int t = 0; t < threads; ++t) {
-        u += partial.as<double>()[2 * C * t + c];
-        v += partial.as<double>()[2 * C * t + C + c];
-      }
-      s1_out[c] = u;
-      s2_out[c] = v;
-    }
+    sum_thread_partials(partial.as<double>(), C, threads, s1_out, s2_out);
     return;
   }
   const int64_t HW = a.hw;
@@ -612,21 +617,9 @@ void backward_t(const BnActArgs& a) {
 // max_pool2d(batch_norm_act(x)); the backward's ReLU mask recomputes the same z.
 
 // The argmax bytes (window positions 0..8) as the lanes of a vector of T; count <= the vector's size.
+// (add_if_argmax's portable path: AVX-512 float and AVX2 float whole vectors compare the bytes themselves.)
 template <typename T>
 inline Vectorized<T> load_argmax(const uint8_t* src, int64_t count) {
-#if defined(CPU_CAPABILITY_AVX512)
-  if constexpr (std::is_same_v<T, float>) {
-    const __mmask16 m = static_cast<__mmask16>((1u << count) - 1);
-    return Vectorized<float>(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, src))));
-  }
-#elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<T, float>) {
-    if (count == 8) {
-      return Vectorized<float>(
-          _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src)))));
-    }
-  }
-#endif
   T tmp[Vectorized<T>::size()] = {};
   for (int64_t l = 0; l < count; ++l) tmp[l] = static_cast<T>(src[l]);
   return Vectorized<T>::loadu(tmp);
@@ -734,7 +727,8 @@ inline Vectorized<T> add_if_argmax(const Vectorized<T>& gp, const T* g, const ui
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, float>) {
     const __mmask16 valid = static_cast<__mmask16>((1u << count) - 1);
-    const __mmask16 m = _mm_mask_cmpeq_epi8_mask(valid, _mm_maskz_loadu_epi8(valid, argmax), _mm_set1_epi8(static_cast<char>(k)));
+    const __mmask16 m =
+        _mm_mask_cmpeq_epi8_mask(valid, _mm_maskz_loadu_epi8(valid, argmax), _mm_set1_epi8(static_cast<char>(k)));
     return Vectorized<float>(_mm512_mask_add_ps(gp, m, gp, _mm512_maskz_loadu_ps(m, g)));
   }
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -820,15 +814,7 @@ void pool_backward_sums_cl(const BnPoolArgs& p, const PoolBwd<T>& b, double* sg,
       }
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    double u = 0, v = 0;
-    for (int t = 0; t < threads; ++t) {
-      u += partial.as<double>()[2 * C * t + c];
-      v += partial.as<double>()[2 * C * t + C + c];
-    }
-    sg[c] = u;
-    sgx[c] = v;
-  }
+  sum_thread_partials(partial.as<double>(), C, threads, sg, sgx);
 }
 
 template <typename T, bool TRAINING>
@@ -902,9 +888,10 @@ void pool_backward_sums_nchw(const BnPoolArgs& p, const PoolBwd<T>& b, double* s
         const int64_t plane = img * C + c;
         nchw_plane_grad_z<T>(p, b, plane, gz);
         const T* xp = b.x + plane * HW;
-        add_plane_sums<T>(
-            HW, [&](int64_t i, int64_t cnt) { return std::make_pair(V::loadu(gz + i, cnt), V::loadu(xp + i, cnt) - mean); },
-            u, v);
+        const auto terms = [&](int64_t i, int64_t cnt) {
+          return std::make_pair(V::loadu(gz + i, cnt), V::loadu(xp + i, cnt) - mean);
+        };
+        add_plane_sums<T>(HW, terms, u, v);
       }
       sg[c] = u;
       sgx[c] = v;
