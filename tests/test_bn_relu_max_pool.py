@@ -315,6 +315,10 @@ def test_fused_stem_falls_back_where_it_must():
     handle = model.conv1[1].register_full_backward_hook(lambda m, gi, go: grads.append(go[0].shape))
     assert _stem_calls(model, x) == 0 and grads == [(2, 24, 16, 16)]  # a backward hook on the BatchNorm
     handle.remove()
+    outs = []
+    handle = model.conv1.register_forward_hook(lambda m, i, o: outs.append(o.shape))
+    assert _stem_calls(model, x) == 0 and outs == [(2, 24, 16, 16)]  # a hook on the stem's Sequential: it runs
+    handle.remove()
     assert _stem_calls(model, x) == 1
     assert _stem_calls(model.bfloat16(), x.bfloat16()) == 0  # no kernel for the dtype
     folded = sk.fuse(shufflenet_v2(fused=False).eval(), fold_bn=True)

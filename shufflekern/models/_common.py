@@ -229,29 +229,28 @@ def _hooked(*modules):
         for mod in modules)
 
 
-def _stem_op(conv1, maxpool, y):
+def _stem_op(bn, y):
     """Whether `fused_stem` runs the stem's BatchNorm + ReLU + pool as shufflekern::bn_relu_max_pool on y (the
-    conv's output): the fused modules, a float32/float64 CPU y that the native batch_norm_act kernel would take,
-    no hooks to call, not under torch.compile (inductor fuses the eager ops and lowers the pool's indices to
-    window offsets itself)."""
-    return (y.device.type == "cpu" and y.dim() == 4 and y.numel() > 0 and not torch.compiler.is_compiling()
-            and _backend.get_backend() != "emulated"
-            and _bn_op(conv1[1], y, None) is torch.ops.shufflekern.batch_norm_act.default
-            and not _hooked(conv1, conv1[1], conv1[2], maxpool))
+    conv's output): a float32/float64 CPU y that the native batch_norm_act kernel would take."""
+    return (y.device.type == "cpu" and y.dim() == 4 and y.numel() > 0 and _backend.get_backend() != "emulated"
+            and _bn_op(bn, y, None) is torch.ops.shufflekern.batch_norm_act.default)
 
 
 def fused_stem(conv1, maxpool, x):
     """`maxpool(conv1(x))`, a ShuffleNet stem.  Where `sk.fuse` made conv1 (conv, BatchNormReLU2d,
-    ReLUInBatchNorm) and maxpool a MaxPool3x3s2 and `_stem_op` allows, the BatchNorm, ReLU and pool are one
-    shufflekern::bn_relu_max_pool (csrc/cpu/vec/batch_norm_act.cpp: the full-resolution activation is never
-    written; a 1-byte argmax instead of ATen's int64 indices; a backward that gathers per input instead of a
-    zero fill and a scatter), with nn.BatchNorm2d's semantics (running statistics updated in training)."""
+    ReLUInBatchNorm) and maxpool a MaxPool3x3s2, no hook would see those modules, torch.compile is not tracing
+    (inductor fuses the eager ops and lowers the pool's indices to window offsets itself) and `_stem_op` takes
+    the conv's output, the BatchNorm, ReLU and pool are one shufflekern::bn_relu_max_pool
+    (csrc/cpu/vec/batch_norm_act.cpp: the full-resolution activation is never written; a 1-byte argmax instead
+    of ATen's int64 indices; a backward that gathers per input instead of a zero fill and a scatter), with
+    nn.BatchNorm2d's semantics (running statistics updated in training)."""
     if not (type(conv1) is nn.Sequential and len(conv1) == 3 and type(conv1[1]) is BatchNormReLU2d
-            and type(conv1[2]) is ReLUInBatchNorm and type(maxpool) is MaxPool3x3s2):
+            and type(conv1[2]) is ReLUInBatchNorm and type(maxpool) is MaxPool3x3s2) \
+            or torch.compiler.is_compiling() or _hooked(conv1, conv1[1], conv1[2], maxpool):
         return maxpool(conv1(x))
     y = conv1[0](x)
     bn = conv1[1]
-    if not _stem_op(conv1, maxpool, y):
+    if not _stem_op(bn, y):
         return maxpool(conv1[2](bn(y)))
     bn._check_input_dim(y)
     training, n, update = _bn_step(bn, y)
