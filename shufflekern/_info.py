@@ -42,8 +42,8 @@ def info() -> dict:
     usable["stem BatchNorm + ReLU + pool (fused models)"] = (
         "shufflekern::bn_relu_max_pool (one op, a 1-byte argmax, C++ autograd) for float32/float64 CPU input "
         "outside torch.compile, in training and evaluation (BatchNorm not folded), in sk's ShuffleNetV1/V2 "
-        "models; with a hook (forward or backward) on the stem's modules, another dtype or device, another backend choice or "
-        "under torch.compile: BatchNormReLU2d then the pool above")
+        "models; with a hook (forward or backward) on the stem's modules, another dtype or device, another "
+        "backend choice or under torch.compile: BatchNormReLU2d then the pool above")
     usable["v2 unit interleave (fused models)"] = (
         "shufflekern::interleave / deinterleave (the unit's concat + shuffle and its backward, one vectorised "
         "pass each) for CPU tensors; CUDA tensors and torch.compile: torch.stack (eager ops)")
